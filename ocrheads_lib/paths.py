@@ -1,0 +1,41 @@
+"""Where results live: one folder per model under a results root."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def model_slug(model_id: str) -> str:
+    """A file-system-safe name for a model id or path: "Qwen/Qwen2-VL-7B-Instruct" -> "Qwen__Qwen2-VL-7B-Instruct"."""
+    return str(model_id).rstrip("/").replace("/", "__").replace(":", "_")
+
+
+def results_dir(model_id: str, root: str | os.PathLike = "results") -> Path:
+    """`root/<model_slug>/`, created if missing."""
+    path = Path(root) / model_slug(model_id)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` through a temporary file in the same folder and a rename,
+    so a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, payload: Any, indent: int | None = 1) -> Path:
+    """JSON version of `atomic_write_text`."""
+    return atomic_write_text(path, json.dumps(payload, indent=indent, sort_keys=False) + "\n")

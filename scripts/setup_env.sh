@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment and link it as ./.venv.
+#
+# The environment is ~5.7 GB (torch + torchvision), so it lives in a cache outside the clone,
+# keyed on the dependency lists of pyproject.toml: a fresh clone with unchanged dependencies
+# reuses it in seconds, and a dependency change builds a new one. Everything also works with
+# the cache empty (it is then built, which takes a few minutes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+CACHE_ROOT=${OCRHEADS_CACHE:-$HOME/.cache/ocrheads}
+EXTRAS=${OCRHEADS_EXTRAS:-book,dev}
+
+key=$("$PYTHON" - "$EXTRAS" <<'PY'
+import hashlib, json, sys, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+extras = sys.argv[1].split(",")
+deps = {"base": project["dependencies"],
+        "extras": {e: project["optional-dependencies"].get(e, []) for e in extras},
+        "python": sys.version_info[:2]}
+print(hashlib.sha256(json.dumps(deps, sort_keys=True).encode()).hexdigest()[:16])
+PY
+)
+venv="$CACHE_ROOT/venv-$key"
+
+if [ ! -f "$venv/.complete" ]; then
+    echo "[setup] building environment $venv (first time: a few minutes)"
+    rm -rf "$venv"
+    mkdir -p "$CACHE_ROOT"
+    "$PYTHON" -m venv "$venv"
+    "$venv/bin/pip" install --quiet --upgrade pip setuptools wheel
+    # Dependencies only; the project itself is installed editable below, per clone.
+    "$venv/bin/python" - "$EXTRAS" > "$venv/requirements.txt" <<'PY'
+import sys, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+reqs = list(project["dependencies"])
+for extra in sys.argv[1].split(","):
+    reqs += project["optional-dependencies"].get(extra, [])
+print("\n".join(reqs))
+PY
+    "$venv/bin/pip" install --quiet -r "$venv/requirements.txt"
+    touch "$venv/.complete"
+else
+    echo "[setup] reusing environment $venv"
+fi
+
+if [ -L .venv ] || [ ! -e .venv ]; then
+    ln -sfn "$venv" .venv
+fi
+# Editable install of this clone (no dependencies, no network): cheap, so always redone,
+# because the cached environment may last have pointed at another clone.
+if ! .venv/bin/pip install --quiet --no-deps --no-build-isolation -e . >/tmp/ocrheads-editable.log 2>&1; then
+    cat /tmp/ocrheads-editable.log; echo "[setup] editable install of this clone failed" >&2; exit 1
+fi
+echo "[setup] ready: .venv -> $venv"

@@ -1,0 +1,27 @@
+import json
+
+import pytest
+
+import ocrheads_lib
+from ocrheads_lib.paths import atomic_write_json, model_slug, results_dir
+
+
+def test_version_and_lazy_names():
+    assert ocrheads_lib.__version__
+    with pytest.raises(AttributeError, match="no attribute"):
+        ocrheads_lib.not_a_name  # noqa: B018
+
+
+def test_model_slug_and_results_dir(tmp_path):
+    assert model_slug("Qwen/Qwen2-VL-7B-Instruct") == "Qwen__Qwen2-VL-7B-Instruct"
+    assert model_slug("tiny") == "tiny"
+    path = results_dir("Qwen/Qwen2-VL-2B-Instruct", tmp_path)
+    assert path == tmp_path / "Qwen__Qwen2-VL-2B-Instruct" and path.is_dir()
+
+
+def test_atomic_write_json_leaves_no_temporary_files(tmp_path):
+    target = tmp_path / "sub" / "x.json"
+    atomic_write_json(target, {"a": [1, 2]})
+    atomic_write_json(target, {"a": [3]})
+    assert json.loads(target.read_text()) == {"a": [3]}
+    assert [p.name for p in target.parent.iterdir()] == ["x.json"]
