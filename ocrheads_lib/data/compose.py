@@ -1,0 +1,249 @@
+"""Shared machinery of the needle generators: put a needle in a haystack, lay it out, box the answer.
+
+A needle document is a single-line text (sentences joined by single spaces) with one needle sentence
+at a sentence boundary. Two ways to size it:
+
+* ``context_chars`` given — about that many characters (never more), needle after
+  ``round(depth * n_sentences)`` filler sentences; pages fill up in reading order, the last one
+  possibly partly empty;
+* ``context_chars=None`` — "fill" mode: exactly ``pages * lines_per_page`` full wrapped lines, the
+  needle's lines placed at ``depth`` of the window (the embedded model's training pages are built
+  this way: a window of wrapped filler lines around the needle).
+
+The answer is glued so it is never split across lines; the whole needle is glued too when it fits
+on one line (``keep_needle`` = "auto"). Every box is the exact ink of its unit at its drawn position.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from . import grid as _grid
+from . import haystack
+from .render import Rendered, RenderError, TextLayout, render_text, wrap
+from .samples import ImageSample, TextSample
+
+
+class ContextTooShortError(ValueError):
+    """The requested context cannot hold the needle."""
+
+
+def sample_rng(tag: str, seed: int, index: int) -> random.Random:
+    """The RNG of sample `index` of a set: independent of how many samples are drawn."""
+    return random.Random(f"ocrheads:{tag}:{int(seed)}:{int(index)}")
+
+
+# ------------------------------------------------------------------------------------------ layout
+def resolve_layout_name(layout: str | None, *, font: Any = None, font_size: Any = None, line_height: Any = None,
+                        margin: Any = None) -> str:
+    """layout=None ("auto"): "free" when a free-layout option (font, font_size, line_height, margin) is
+    given, else "grid" (the embedded model's book page)."""
+    if layout is None or layout == "auto":
+        free_options = (font, font_size, line_height, margin)
+        return "free" if any(v is not None for v in free_options) else "grid"
+    return layout
+
+
+def make_layout(layout: str, rng: random.Random, *, font: str | None, font_size: int | None,
+                line_height: int | None, margin: int | None, chars_per_line: int | None,
+                lines_per_page: int | None, grid_offset: Any = "aligned",
+                max_pages: int = 200) -> TextLayout:
+    """Resolve the user's layout options (None = the layout's default) into a TextLayout.
+
+    Grid defaults are the embedded model's book page (grid.BOOK_LAYOUT / BOOK_PAGE: 15 characters x
+    5 lines on a 16 x 6 cell page); free defaults are DejaVuSans 24 px, 50 characters x 15 lines,
+    margin 16 px. grid_offset: "aligned" (0, 0), "random" (uniform integers in [0, 28) drawn from
+    `rng`) or an (x, y) pair.
+    """
+    if layout == "grid":
+        if font is not None or font_size is not None or line_height is not None or margin is not None:
+            raise ValueError("layout='grid' draws every character with grid.py's DejaVuSansMono-Bold "
+                             f"{_grid.FONT_SIZE} px in 28-px cells; font, font_size, line_height and margin "
+                             "apply to layout='free' only")
+        if grid_offset == "aligned":
+            x_off = y_off = 0
+        elif grid_offset == "random":
+            lo, hi = _grid.BOOK_LAYOUT["offset_range"]
+            x_off, y_off = rng.randrange(lo, hi), rng.randrange(lo, hi)
+        else:
+            try:
+                x_off, y_off = (int(v) for v in grid_offset)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"grid_offset must be 'aligned', 'random' or (x, y); got {grid_offset!r}") from error
+        return TextLayout(mode="grid",
+                          chars_per_line=chars_per_line or _grid.BOOK_LAYOUT["line_chars"],
+                          lines_per_page=lines_per_page or _grid.BOOK_LAYOUT["max_lines"],
+                          x_off=x_off, y_off=y_off, max_pages=max_pages)
+    if layout == "free":
+        return TextLayout(mode="free", chars_per_line=chars_per_line or 50, lines_per_page=lines_per_page or 15,
+                          font=font or "DejaVuSans", font_size=font_size or 24, line_height=line_height,
+                          margin=16 if margin is None else margin, max_pages=max_pages)
+    raise ValueError(f"layout must be 'free' or 'grid', got {layout!r}")
+
+
+# ------------------------------------------------------------------------------------------ text
+@dataclass
+class NeedleText:
+    """A haystack with one needle: the text and where the needle and its answer sit in it."""
+
+    text: str
+    needle_span: tuple[int, int]
+    answer_span: tuple[int, int]
+    depth: float                  # requested depth in [0, 1]
+
+    @property
+    def answer(self) -> str:
+        return self.text[self.answer_span[0]:self.answer_span[1]]
+
+    @property
+    def actual_depth(self) -> float:
+        """Needle start as a fraction of the text length."""
+        return self.needle_span[0] / max(1, len(self.text))
+
+
+def _join(before: list[str], needle: str, after: list[str]) -> tuple[str, int]:
+    head = " ".join(before)
+    text = (head + " " if head else "") + needle
+    start = len(text) - len(needle)
+    tail = " ".join(after)
+    return (text + " " + tail if tail else text), start
+
+
+def needle_text(rng: random.Random, needle: str, answer_in_needle: tuple[int, int], context_chars: int,
+                depth: float, filler: str = "classic", avoid: tuple[str, ...] = ()) -> NeedleText:
+    """Sentence-level composition: <= context_chars characters, needle after round(depth * n) sentences."""
+    budget = context_chars - len(needle)
+    if budget < 0:
+        raise ContextTooShortError(f"context_chars={context_chars} cannot hold the needle {needle!r} "
+                                   f"({len(needle)} characters); use context_chars >= {len(needle)}")
+    sentences = haystack.filler_sentences(rng, budget, filler, avoid)
+    while sentences and sum(len(s) + 1 for s in sentences) > budget:
+        sentences.pop()
+    pos = int(round(depth * len(sentences)))
+    text, start = _join(sentences[:pos], needle, sentences[pos:])
+    a0, a1 = answer_in_needle
+    return NeedleText(text, (start, start + len(needle)), (start + a0, start + a1), depth)
+
+
+def glue_spans(nt: NeedleText, width: int, keep_needle: str | bool) -> list[tuple[int, int]]:
+    """Spans that must stay on one line: the answer always; the needle when asked ("auto": if it fits;
+    "tail": the longest run of the needle's last words, ending after the answer, that fits)."""
+    a0, a1 = nt.answer_span
+    n0, n1 = nt.needle_span
+    if a1 - a0 > width:
+        raise RenderError(f"the answer {nt.answer!r} ({a1 - a0} characters) does not fit on a line of "
+                          f"{width} characters; use more chars_per_line or a shorter answer")
+    if keep_needle is False or keep_needle == "none":
+        return [(a0, a1)]
+    if n1 - n0 <= width:
+        return [(n0, n1)]
+    if keep_needle in ("tail", True):
+        start = a0
+        word_starts = [i for i in range(n0, a0) if i == n0 or nt.text[i - 1] == " "]
+        for ws in sorted(word_starts):       # earliest start that still fits
+            if n1 - ws <= width:
+                start = ws
+                break
+        end = n1 if n1 - start <= width else a1
+        return [(start, end)]
+    return [(a0, a1)]
+
+
+def fill_window(rng: random.Random, needle: str, answer_in_needle: tuple[int, int], n_lines: int, width: int,
+                depth: float, filler: str, avoid: tuple[str, ...], keep_needle: str | bool) -> NeedleText:
+    """Fill mode: exactly n_lines full wrapped lines of `width` characters with the needle's lines at
+    `depth` of the window. The window is cut at line boundaries, so re-wrapping gives the same lines."""
+    if n_lines < 1 or width < 1:
+        raise ValueError(f"fill mode needs >= 1 line of >= 1 character (got {n_lines} lines of {width}); "
+                         "check pages and lines_per_page")
+    capacity = (n_lines + 1) * width
+    before = haystack.filler_sentences(rng, capacity, filler, avoid)
+    after = haystack.filler_sentences(rng, capacity, filler, avoid)
+    text, start = _join(before, needle, after)
+    a0, a1 = answer_in_needle
+    full = NeedleText(text, (start, start + len(needle)), (start + a0, start + a1), depth)
+    glue = glue_spans(full, width, keep_needle)
+    lines = wrap(text, width, glue)
+    n0, n1 = full.needle_span
+    first = next(i for i, ln in enumerate(lines) if ln.start + len(ln.text) > n0)
+    last = next(i for i, ln in enumerate(lines) if ln.start + len(ln.text) >= n1)
+    span_lines = last - first + 1
+    if span_lines > n_lines:
+        raise ContextTooShortError(f"the needle {needle!r} needs {span_lines} lines of {width} characters but the "
+                                   f"context has {n_lines}; use more pages/lines_per_page or a context_chars value")
+    lo = first - int(round(depth * (n_lines - span_lines)))
+    lo = max(0, min(lo, len(lines) - n_lines))
+    window = lines[lo:lo + n_lines]
+    c0, c1 = window[0].start, window[-1].start + len(window[-1].text)
+    return NeedleText(text[c0:c1], (n0 - c0, n1 - c0), (full.answer_span[0] - c0, full.answer_span[1] - c0), depth)
+
+
+# ------------------------------------------------------------------------------------------ samples
+def render_needle(nt: NeedleText, layout: TextLayout, unit_spans: Sequence[tuple[int, int]],
+                  keep_needle: str | bool, hide_spans: Sequence[tuple[int, int]] = ()
+                  ) -> tuple[Rendered, list[tuple[int, tuple[float, float, float, float]]], list[tuple[int, int]]]:
+    """Render the needle document; returns (rendered, [(page, box) per unit], glue spans)."""
+    glue = glue_spans(nt, layout.chars_per_line, keep_needle)
+    rendered = render_text(nt.text, layout, glue=glue, special_spans=unit_spans, hide_spans=hide_spans)
+    placed = []
+    for s, e in unit_spans:
+        cells = rendered.locate(s, e)
+        drawn = "".join(rendered.lines[li].text[c] for li, c in cells)
+        if drawn != nt.text[s:e]:
+            raise RenderError(f"the answer unit {nt.text[s:e]!r} is not in the rendered text (found {drawn!r})")
+        placed.append(rendered.span_box(cells))
+    return rendered, placed, glue
+
+
+def image_sample(sample_id: str, nt: NeedleText, layout: TextLayout, unit_spans: Sequence[tuple[int, int]],
+                 question: str, seed: int, keep_needle: str | bool, meta: dict[str, Any],
+                 golds: Sequence[str] = ()) -> ImageSample:
+    rendered, placed, glue = render_needle(nt, layout, unit_spans, keep_needle)
+    pages_used = {p for p, _ in placed}
+    if len(pages_used) != 1:
+        raise RenderError(f"sample {sample_id}: the answer spans pages {sorted(pages_used)}")
+    evidence_page = pages_used.pop()
+    boxes = [box for _, box in placed]
+    width, height = rendered.pages[evidence_page].size
+    for box in boxes:
+        if not (0 <= box[0] < box[2] <= width and 0 <= box[1] < box[3] <= height):
+            raise RenderError(f"sample {sample_id}: box {box} leaves the {width}x{height} page; "
+                              "use a larger margin or smaller grid offset")
+    coarse = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+    meta = dict(meta)
+    meta.update(
+        layout=layout.mode, layout_params=layout.as_dict(), text=nt.text, needle_span=list(nt.needle_span),
+        answer_span=list(nt.answer_span), unit_spans=[list(s) for s in unit_spans], glue_spans=[list(g) for g in glue],
+        depth=nt.depth, actual_depth=round(nt.actual_depth, 4), n_pages=len(rendered.pages),
+        n_chars=len(nt.text), page_size=list(rendered.pages[0].size),
+        page_lines=[rendered.page_lines(p) for p in range(len(rendered.pages))],
+    )
+    if layout.mode == "free":
+        meta["line_height_px"] = layout.resolved_line_height()
+    return ImageSample(id=sample_id, pages=rendered.pages, question=question, answer=nt.answer,
+                       evidence_page=evidence_page, boxes=boxes, units=[nt.text[s:e] for s, e in unit_spans],
+                       coarse_box=coarse, seed=int(seed), golds=list(golds) or [nt.answer], meta=meta)
+
+
+def text_version(sample: ImageSample, question: str | None = None) -> TextSample:
+    """The plain-text twin of a generated needle ImageSample: the same rendered text as `context`
+    (lines joined by spaces), with its needle and answer spans. Raises for samples without them."""
+    meta = sample.meta
+    if "text" not in meta or "needle_span" not in meta:
+        raise ValueError(f"sample {sample.id} has no rendered text in meta (not from a needle generator)")
+    n0, n1 = meta["needle_span"]
+    a0, a1 = meta["answer_span"]
+    return TextSample(id=f"{sample.id}-text", context=meta["text"], question=question or sample.question,
+                      answer=sample.answer, needle_span=(n0, n1), answer_span=(a0, a1), seed=sample.seed,
+                      golds=list(sample.golds), meta=dict(generator="text_version", image_id=sample.id,
+                                                          depth=meta.get("depth")))
+
+
+def resolve_depth(depth: float | None, rng: random.Random) -> float:
+    if depth is None:
+        return rng.random()
+    depth = float(depth)
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth must be in [0, 1] (or None for random), got {depth}")
+    return depth

@@ -1,0 +1,165 @@
+"""Pass-key sets: a number (or one character) hidden in digit-free filler, as pages or as plain text.
+
+    passkey_images(8, seed=0)                     # the book default: the embedded model's grid page
+    passkey_images(8, seed=0, layout="free", context_chars=1024, font_size=24)   # paper-like pages
+    passkey_images(8, seed=0, font_size=30)       # a free-layout option alone also selects "free"
+    passkey_text(8, seed=0, context_chars=320)    # text retrieval version (needle/answer spans)
+    case_study_images(n_per_char=2, seed=0)       # one character 0-9a-z as the pass key
+
+Needle: "The pass key is {key}." at a sentence boundary. Boxes: one per digit (exact ink of each
+glyph at its drawn position), the coarse box is their union. Same seed -> identical pages; sample i
+does not depend on n.
+"""
+from __future__ import annotations
+
+import random
+import string
+from typing import Any, Sequence
+
+from .compose import (fill_window, image_sample, make_layout, needle_text, resolve_depth, resolve_layout_name,
+                      sample_rng)
+from .samples import ImageSample, TextSample
+
+PASSKEY_QUESTION = "What is the pass key?"
+NEEDLE_TEMPLATE = "The pass key is {key}."
+CASE_STUDY_CHARS = string.digits + string.ascii_lowercase
+DEFAULT_TEXT_CHARS = 320
+
+
+def random_key(rng: random.Random, key_digits: int | Sequence[int] = (4, 5)) -> str:
+    """A number with a digit count uniform in key_digits=(lo, hi) (or exactly key_digits), no leading zero."""
+    lo, hi = (key_digits, key_digits) if isinstance(key_digits, int) else tuple(key_digits)
+    if not 1 <= lo <= hi:
+        raise ValueError(f"key_digits must be n or (lo, hi) with 1 <= lo <= hi, got {key_digits!r}")
+    n = rng.randint(lo, hi)
+    return str(rng.randint(1, 9)) + "".join(rng.choice(string.digits) for _ in range(n - 1))
+
+
+def _needle(template: str, key: str) -> tuple[str, tuple[int, int]]:
+    if template.count("{key}") != 1:
+        raise ValueError(f"needle template must contain '{{key}}' exactly once, got {template!r}")
+    before = template.split("{key}")[0]
+    return template.format(key=key), (len(before), len(before) + len(key))
+
+
+def _check_filler(filler: str) -> None:
+    if filler not in ("classic", "varied"):
+        raise ValueError(f"filler must be 'classic' or 'varied', got {filler!r}")
+
+
+def _passkey_document(rng: random.Random, key: str, *, context_chars: int | None, depth: float | None,
+                      filler: str, needle_template: str, n_lines: int | None = None, width: int | None = None,
+                      keep_needle: Any = "auto"):
+    depth_value = resolve_depth(depth, rng)
+    needle, ans = _needle(needle_template, key)
+    _check_filler(filler)
+    if context_chars is None:
+        return fill_window(rng, needle, ans, n_lines, width, depth_value, filler, (), keep_needle)
+    return needle_text(rng, needle, ans, int(context_chars), depth_value, filler)
+
+
+def passkey_images(n: int, seed: int = 0, *, context_chars: int | None = None, depth: float | None = None,
+                   font: str | None = None, font_size: int | None = None, line_height: int | None = None,
+                   margin: int | None = None, chars_per_line: int | None = None, lines_per_page: int | None = None,
+                   layout: str | None = None, key_digits: int | Sequence[int] = (4, 5), pages: int | None = None,
+                   filler: str = "classic", grid_offset: Any = "aligned", needle_template: str = NEEDLE_TEMPLATE,
+                   question: str = PASSKEY_QUESTION, max_pages: int = 200) -> list[ImageSample]:
+    """n pass-key samples rendered on pages.
+
+    layout: "grid" (the embedded model's book page: grid.py, 15 chars x 5 lines on a 16 x 6 cell
+      page, one character per 28-px cell) or "free" (TrueType font at font_size px, default
+      DejaVuSans 24 px, 50 chars x 15 lines per page, margin 16 px, line_height from the font).
+      None (default) = "free" if any of font / font_size / line_height / margin is given, else "grid".
+    context_chars: None = fill `pages` (default 1) full pages with the needle's lines at `depth` of them
+      (for layout="free" without `pages`, None means 1024 characters, the paper's shortest setting);
+      an int = about that many characters (never more), the needle after round(depth * n_sentences)
+      sentences, pages filling up in reading order.
+    depth: in [0, 1]; None draws it uniformly per sample.
+    font: "DejaVuSans" | "DejaVuSansMono" | "DejaVuSansMono-Bold" | a .ttf path (free layout only).
+    key_digits: digit count (lo, hi) of the key, or an int. filler: "classic" (the stock five sentences)
+      or "varied" (our English generator; digit-free). grid_offset: "aligned" | "random" | (x, y) px.
+    Raises ContextTooShortError, FileNotFoundError (font), RenderError (page limit, line too short).
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    layout = resolve_layout_name(layout, font=font, font_size=font_size, line_height=line_height, margin=margin)
+    if layout == "free" and context_chars is None and pages is None:
+        context_chars = 1024
+    pages = 1 if pages is None else int(pages)
+    samples = []
+    for i in range(n):
+        rng = sample_rng("passkey", seed, i)
+        key = random_key(rng, key_digits)
+        lay = make_layout(layout, sample_rng("passkey-offset", seed, i), font=font, font_size=font_size,
+                          line_height=line_height, margin=margin, chars_per_line=chars_per_line,
+                          lines_per_page=lines_per_page, grid_offset=grid_offset, max_pages=max_pages)
+        nt = _passkey_document(rng, key, context_chars=context_chars, depth=depth, filler=filler,
+                               needle_template=needle_template, n_lines=pages * lay.lines_per_page,
+                               width=lay.chars_per_line)
+        a0 = nt.answer_span[0]
+        units = [(a0 + k, a0 + k + 1) for k in range(len(key))]
+        meta = dict(generator="passkey_images", context_chars=context_chars, fill_pages=pages if context_chars is None
+                    else None, key_digits=list(key_digits) if not isinstance(key_digits, int) else key_digits,
+                    filler=filler, grid_offset=[lay.x_off, lay.y_off] if layout == "grid" else None,
+                    font=lay.font if layout == "free" else "DejaVuSansMono-Bold (grid)",
+                    font_size=lay.font_size if layout == "free" else None, index=i)
+        samples.append(image_sample(f"passkey-{seed}-{i}", nt, lay, units, question, seed, "auto", meta))
+    return samples
+
+
+def passkey_text(n: int, seed: int = 0, *, context_chars: int = DEFAULT_TEXT_CHARS, depth: float | None = None,
+                 key_digits: int | Sequence[int] = (4, 5), filler: str = "classic",
+                 needle_template: str = NEEDLE_TEMPLATE, question: str = PASSKEY_QUESTION) -> list[TextSample]:
+    """Plain-text pass-key samples: context of <= context_chars characters, needle_span / answer_span
+    are character offsets in `context`. With the same seed and context_chars, the text equals the
+    one passkey_images(layout="free" or an explicit context_chars) renders."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    out = []
+    for i in range(n):
+        rng = sample_rng("passkey", seed, i)
+        key = random_key(rng, key_digits)
+        nt = _passkey_document(rng, key, context_chars=context_chars, depth=depth, filler=filler,
+                               needle_template=needle_template)
+        out.append(TextSample(id=f"passkey-text-{seed}-{i}", context=nt.text, question=question, answer=key,
+                              needle_span=nt.needle_span, answer_span=nt.answer_span, seed=int(seed), golds=[key],
+                              meta=dict(generator="passkey_text", context_chars=context_chars, depth=nt.depth,
+                                        actual_depth=round(nt.actual_depth, 4), filler=filler, index=i)))
+    return out
+
+
+def case_study_images(chars: str = CASE_STUDY_CHARS, n_per_char: int = 1, seed: int = 0, *,
+                      characters: str | None = None, layout: str | None = None, context_chars: int | None = None,
+                      depth: float | None = None, font: str | None = None, font_size: int | None = None,
+                      line_height: int | None = None, margin: int | None = None, chars_per_line: int | None = None,
+                      lines_per_page: int | None = None, pages: int | None = None, filler: str = "classic",
+                      grid_offset: Any = "aligned", question: str = PASSKEY_QUESTION,
+                      max_pages: int = 200) -> list[ImageSample]:
+    """One character as the pass key ("The pass key is k."), n_per_char samples per character, ordered
+    by character. The needle is never split across lines: it is kept whole on one line when it fits,
+    otherwise (the 15-character grid line) its longest tail that fits ("pass key is k.") stays together.
+    `characters` is an alias of `chars`."""
+    chars = characters if characters is not None else chars
+    if not chars or any(len(c) != 1 or c.isspace() for c in chars):
+        raise ValueError(f"chars must be a string of non-space characters, got {chars!r}")
+    layout = resolve_layout_name(layout, font=font, font_size=font_size, line_height=line_height, margin=margin)
+    if layout == "free" and context_chars is None and pages is None:
+        context_chars = 1024
+    pages = 1 if pages is None else int(pages)
+    samples = []
+    for c in chars:
+        for j in range(n_per_char):
+            rng = sample_rng(f"case:{c}", seed, j)
+            lay = make_layout(layout, sample_rng(f"case-offset:{c}", seed, j), font=font, font_size=font_size,
+                              line_height=line_height, margin=margin,
+                              chars_per_line=chars_per_line, lines_per_page=lines_per_page, grid_offset=grid_offset,
+                              max_pages=max_pages)
+            nt = _passkey_document(rng, c, context_chars=context_chars, depth=depth, filler=filler,
+                                   needle_template=NEEDLE_TEMPLATE, n_lines=pages * lay.lines_per_page,
+                                   width=lay.chars_per_line, keep_needle="tail")
+            a0 = nt.answer_span[0]
+            meta = dict(generator="case_study_images", character=c, context_chars=context_chars, filler=filler,
+                        grid_offset=[lay.x_off, lay.y_off] if layout == "grid" else None, index=j)
+            samples.append(image_sample(f"case-{c}-{seed}-{j}", nt, lay, [(a0, a0 + 1)], question, seed, "tail",
+                                        meta))
+    return samples

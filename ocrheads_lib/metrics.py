@@ -1,0 +1,164 @@
+"""Answer metrics: ANLS, exact match, token F1, pass-key accuracy, the paper's match score, and
+bootstrap aggregates.
+
+* ``anls(prediction, golds, tau=0.5)`` — Average Normalized Levenshtein Similarity for one question
+  (Biten et al. 2019, the DocVQA standard): both strings lower-cased, stripped of surrounding
+  whitespace and with inner whitespace runs collapsed to one space (as the Robust Reading
+  Competition's scoring script does); NL = edit distance / max(len(pred), len(gold));
+  score = 1 - NL if NL < tau else 0; the max over golds. Exactly at the threshold (NL == tau) scores 0.
+  (Some re-implementations keep similarity >= 0.5, i.e. NL <= tau; that differs only at NL == tau.)
+* ``exact_match`` / ``f1`` — SQuAD normalisation (lower-case, drop punctuation, drop the articles
+  a/an/the, collapse whitespace); F1 over normalised tokens with multiset overlap; max over golds.
+  (The paper additionally passes strings through ftfy; we do not depend on it.)
+* ``passkey_accuracy(prediction, gold)`` — 1.0 if str(gold) is a substring of the prediction.
+* ``match_score(gold_ids, pred_ids)`` — longest common contiguous run of ids / len(gold_ids)
+  (0.0 for an empty gold), the per-example multiplier of the paper's OCR score.
+* ``aggregate(values, n_boot, seed)`` — mean with a seeded percentile-bootstrap CI.
+"""
+from __future__ import annotations
+
+import random
+import re
+import string
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Iterable, Sequence
+
+_PUNCT = set(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def _as_golds(golds: str | Sequence[str]) -> list[str]:
+    if isinstance(golds, str):
+        return [golds]
+    golds = [str(g) for g in golds]
+    if not golds:
+        raise ValueError("golds is empty: give at least one gold answer")
+    return golds
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance (insertions, deletions, substitutions, all cost 1)."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        current = [i]
+        for j, cb in enumerate(b, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def anls_single(prediction: str, gold: str, tau: float = 0.5) -> float:
+    p, g = " ".join(str(prediction).lower().split()), " ".join(str(gold).lower().split())
+    longest = max(len(p), len(g))
+    if longest == 0:
+        return 1.0                     # both empty: identical
+    nl = levenshtein(p, g) / longest
+    return 1.0 - nl if nl < tau else 0.0
+
+
+def anls(prediction: str, golds: str | Sequence[str], tau: float = 0.5) -> float:
+    """ANLS of one prediction: max over golds of (1 - NL if NL < tau else 0)."""
+    if not 0.0 < tau <= 1.0:
+        raise ValueError(f"tau must be in (0, 1], got {tau}")
+    return max(anls_single(prediction, g, tau) for g in _as_golds(golds))
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lower-case, remove punctuation, remove articles, collapse whitespace."""
+    text = str(text).lower()
+    text = "".join(ch for ch in text if ch not in _PUNCT)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, golds: str | Sequence[str]) -> float:
+    p = normalize_answer(prediction)
+    return max(float(p == normalize_answer(g)) for g in _as_golds(golds))
+
+
+def f1_single(prediction: str, gold: str) -> float:
+    pred_tokens, gold_tokens = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not pred_tokens or not gold_tokens:
+        return float(pred_tokens == gold_tokens)
+    common = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred_tokens), common / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def f1(prediction: str, golds: str | Sequence[str]) -> float:
+    return max(f1_single(prediction, g) for g in _as_golds(golds))
+
+
+def passkey_accuracy(prediction: str, gold: str | int) -> float:
+    """1.0 if the gold key (as a string) occurs in the prediction, else 0.0 (the paper's accuracy)."""
+    gold = str(gold)
+    if not gold:
+        raise ValueError("passkey_accuracy: empty gold")
+    return float(gold in str(prediction))
+
+
+def match_score(gold_ids: Sequence[int], pred_ids: Sequence[int]) -> float:
+    """Longest common contiguous run of ids between gold and prediction, divided by len(gold_ids)."""
+    gold, pred = list(gold_ids), list(pred_ids)
+    if not gold:
+        return 0.0
+    best = 0
+    previous = [0] * (len(pred) + 1)
+    for i in range(1, len(gold) + 1):
+        current = [0] * (len(pred) + 1)
+        for j in range(1, len(pred) + 1):
+            if gold[i - 1] == pred[j - 1]:
+                current[j] = previous[j - 1] + 1
+                if current[j] > best:
+                    best = current[j]
+        previous = current
+    return best / len(gold)
+
+
+# ------------------------------------------------------------------------------------------ aggregates
+@dataclass
+class Aggregate:
+    mean: float
+    lo: float             # bootstrap percentile CI (nan when n == 0)
+    hi: float
+    n: int
+    level: float = 0.95
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def aggregate(values: Iterable[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> Aggregate:
+    """Mean of `values` with a seeded percentile bootstrap CI (n_boot resamples)."""
+    vals = [float(v) for v in values]
+    n = len(vals)
+    if n == 0:
+        nan = float("nan")
+        return Aggregate(nan, nan, nan, 0, level)
+    mean = sum(vals) / n
+    if n == 1 or n_boot <= 0:
+        return Aggregate(mean, mean, mean, n, level)
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(vals, k=n)) / n for _ in range(n_boot))
+    alpha = (1.0 - level) / 2
+    lo = means[max(0, int(alpha * n_boot))]
+    hi = means[min(n_boot - 1, int((1.0 - alpha) * n_boot) - 1)]
+    return Aggregate(mean, lo, hi, n, level)
+
+
+def score_all(predictions: Sequence[str], golds: Sequence[Sequence[str]], metrics: Sequence[str] = ("anls", "em", "f1"),
+              n_boot: int = 1000, seed: int = 0) -> dict[str, Aggregate]:
+    """Per-metric aggregates over a list of predictions and their gold lists."""
+    if len(predictions) != len(golds):
+        raise ValueError(f"{len(predictions)} predictions but {len(golds)} gold lists")
+    funcs = {"anls": anls, "em": exact_match, "f1": f1,
+             "accuracy": lambda p, g: max(passkey_accuracy(p, x) for x in _as_golds(g))}
+    unknown = [m for m in metrics if m not in funcs]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose from {sorted(funcs)}")
+    return {m: aggregate([funcs[m](p, g) for p, g in zip(predictions, golds)], n_boot, seed) for m in metrics}

@@ -1,0 +1,225 @@
+"""`load_model`: a hub id, a local checkpoint folder or "tiny" → the family's adapter.
+
+The family comes from `config.model_type`; weights load through transformers' own classes, so the
+embedded tiny model, a local folder and `Qwen/Qwen2-VL-7B-Instruct` share one code path. With
+`HF_HUB_OFFLINE` set, or when the hub cannot be reached, only the local cache is used, and a missing
+checkpoint raises `WeightsNotFoundError` saying how to fetch it.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from .base import ModelAdapter
+from .internvl import PAPER_MAX_TILES, InternVLAdapter
+from .llava import LlavaAdapter
+from .llava_onevision import LlavaOnevisionAdapter
+from .qwen2_vl import PAPER_PIXELS, QwenVLAdapter
+from .text import TextAdapter
+
+# model_type -> (adapter class, transformers model class name)
+_FAMILIES: dict[str, tuple[type[ModelAdapter], str]] = {
+    "qwen2_vl": (QwenVLAdapter, "Qwen2VLForConditionalGeneration"),
+    "qwen2_5_vl": (QwenVLAdapter, "Qwen2_5_VLForConditionalGeneration"),
+    "internvl": (InternVLAdapter, "InternVLForConditionalGeneration"),
+    "llava": (LlavaAdapter, "LlavaForConditionalGeneration"),
+    "llava_onevision": (LlavaOnevisionAdapter, "LlavaOnevisionForConditionalGeneration"),
+    "qwen2": (TextAdapter, "AutoModelForCausalLM"),
+    "llama": (TextAdapter, "AutoModelForCausalLM"),
+}
+SUPPORTED_MODEL_TYPES = tuple(_FAMILIES)
+
+TINY_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "tiny" / "weights"
+
+
+class UnknownFamilyError(ValueError):
+    """The checkpoint's model_type is not one this project has an adapter for."""
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """The checkpoint is neither a local folder nor in the local Hugging Face cache (and we are offline)."""
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE is set or the hub's host cannot be reached within 3 s."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=3):
+            return False
+    except OSError:
+        return True
+
+
+def _missing_weights(model_id: str, reason: str, offline: bool = True) -> WeightsNotFoundError:
+    cache_name = "models--" + model_id.replace("/", "--")
+    where = ("The model hub is offline or unreachable here (HF_HUB_OFFLINE or no network), so only the local "
+             "Hugging Face cache was searched." if offline else
+             "It is neither on the hub under this id (check the spelling, or log in for a gated model) nor in the "
+             "local cache.")
+    return WeightsNotFoundError(
+        f"cannot load {model_id!r}: {reason}. {where} On a machine with internet run "
+        f"`huggingface-cli download {model_id}` (or `hf download {model_id}`), then copy "
+        f"~/.cache/huggingface/hub/{cache_name} into this machine's cache ($HF_HOME/hub), or pass the path of a "
+        f"local checkpoint folder instead of the id.")
+
+
+def resolve_source(model_id: str) -> tuple[str, bool]:
+    """(where to load from, local_files_only). "tiny" → the package's embedded weights folder."""
+    if model_id == "tiny":
+        if not (TINY_WEIGHTS_DIR / "config.json").is_file() or not any(TINY_WEIGHTS_DIR.glob("*.safetensors")):
+            raise WeightsNotFoundError(
+                f"the embedded tiny model is missing: {TINY_WEIGHTS_DIR} has no config.json or no *.safetensors "
+                f"weights. Build it with `python -m ocrheads_lib.tiny.train` (about 20 minutes on a laptop CPU), "
+                f"or reinstall the package.")
+        return str(TINY_WEIGHTS_DIR), True
+    if Path(model_id).expanduser().is_dir():
+        return str(Path(model_id).expanduser()), True
+    return model_id, hub_offline()
+
+
+def read_model_type(source: str, local_files_only: bool, model_id: str) -> str:
+    """model_type from the checkpoint's config.json, without instantiating (remote-code configs included)."""
+    from transformers import PretrainedConfig
+
+    if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+        raise WeightsNotFoundError(f"{source} is a folder without config.json: not a checkpoint saved with "
+                                   f"save_pretrained (pass a hub id or the folder that holds config.json)")
+    try:
+        config_dict, _ = PretrainedConfig.get_config_dict(source, local_files_only=local_files_only)
+    except OSError as error:
+        raise _missing_weights(model_id, f"no config.json found ({type(error).__name__})", local_files_only) from error
+    model_type = config_dict.get("model_type")
+    if model_type is None:
+        raise UnknownFamilyError(f"{model_id!r}: config.json has no model_type; supported model types: "
+                                 f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    return str(model_type)
+
+
+def family_of(model_type: str, model_id: str = "") -> tuple[type[ModelAdapter], str]:
+    """(adapter class, model class name) of a model_type, or a clear error."""
+    if model_type == "internvl_chat":
+        raise NotImplementedError(
+            f"{model_id or 'this checkpoint'} is the remote-code InternVL (model_type 'internvl_chat', an InternLM2 "
+            f"decoder whose attention bypasses transformers' attention functions). Use the transformers-native "
+            f"checkpoint instead, e.g. 'OpenGVLab/InternVL2-8B-hf' / 'OpenGVLab/InternVL3-8B-hf' (model_type "
+            f"'internvl'). A fallback for the remote-code model (record answer rows with eager output_attentions, "
+            f"mask via a pre-hook on the output projection, sink redistribution unsupported) is future work "
+            f"(DESIGN.md §3).")
+    if model_type not in _FAMILIES:
+        raise UnknownFamilyError(
+            f"{model_id or 'this checkpoint'} has model_type {model_type!r}, which has no adapter. Supported model "
+            f"types: {', '.join(SUPPORTED_MODEL_TYPES)} (families qwen2_vl, qwen2_5_vl, internvl, llava, "
+            f"llava_onevision, text).")
+    return _FAMILIES[model_type]
+
+
+def set_language_attention(model: nn.Module, attn: str) -> str:
+    """Give the language model `attn` ("probe", "sdpa", "eager", "flash_attention_2"); the vision tower keeps
+    what it was loaded with. "probe" is ocrheads_lib.attention's registered function. Returns the name set."""
+    if attn == "probe":
+        attention = importlib.import_module("ocrheads_lib.attention")
+        attention.use_probe_attention(model)
+        return attention.PROBE_ATTENTION
+    sub_configs = getattr(model.config, "sub_configs", {}) or {}
+    if "text_config" in sub_configs:
+        model.set_attn_implementation({"text_config": attn})
+    else:
+        model.set_attn_implementation(attn)
+    return attn
+
+
+def make_adapter(model: nn.Module, processor: Any, tokenizer: Any, model_id: str, **options: Any) -> ModelAdapter:
+    adapter_class, _ = family_of(model.config.model_type, model_id)
+    return adapter_class(model, processor, tokenizer, model_id, **options)
+
+
+def paper_options(model_type: str) -> dict[str, Any]:
+    """Adapter options reproducing the paper's image settings for a model_type (PAPER.md §2.2, §7):
+    Qwen2-VL/2.5-VL at min = max = 256·28² pixels per page; InternVL one 448-px tile per page; {} otherwise."""
+    if model_type in ("qwen2_vl", "qwen2_5_vl"):
+        return {"min_pixels": PAPER_PIXELS, "max_pixels": PAPER_PIXELS}
+    if model_type == "internvl":
+        return {"max_tiles": PAPER_MAX_TILES}
+    return {}
+
+
+def _default_dtype(device: str) -> torch.dtype:
+    return torch.bfloat16 if device.startswith("cuda") or device == "auto" else torch.float32
+
+
+def _base_attention(device: str) -> str:
+    """Attention the model is loaded with (vision tower keeps it): flash-attn on CUDA when importable, else sdpa."""
+    if device != "cpu" and torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_tokenizer(source: str, local_files_only: bool) -> Any:
+    """The checkpoint's tokenizer. A generic fast tokenizer (saved with tokenizer_class "TokenizersBackend" or
+    "PreTrainedTokenizerFast", e.g. a character-level one built in code) is loaded exactly as saved: in
+    transformers 5.23 AutoTokenizer would pick the class of the config's model_type (Qwen2Tokenizer for
+    model_type "qwen2") and rebuild a byte-level pipeline around the vocabulary, breaking such tokenizers."""
+    from transformers import AutoTokenizer, TokenizersBackend
+    from transformers.models.auto.tokenization_auto import get_tokenizer_config
+
+    tokenizer_class = get_tokenizer_config(source, local_files_only=local_files_only).get("tokenizer_class")
+    if tokenizer_class in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+        return TokenizersBackend.from_pretrained(source, local_files_only=local_files_only)
+    return AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
+
+
+# ------------------------------------------------------------------------------------------ entry point
+
+def load_model(model_id: str, device: str = "cpu", dtype: torch.dtype | str | None = None, attn: str = "probe",
+               paper_setting: bool = False, **options: Any) -> ModelAdapter:
+    """Load a model and wrap it in its family's adapter.
+
+    model_id: "tiny" (the embedded model), a hub id ("Qwen/Qwen2-VL-7B-Instruct") or a local checkpoint folder.
+    device: "cpu", "cuda", "cuda:1" or "auto" (CUDA: weights placed with device_map="auto").
+    dtype: torch dtype or its name; default float32 on CPU, bfloat16 on CUDA.
+    attn: the language model's attention: "probe" (ocrheads_lib.attention), "sdpa", "eager", "flash_attention_2".
+    paper_setting: use the paper's image settings (`paper_options`); explicit options still win.
+    options: adapter options — Qwen: min_pixels, max_pixels; InternVL: max_tiles (paper: 1).
+    """
+    from transformers import AutoModelForCausalLM, AutoProcessor
+    import transformers
+
+    source, local_only = resolve_source(model_id)
+    model_type = read_model_type(source, local_only, model_id)
+    adapter_class, model_class_name = family_of(model_type, model_id)
+    if paper_setting:
+        options = {**paper_options(model_type), **options}
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    dtype = dtype or _default_dtype(device)
+    load_kwargs: dict[str, Any] = dict(dtype=dtype, local_files_only=local_only,
+                                       attn_implementation=_base_attention(device))
+    if device != "cpu":
+        load_kwargs["device_map"] = "auto" if device in ("auto", "cuda") else device
+    model_class = AutoModelForCausalLM if model_class_name == "AutoModelForCausalLM" \
+        else getattr(transformers, model_class_name)
+    try:
+        model = model_class.from_pretrained(source, **load_kwargs)
+        if adapter_class.supports_images:
+            processor = AutoProcessor.from_pretrained(source, local_files_only=local_only)
+            tokenizer = processor.tokenizer
+        else:
+            processor = tokenizer = load_tokenizer(source, local_only)
+    except OSError as error:
+        raise _missing_weights(model_id, f"weights or processor files not found ({error})", local_only) from error
+    if device == "cpu":
+        model.to("cpu")
+    model.eval()
+    set_language_attention(model, attn)
+    return adapter_class(model, processor, tokenizer, model_id, **options)

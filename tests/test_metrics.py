@@ -1,0 +1,93 @@
+"""Metrics against hand-computed values."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ocrheads_lib import metrics as m
+
+
+def test_levenshtein():
+    assert m.levenshtein("kitten", "sitting") == 3
+    assert m.levenshtein("", "abc") == 3
+    assert m.levenshtein("abc", "abc") == 0
+    assert m.levenshtein("flaw", "lawn") == 2
+
+
+@pytest.mark.parametrize("pred, golds, expected", [
+    ("abc", ["abc"], 1.0),
+    ("  ABC ", ["abc"], 1.0),                 # case and surrounding whitespace ignored
+    ("abcd", ["abce"], 0.75),                 # NL = 1/4
+    ("abc", ["abcd"], 0.75),                  # NL = 1/4 (max length 4)
+    ("ab", ["abcd"], 0.0),                    # NL = 2/4 = 0.5 = tau exactly -> 0
+    ("abc", ["abcdef"], 0.0),                 # NL = 3/6 = 0.5 -> 0
+    ("abcde", ["abcdefg"], 1 - 2 / 7),        # NL = 2/7 < 0.5
+    ("", ["abc"], 0.0),                       # empty prediction
+    ("", [""], 1.0),                          # both empty
+    ("cat", ["dog", "cart"], 0.75),           # max over golds: dog -> 0, cart -> 1 - 1/4
+    ("a  b", ["a b"], 1.0),                   # inner whitespace runs collapse to one space
+    ("a b", ["ab"], 2 / 3),                   # ... but a space still counts: NL = 1/3
+    ("abc", "abc", 1.0),                      # a single gold string is accepted
+])
+def test_anls_golden(pred, golds, expected):
+    assert m.anls(pred, golds) == pytest.approx(expected)
+
+
+def test_anls_tau():
+    assert m.anls("ab", ["abcd"], tau=0.6) == pytest.approx(0.5)
+    assert m.anls("abcd", ["abce"], tau=0.25) == 0.0           # NL = 0.25 = tau
+    with pytest.raises(ValueError):
+        m.anls("a", ["a"], tau=0.0)
+    with pytest.raises(ValueError, match="golds is empty"):
+        m.anls("a", [])
+
+
+def test_normalize_and_exact_match():
+    assert m.normalize_answer("  The Cat, sat!  on a   mat. ") == "cat sat on mat"
+    assert m.exact_match("The Cat!", ["cat"]) == 1.0
+    assert m.exact_match("a cat", ["the cat"]) == 1.0
+    assert m.exact_match("cats", ["cat"]) == 0.0
+    assert m.exact_match("4.50", ["450"]) == 1.0                  # punctuation removed
+    assert m.exact_match("x", ["y", "X."]) == 1.0
+
+
+def test_f1_golden():
+    assert m.f1("the big cat", ["big dog"]) == pytest.approx(0.5)          # P = R = 1/2
+    assert m.f1("cat cat dog", ["cat dog dog"]) == pytest.approx(2 / 3)    # multiset overlap 2
+    assert m.f1("big red cat", ["cat"]) == pytest.approx(0.5)              # P = 1/3, R = 1 -> 2*(1/3)/(4/3)
+    assert m.f1("", [""]) == 1.0
+    assert m.f1("", ["x"]) == 0.0
+    assert m.f1("a an the", ["."]) == 1.0                                  # both normalise to empty
+    assert m.f1("dog", ["cat", "the dog"]) == 1.0
+
+
+def test_passkey_accuracy():
+    assert m.passkey_accuracy("The pass key is 12345.", 12345) == 1.0
+    assert m.passkey_accuracy("1234", "12345") == 0.0
+    assert m.passkey_accuracy("k", "k") == 1.0
+    with pytest.raises(ValueError):
+        m.passkey_accuracy("x", "")
+
+
+def test_match_score():
+    assert m.match_score([1, 2, 3, 4], [9, 2, 3, 7, 1, 2, 3]) == pytest.approx(0.75)
+    assert m.match_score([1, 2], [2, 1]) == pytest.approx(0.5)
+    assert m.match_score([5, 6, 7], [5, 6, 7]) == 1.0
+    assert m.match_score([], [1, 2]) == 0.0
+    assert m.match_score([1, 2], []) == 0.0
+
+
+def test_aggregate():
+    a = m.aggregate([0, 1, 1, 0, 1, 1, 1, 0], n_boot=500, seed=3)
+    assert a.mean == pytest.approx(5 / 8) and a.n == 8
+    assert 0.0 <= a.lo <= a.mean <= a.hi <= 1.0 and a.hi - a.lo > 0.1
+    assert m.aggregate([0, 1, 1, 0, 1, 1, 1, 0], n_boot=500, seed=3) == a
+    const = m.aggregate([0.5] * 5)
+    assert const.lo == const.hi == const.mean == 0.5
+    empty = m.aggregate([])
+    assert empty.n == 0 and math.isnan(empty.mean)
+    scores = m.score_all(["abc", "x"], [["abc"], ["y"]], metrics=("anls", "em", "f1", "accuracy"), n_boot=50)
+    assert scores["anls"].mean == 0.5 and scores["em"].mean == 0.5 and scores["accuracy"].mean == 0.5
+    with pytest.raises(ValueError, match="unknown metrics"):
+        m.score_all(["a"], [["a"]], metrics=("bleu",))
