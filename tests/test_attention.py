@@ -255,6 +255,8 @@ def test_decoder_layers_and_language_only_attention():
     adapter = Adapter()
     adapter.model = model
     assert decoder_layers(adapter) == layers
+    with apply(adapter, Plan(mask=[(0, 0)])):
+        assert language_model_config(model)._attn_implementation == PROBE_ATTENTION
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -496,6 +498,26 @@ def test_generate_matches_greedy_reference(family):
     assert torch.equal(rec.argmax[1], again.argmax[1])
     assert (rec.argmax[1][:, 2] >= 0).all()
     torch.testing.assert_close(rec.topk_weight[1][:, 2], again.topk_weight[1][:, 2], atol=1e-5, rtol=0)
+
+
+def test_generate_with_static_cache_matches_dynamic_cache():
+    """With a static cache the keys are padded to the cache size; positions come from the cache length."""
+    model, _ = case("llama")
+    inputs = left_padded_inputs()
+    T = inputs["input_ids"].shape[1]
+    plan = Plan(mask=[(0, 3)], sink={(1, 1): 0.25, (0, 0): 0.5}, record=[(1, 2)], rows=[T - 1, T + 2], topk=2)
+    results = []
+    for cache in (None, "static"):
+        with apply(model, plan) as rec, torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=4, do_sample=False, min_new_tokens=4, pad_token_id=0,
+                                 eos_token_id=None, output_logits=True, return_dict_in_generate=True,
+                                 cache_implementation=cache)
+        results.append((out, rec))
+    (dynamic, rec_d), (static, rec_s) = results
+    assert torch.equal(dynamic.sequences, static.sequences)
+    torch.testing.assert_close(torch.stack(static.logits), torch.stack(dynamic.logits), atol=1e-5, rtol=0)
+    assert torch.equal(rec_s.argmax[1], rec_d.argmax[1]) and (rec_s.argmax[1][:, 2] >= 0).all()
+    torch.testing.assert_close(rec_s.topk_weight[1][:, 2], rec_d.topk_weight[1][:, 2], atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("build", [build_llama, build_qwen2])
