@@ -32,6 +32,7 @@ book: setup
 	@bash scripts/build_book.sh
 
 book-check:
+	@[ -x /usr/bin/chromium ] || bash scripts/install_browser.sh
 	$(PY) scripts/check_book.py _build/html
 
 bench: setup
