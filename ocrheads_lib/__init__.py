@@ -19,6 +19,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_model": "ocrheads_lib.models",
     "answer": "ocrheads_lib.inference",
+    "HeadScores": "ocrheads_lib.scoring",
+    "load_scores": "ocrheads_lib.scoring",
+    "score_ocr": "ocrheads_lib.scoring",
+    "score_retrieval": "ocrheads_lib.scoring",
 }
 
 __all__ = ["__version__", *_LAZY]

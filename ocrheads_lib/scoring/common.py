@@ -1,0 +1,134 @@
+"""What both scorers share: generating or forcing the answer, the row conventions, the probe pass."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from ocrheads_lib.attention import Plan, apply
+
+ROWS = ("emit", "consume")
+ANSWER_SOURCES = ("generate", "gold")
+
+
+class SampleFailure(Exception):
+    """A sample cannot be scored; the message is the reason recorded in the score file."""
+
+
+def check_row(row: str) -> str:
+    if row not in ROWS:
+        raise ValueError(f"row must be one of {ROWS}: 'emit' = the query that predicts the answer token "
+                         f"(default), 'consume' = the query at the answer token (the paper's code); got {row!r}")
+    return row
+
+
+def check_answer_source(source: str) -> str:
+    if source not in ANSWER_SOURCES:
+        raise ValueError(f"answer_source must be one of {ANSWER_SOURCES}, got {source!r}")
+    return source
+
+
+def query_row(answer_position: int, row: str) -> int:
+    """The attention row scored for the answer token at `answer_position`:
+    emit -> the previous position (its query predicts the token); consume -> the token's own position."""
+    return answer_position - 1 if row == "emit" else answer_position
+
+
+def strip_special(lm: Any, ids: Sequence[int]) -> list[int]:
+    """Generated ids without trailing eos / special tokens (they are never answer tokens)."""
+    ids = [int(i) for i in ids]
+    special = set(getattr(lm.tokenizer, "all_special_ids", []) or []) | set(lm.eos_token_ids)
+    while ids and ids[-1] in special:
+        ids.pop()
+    return ids
+
+
+@dataclass
+class ForcedAnswer:
+    """The answer that the probe pass teacher-forces, and how it was obtained."""
+
+    ids: list[int]                  # answer token ids appended after the prompt
+    source: str                     # "generate" | "gold"
+    weight: float                   # match score of the generated ids vs the gold ids (1.0 for gold)
+    text: str                       # decoded answer (special tokens kept, for the record)
+
+
+def answer_ids(lm: Any, inputs: Any, gold: str, source: str, max_new_tokens: int) -> ForcedAnswer:
+    """Generate the answer greedily (the model's own attention; no probe work) or take the gold answer."""
+    from ocrheads_lib.scoring.align import match_score
+
+    gold_ids = lm.tokenizer(gold, add_special_tokens=False)["input_ids"]
+    if source == "gold":
+        return ForcedAnswer(ids=list(gold_ids), source="gold", weight=1.0, text=gold)
+    generated = strip_special(lm, lm.generate(inputs, max_new_tokens=max_new_tokens).tolist())
+    text = lm.tokenizer.decode(generated, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    return ForcedAnswer(ids=generated, source="generate", weight=match_score(gold_ids, generated), text=text)
+
+
+def forced_inputs(inputs: Any, ids: Sequence[int]) -> dict[str, torch.Tensor]:
+    """The prompt tensors with `ids` appended (teacher forcing of exactly these ids)."""
+    from ocrheads_lib.models.base import append_tokens
+
+    tensors = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in inputs.tensors.items()}
+    device = inputs.tensors["input_ids"].device
+    extended = append_tokens(tensors, torch.tensor(list(ids), dtype=torch.long))
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in extended.items()}
+
+
+@torch.no_grad()
+def probe_rows(lm: Any, tensors: dict[str, torch.Tensor], rows: Sequence[int], topk: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass recording every head at `rows`.
+    Returns (argmax (L, H, R), topk_idx (L, H, R, k)) as CPU LongTensors."""
+    plan = Plan(record="all", rows=list(rows), topk=topk)
+    with apply(lm, plan) as rec:
+        lm.model(**tensors)
+    argmax = torch.stack([rec.argmax[layer][0] for layer in range(lm.n_layers)])  # (L, H, R)
+    top = torch.stack([rec.topk_idx[layer][0] for layer in range(lm.n_layers)])  # (L, H, R, k)
+    if bool((argmax < 0).any()):
+        raise SampleFailure("probe: some rows were not recorded (rows outside the sequence?)")
+    return argmax, top
+
+
+def exception_reason(error: BaseException) -> str:
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"exception: {type(error).__name__}: {message}"[:500]
+
+
+@dataclass
+class RecordedRows:
+    """Argmax keys recorded while generating: rows (absolute positions) -> (L, H) each; -1 = never computed."""
+
+    rows: list[int]
+    argmax: torch.Tensor                 # (L, H, R) LongTensor
+
+    def take(self, wanted: Sequence[int]) -> torch.Tensor | None:
+        """(L, H, len(wanted)) for the wanted rows, or None if one of them was not computed."""
+        index = {r: i for i, r in enumerate(self.rows)}
+        if any(r not in index for r in wanted):
+            return None
+        picked = self.argmax[:, :, [index[r] for r in wanted]]  # (L, H, W)
+        return None if bool((picked < 0).any()) else picked
+
+
+@torch.no_grad()
+def generate_recording(lm: Any, inputs: Any, gold: str, max_new_tokens: int) -> tuple[ForcedAnswer, RecordedRows]:
+    """Greedy generation under the probe, recording every head's argmax at every row an answer token can be
+    scored on (emit rows P-1 … P+K-2 and consume rows P … P+K-1, P = prompt length, K = max_new_tokens).
+    The probe leaves the attention outputs untouched (recorded rows are computed beside sdpa), so the
+    generated ids are the ones plain generation gives. One pass instead of generate + teacher forcing."""
+    from ocrheads_lib.scoring.align import match_score
+
+    prompt_len = inputs.prompt_len
+    rows = list(range(prompt_len - 1, prompt_len + max_new_tokens))
+    with apply(lm, Plan(record="all", rows=rows, topk=1)) as rec:
+        generated = lm.generate(inputs, max_new_tokens=max_new_tokens).tolist()
+    n_rows = len(rows)
+    argmax = torch.stack([rec.argmax[layer][0] if layer in rec.argmax else
+                          torch.full((lm.n_heads, n_rows), -1, dtype=torch.long)
+                          for layer in range(lm.n_layers)])  # (L, H, R)
+    ids = strip_special(lm, generated)
+    gold_ids = lm.tokenizer(gold, add_special_tokens=False)["input_ids"]
+    text = lm.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    forced = ForcedAnswer(ids=ids, source="generate", weight=match_score(gold_ids, ids), text=text)
+    return forced, RecordedRows(rows=rows, argmax=argmax)
