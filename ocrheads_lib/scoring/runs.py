@@ -6,38 +6,26 @@
 
 ``get_scores`` reads ``results/<slug>/ocr_scores.json`` (``ocr_scores.consume.json`` for the other
 row convention, ``retrieval_scores.json`` ...) when the file's metadata matches the request, and
-otherwise computes and saves it (atomically). Samples come from the DATA generators
-(``ocrheads_lib.data.passkey_images`` / ``passkey_text``); when those are not installed a small built-in
-pass-key set on the book's grid page is used instead (and a warning says so).
+otherwise computes and saves it (atomically). Samples come from the data generators
+(``ocrheads_lib.data.passkey_images`` / ``passkey_text``).
 """
 from __future__ import annotations
 
-import random
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 from ocrheads_lib.paths import results_dir as _results_dir
 from ocrheads_lib.scoring.store import HeadScores, load_scores
 
-TINY_RANDOM_FALLBACK = "qwen2_vl"
-
-
 # --------------------------------------------------------------------------- models
 def load_scoring_model(model_id: str = "tiny", seed: int = 0) -> Any:
-    """`load_model(model_id, attn="probe")`; "tiny-random-<family>" gives an untrained tiny model. If the
-    embedded model's weights are not there yet, "tiny" falls back to tiny-random-qwen2_vl (with a warning)."""
+    """`load_model(model_id, attn="probe")`; "tiny-random-<family>" gives an untrained tiny model.
+
+    There is deliberately no fallback: if the embedded model's weights are missing, the error says how to
+    build them, rather than a chapter silently scoring an untrained model."""
     from ocrheads_lib.cli import load_lm
 
-    try:
-        return load_lm(model_id, seed=seed)
-    except Exception as error:  # noqa: BLE001 - only the missing-tiny-weights case is recovered below
-        if model_id != "tiny":
-            raise
-        warnings.warn(f"the embedded model could not be loaded ({type(error).__name__}: {error}); using an "
-                      f"untrained tiny-random-{TINY_RANDOM_FALLBACK} model with the gold answer teacher-forced",
-                      stacklevel=2)
-        return load_lm(f"tiny-random-{TINY_RANDOM_FALLBACK}", seed=seed)
+    return load_lm(model_id, seed=seed)
 
 
 def resolve_answer_source(lm: Any, answer_source: str = "auto") -> str:
@@ -49,69 +37,15 @@ def resolve_answer_source(lm: Any, answer_source: str = "auto") -> str:
 
 # --------------------------------------------------------------------------- samples
 def scoring_samples(kind: str, n: int, seed: int = 0, dataset: str | None = None, **kwargs: Any) -> list[Any]:
-    """Samples for a scoring task: ImageSamples for "ocr", TextSamples for "retrieval"."""
+    """Samples for a scoring task: ImageSamples for "ocr" (the book's grid pass-key pages by default),
+    TextSamples for "retrieval"."""
     from ocrheads_lib import cli
 
     name = dataset or ("passkey" if kind == "ocr" else "passkey-text")
-    try:
-        generator = cli.resolve_dataset(name)
-    except (ImportError, ValueError) as error:
-        if dataset is not None:
-            raise
-        warnings.warn(f"DATA generator for {name!r} not available ({error}); using the built-in pass-key set",
-                      stacklevel=2)
-        return builtin_passkey_images(n, seed) if kind == "ocr" else builtin_passkey_text(n, seed)
+    generator = cli.resolve_dataset(name)
     if kind == "ocr" and name == "passkey":
         kwargs.setdefault("layout", "grid")
     return list(generator(n, seed=seed, **kwargs))
-
-
-def _key(rng: random.Random) -> str:
-    return "".join(rng.choice("0123456789") for _ in range(rng.randint(3, 5)))
-
-
-def builtin_passkey_images(n: int, seed: int = 0) -> list[Any]:
-    """A minimal pass-key set on the book's grid page (one page; "The pass key is K." among filler)."""
-    from ocrheads_lib.data.grid import BOOK_LAYOUT, BOOK_PAGE, render_grid, wrap_words
-    from ocrheads_lib.data.samples import ImageSample
-
-    rng = random.Random(seed)
-    samples = []
-    for i in range(n):
-        key = _key(rng)
-        lines = wrap_words(f"The pass key is {key}. Keep it.", BOOK_LAYOUT["line_chars"])[: BOOK_LAYOUT["max_lines"]]
-        page = render_grid(lines, **BOOK_PAGE)
-        line = next(li for li, text in enumerate(lines) if key in text)
-        start = lines[line].index(key)
-        chars = [page.char_at(line, start + k) for k in range(len(key))]
-        boxes = [tuple(float(v) for v in c.ink_box) for c in chars]
-        coarse = (boxes[0][0], min(b[1] for b in boxes), boxes[-1][2], max(b[3] for b in boxes))
-        samples.append(ImageSample(id=f"builtin-passkey-{seed}-{i}", pages=[page.image],
-                                   question="What is the pass key?", answer=key, evidence_page=0, boxes=boxes,
-                                   units=list(key), coarse_box=coarse, seed=seed, meta={"source": "builtin"}))
-    return samples
-
-
-def builtin_passkey_text(n: int, seed: int = 0) -> list[Any]:
-    """A minimal text pass-key set: filler sentences with the needle "The pass key is K." inside."""
-    from ocrheads_lib.data.samples import TextSample
-
-    filler = ["The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.",
-              "There and back again."]
-    rng = random.Random(seed)
-    samples = []
-    for i in range(n):
-        key = _key(rng)
-        before = " ".join(rng.choice(filler) for _ in range(rng.randint(1, 4)))
-        after = " ".join(rng.choice(filler) for _ in range(rng.randint(1, 4)))
-        needle = f"The pass key is {key}. Remember it."
-        context = f"{before} {needle} {after}"
-        n0 = len(before) + 1
-        a0 = n0 + needle.index(key)
-        samples.append(TextSample(id=f"builtin-passkey-text-{seed}-{i}", context=context,
-                                  question="What is the pass key?", answer=key, needle_span=(n0, n0 + len(needle)),
-                                  answer_span=(a0, a0 + len(key)), seed=seed, meta={"source": "builtin"}))
-    return samples
 
 
 # --------------------------------------------------------------------------- cached score files

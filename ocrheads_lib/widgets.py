@@ -1,0 +1,354 @@
+"""The head explorer: pick a sample, a layer and a head, and see where that head looks on the page.
+
+    from ocrheads_lib.widgets import record_image_attention, head_explorer
+    maps = [record_image_attention(lm, s) for s in samples]          # one teacher-forced pass each
+    head_explorer(maps, scores={"OCR": ocr_scores, "retrieval": retrieval_scores})
+
+What is shown for (sample, layer, head): the sample's evidence page with, over every image token of
+that page, the head's attention from the rows that *emit* the answer tokens (mean over those rows),
+as a heat map scaled to the head's maximum; the fine evidence boxes (one per answer unit) in cyan;
+the token the head attends most in black; and the head's scores (e.g. OCR and retrieval).
+
+Everything is precomputed: one small palette PNG per (sample, layer, head) inside an
+`ipywidgets.Image`, arranged in nested `Stack`s whose `selected_index` is `jslink`ed to the
+controls. The links live in the browser, so the explorer works the same in a live notebook and in
+the static HTML book (where the saved widget state holds every image and no kernel runs). The cost
+is state size, which :func:`head_explorer` estimates and bounds (`max_state_mb`).
+"""
+from __future__ import annotations
+
+import html
+import io
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+PixelBox = tuple[float, float, float, float]
+
+EVIDENCE_COLOR = (0, 200, 255)      # cyan: the answer units' boxes
+ARGMAX_COLOR = (0, 0, 0)            # black: the token the head attends most
+HEAT_CMAP = "YlOrRd"                # light yellow (little attention) -> dark red (the most)
+
+
+@dataclass
+class HeadAttentionMaps:
+    """Where every head looks on a sample's evidence page while writing the answer.
+
+    attention[l, h, i]: attention of head (l, h) on image token i of the evidence page, averaged over
+    the answer-emitting query rows (the row of the step that produces each answer token).
+    """
+
+    sample_id: str
+    page: Image.Image                      # the evidence page, original pixels
+    token_boxes: np.ndarray                # (N, 4) boxes of the evidence page's image tokens, page pixels
+    attention: np.ndarray                  # (L, H, N) float
+    evidence_boxes: list[PixelBox]         # one per answer unit
+    question: str = ""
+    answer: str = ""
+    rows: list[int] = field(default_factory=list)   # the recorded query positions
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.token_boxes = np.asarray(self.token_boxes, dtype=np.float64).reshape(-1, 4)
+        self.attention = np.asarray(self.attention, dtype=np.float64)
+        if self.attention.ndim != 3 or self.attention.shape[2] != len(self.token_boxes):
+            raise ValueError(f"sample {self.sample_id}: attention must be (layers, heads, {len(self.token_boxes)}) "
+                             f"for {len(self.token_boxes)} token boxes, got {self.attention.shape}")
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.attention.shape[0])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.attention.shape[1])
+
+
+def record_image_attention(lm: Any, sample: Any, answer: str | None = None) -> HeadAttentionMaps:
+    """One teacher-forced forward pass of `sample` (with its gold answer, or `answer`) under the probe,
+    recording, for every head, the attention mass on each image token of the evidence page from the
+    answer-emitting rows (one key set per image token: the tiny model has few, and only these rows are
+    computed, so this is cheap).
+
+    lm: a model adapter (`ocrheads_lib.load_model(...)` or `models.testing.tiny_random(...)`);
+    sample: an `ImageSample`.
+    """
+    import torch
+
+    from ocrheads_lib.attention import Plan, apply
+    from ocrheads_lib.inference import sample_inputs
+
+    text = sample.answer if answer is None else answer
+    inputs = sample_inputs(lm, sample, answer=text)
+    answer_positions = inputs.answer_positions                                # (A,)
+    if answer_positions.numel() == 0:
+        raise ValueError(f"sample {sample.id}: the answer {text!r} has no tokens; nothing to record")
+    rows = answer_positions - 1                                               # (A,) rows that emit each answer token
+    tokens = inputs.image_tokens
+    on_page = tokens.pages == int(sample.evidence_page)                       # (N_all,)
+    positions = tokens.positions[on_page]                                     # (N,)
+    boxes = tokens.boxes[on_page]                                             # (N, 4)
+    if positions.numel() == 0:
+        raise ValueError(f"sample {sample.id}: no image tokens on evidence page {sample.evidence_page}")
+    names = [f"token{i}" for i in range(positions.numel())]
+    plan = Plan(record="all", rows=rows, topk=1,
+                key_sets={name: positions[i:i + 1] for i, name in enumerate(names)})
+    with torch.no_grad(), apply(lm, plan) as rec:
+        lm.model(**inputs.tensors)
+    layers = sorted(rec.argmax)
+    attention = np.stack([
+        torch.stack([rec.mass[name][layer][0] for name in names], dim=-1)     # (H, R, N)
+        .mean(dim=1).numpy()                                                  # (H, N)
+        for layer in layers])                                                 # (L, H, N)
+    return HeadAttentionMaps(sample_id=str(sample.id), page=sample.pages[sample.evidence_page],
+                             token_boxes=boxes.numpy(), attention=attention,
+                             evidence_boxes=[tuple(map(float, b)) for b in sample.boxes],
+                             question=sample.question, answer=text, rows=rows.tolist(),
+                             meta={"model_id": getattr(lm, "model_id", ""), "layers": layers})
+
+
+# ------------------------------------------------------------------------------------------- rendering
+
+def render_head(maps: HeadAttentionMaps, layer: int, head: int, width: int = 480,
+                heat_alpha: float = 0.65, colors: int = 96) -> bytes:
+    """PNG bytes: the evidence page (grey) with head (layer, head)'s attention per image token as a heat
+    map scaled to this head's maximum on the page, evidence boxes (cyan) and its most attended token (black).
+    Rendered with PIL only (fast) and quantised to a small palette (small widget state)."""
+    from matplotlib import colormaps
+
+    weights = maps.attention[layer, head]                                     # (N,)
+    scale = width / maps.page.width                                           # page px -> image px
+    size = (max(1, round(maps.page.width * scale)), max(1, round(maps.page.height * scale)))
+    page = maps.page.convert("L").resize(size, Image.Resampling.LANCZOS)
+    base = np.asarray(page, dtype=np.float32)[..., None] / 255.0              # (h, w, 1)
+
+    heat = np.zeros(size[::-1], dtype=np.float32)                             # (h, w)
+    covered = np.zeros(size[::-1], dtype=bool)
+    top = float(np.nanmax(weights)) if weights.size and np.isfinite(weights).any() else 0.0
+    norm = np.nan_to_num(weights / top) if top > 0 else np.zeros_like(weights)
+    for (x0, y0, x1, y1), value in zip(maps.token_boxes * scale, norm):
+        c0, r0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
+        c1, r1 = min(size[0], int(np.ceil(x1))), min(size[1], int(np.ceil(y1)))
+        heat[r0:r1, c0:c1] = np.maximum(heat[r0:r1, c0:c1], value)
+        covered[r0:r1, c0:c1] = True
+    rgb_heat = colormaps[HEAT_CMAP](heat)[..., :3].astype(np.float32)        # (h, w, 3)
+    # opacity grows with attention: unattended tokens leave the page as it is
+    alpha = np.where(covered, heat_alpha * np.sqrt(heat), 0.0)[..., None]    # (h, w, 1)
+    blended = base * (1 - alpha) + rgb_heat * alpha                           # (h, w, 3)
+    image = Image.fromarray((blended * 255).round().astype(np.uint8), "RGB")
+
+    draw = ImageDraw.Draw(image)
+    for x0, y0, x1, y1 in maps.evidence_boxes:
+        draw.rectangle([x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1], outline=EVIDENCE_COLOR, width=2)
+    if top > 0:
+        x0, y0, x1, y1 = maps.token_boxes[int(np.nanargmax(weights))] * scale
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=ARGMAX_COLOR, width=2)
+    buffer = io.BytesIO()
+    image.quantize(colors=colors, method=Image.Quantize.MEDIANCUT).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def _score_matrix(value: Any) -> np.ndarray:
+    """A (L, H) array from an array-like or from an object with `.mean()` (e.g. scoring.HeadScores)."""
+    if hasattr(value, "detach"):                       # a torch tensor
+        value = value.detach().cpu().numpy()
+    elif not isinstance(value, (np.ndarray, list, tuple)) and callable(getattr(value, "mean", None)):
+        value = value.mean()                           # e.g. scoring.HeadScores -> (L, H)
+    return np.asarray(value, dtype=np.float64)
+
+
+def _rank(matrix: np.ndarray, layer: int, head: int) -> int:
+    """1-based rank of (layer, head) among all heads by descending score (ties share the better rank)."""
+    return int((matrix > matrix[layer, head]).sum()) + 1
+
+
+def head_caption(maps: HeadAttentionMaps, layer: int, head: int,
+                 scores: Mapping[str, np.ndarray]) -> str:
+    """HTML under a head's image: its scores with ranks, and how much it attends to this page."""
+    parts = []
+    for name, matrix in scores.items():
+        value = matrix[layer, head]
+        parts.append(f"<b>{html.escape(name)} score</b> {value:.3f} "
+                     f"(rank {_rank(matrix, layer, head)} of {matrix.size})")
+    on_page = float(np.nansum(maps.attention[layer, head]))
+    evidence = "; ".join(parts) if parts else "no scores given"
+    return (f"<div style='font-size:0.9em'>layer {layer}, head {head} — {evidence}<br>"
+            f"attention on this page's image tokens from the answer rows: {100 * on_page:.1f} % "
+            f"· sample <code>{html.escape(maps.sample_id)}</code>, answer <code>{html.escape(maps.answer)}</code></div>")
+
+
+def estimate_state_bytes(maps: Sequence[HeadAttentionMaps], n_layers: int, n_heads: int, width: int = 480) -> int:
+    """Rough size of the explorer's widget state: renders one image per sample and extrapolates."""
+    total = 0
+    for m in maps:
+        one = len(render_head(m, 0, 0, width))
+        total += int(one * 4 / 3 * n_layers * n_heads) + 3000 * n_layers * n_heads   # base64 + widget models
+    return total
+
+
+def head_explorer(maps: Sequence[HeadAttentionMaps], scores: Mapping[str, Any] | None = None,
+                  layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
+                  head_list: Sequence[tuple[int, int]] | None = None,
+                  width: int = 480, max_state_mb: float = 25.0) -> Any:
+    """The explorer widget (an `ipywidgets.VBox`) for precomputed `maps`.
+
+    scores: name -> (L, H) array or `HeadScores` (its `.mean()` is used), e.g. {"OCR": ..., "retrieval": ...}.
+    layers, heads: the grid offered by the layer and head sliders (default: all layers and heads).
+    head_list: instead of a grid, a list of (layer, head) offered in one dropdown — for large models,
+        e.g. the top OCR and retrieval heads (see :func:`top_heads`).
+    Raises ValueError when the widget state would exceed `max_state_mb` (pass fewer samples, layers or
+    heads, a `head_list`, or a smaller `width`).
+    """
+    import ipywidgets as widgets
+
+    if not maps:
+        raise ValueError("head_explorer: no samples given (pass the output of record_image_attention)")
+    n_layers, n_heads = maps[0].n_layers, maps[0].n_heads
+    for m in maps:
+        if (m.n_layers, m.n_heads) != (n_layers, n_heads):
+            raise ValueError(f"sample {m.sample_id} has {m.n_layers}×{m.n_heads} heads, "
+                             f"sample {maps[0].sample_id} {n_layers}×{n_heads}: use one model for all samples")
+    layers = list(range(n_layers)) if layers is None else [int(x) for x in layers]
+    heads = list(range(n_heads)) if heads is None else [int(x) for x in heads]
+    pairs = [(int(l), int(h)) for l, h in head_list] if head_list is not None else None
+    bad = [x for x in layers if not 0 <= x < n_layers] + [x for x in heads if not 0 <= x < n_heads]
+    bad += [p for p in (pairs or []) if not (0 <= p[0] < n_layers and 0 <= p[1] < n_heads)]
+    if bad:
+        raise ValueError(f"layers/heads {bad} out of range for a model with {n_layers} layers × {n_heads} heads")
+    if pairs is not None and not pairs:
+        raise ValueError("head_list is empty")
+    matrices = {name: _score_matrix(value) for name, value in (scores or {}).items()}
+    for name, matrix in matrices.items():
+        if matrix.shape != (n_layers, n_heads):
+            raise ValueError(f"scores[{name!r}] has shape {matrix.shape}, expected ({n_layers}, {n_heads})")
+    n_images = len(pairs) if pairs is not None else len(layers) * len(heads)
+    estimate = estimate_state_bytes(maps, n_images, 1, width)
+    if estimate > max_state_mb * 2**20:
+        raise ValueError(f"the explorer would hold ≈ {estimate / 2**20:.1f} MB of widget state "
+                         f"(> max_state_mb={max_state_mb}): pass fewer samples, layers or heads, a head_list, "
+                         "or a smaller width")
+
+    def leaf(m: HeadAttentionMaps, layer: int, head: int) -> Any:
+        return widgets.VBox([widgets.Image(value=render_head(m, layer, head, width), format="png"),
+                             widgets.HTML(head_caption(m, layer, head, matrices))])
+
+    sample_pick = widgets.Dropdown(options=[(f"{m.sample_id} — answer {m.answer}", i) for i, m in enumerate(maps)],
+                                   index=0, description="sample", layout=widgets.Layout(width="420px"))
+    per_sample = []
+    if pairs is not None:
+        def label(layer: int, head: int) -> str:
+            extra = ", ".join(f"{name} {matrix[layer, head]:.2f}" for name, matrix in matrices.items())
+            return f"L{layer}H{head}" + (f" ({extra})" if extra else "")
+
+        head_pick = widgets.Dropdown(options=[(label(l, h), i) for i, (l, h) in enumerate(pairs)], index=0,
+                                     description="head", layout=widgets.Layout(width="420px"))
+        controls = [widgets.HBox([sample_pick]), widgets.HBox([head_pick])]
+        for m in maps:
+            head_stack = widgets.Stack([leaf(m, l, h) for l, h in pairs], selected_index=0)
+            widgets.jslink((head_pick, "index"), (head_stack, "selected_index"))
+            per_sample.append(head_stack)
+    else:
+        # open on the best head of the first score (e.g. the top OCR head), not on layer 0 head 0
+        start_layer, start_head = 0, 0
+        if matrices:
+            first = next(iter(matrices.values()))[np.ix_(layers, heads)]
+            if np.isfinite(first).any():
+                start_layer, start_head = np.unravel_index(int(np.nanargmax(first)), first.shape)
+        layer_pick = widgets.SelectionSlider(options=[(str(x), i) for i, x in enumerate(layers)],
+                                             index=int(start_layer), description="layer", continuous_update=True)
+        head_pick = widgets.SelectionSlider(options=[(str(x), i) for i, x in enumerate(heads)],
+                                            index=int(start_head), description="head", continuous_update=True)
+        controls = [widgets.HBox([sample_pick]), widgets.HBox([layer_pick, head_pick])]
+        for m in maps:
+            per_layer = []
+            for layer in layers:
+                head_stack = widgets.Stack([leaf(m, layer, head) for head in heads], selected_index=int(start_head))
+                widgets.jslink((head_pick, "index"), (head_stack, "selected_index"))
+                per_layer.append(head_stack)
+            layer_stack = widgets.Stack(per_layer, selected_index=int(start_layer))
+            widgets.jslink((layer_pick, "index"), (layer_stack, "selected_index"))
+            per_sample.append(layer_stack)
+    sample_stack = widgets.Stack(per_sample, selected_index=0)
+    widgets.jslink((sample_pick, "index"), (sample_stack, "selected_index"))
+
+    legend = widgets.HTML(
+        "<div style='font-size:0.85em;color:#555'>Heat: the head's attention from the answer-emitting rows on each "
+        "image token of the evidence page (mean over answer tokens), scaled to its maximum. "
+        "<span style='color:#00a0cc'>Cyan</span>: evidence box of each answer unit. "
+        "Black outline: the token this head attends most.</div>")
+    children = [*controls, sample_stack, legend]
+    top = _top_heads_html(matrices)
+    if top:
+        children.append(widgets.HTML(top))
+    return widgets.VBox(children)
+
+
+def top_heads(scores: Mapping[str, Any], k: int = 8) -> list[tuple[int, int]]:
+    """The union of the top-k heads of every score (best first, no repeats) — a `head_list` for large models."""
+    out: list[tuple[int, int]] = []
+    for value in scores.values():
+        matrix = _score_matrix(value)
+        flat = np.nan_to_num(matrix, nan=-np.inf).ravel()
+        for index in np.argsort(-flat, kind="stable")[:k]:
+            head = (int(index // matrix.shape[1]), int(index % matrix.shape[1]))
+            if head not in out:
+                out.append(head)
+    return out
+
+
+def explorer_scores(lm: Any, model_dir: str | Any, samples_for: Any = None) -> dict[str, Any]:
+    """OCR and retrieval `HeadScores` for the explorer: `model_dir/{kind}_scores.json` (chapters 02/03) or
+    the experiments' cache `model_dir/cache/experiment_scores/{kind}_scores.json`; otherwise computed on
+    `samples_for(kind)` (image samples for "ocr", text samples for "retrieval") and saved to that cache.
+    A kind that is on disk nowhere and has no `samples_for` is left out."""
+    from pathlib import Path
+
+    from ocrheads_lib.scoring import load_scores
+
+    model_dir = Path(model_dir)
+    out: dict[str, Any] = {}
+    for kind in ("ocr", "retrieval"):
+        candidates = [model_dir / f"{kind}_scores.json", model_dir / "cache" / "experiment_scores" / f"{kind}_scores.json"]
+        found = None
+        for candidate in (c for c in candidates if c.exists()):
+            loaded = load_scores(candidate)
+            # a file from another model (e.g. written by a fallback model) has another head grid: skip it
+            if tuple(loaded.shape) == (int(lm.n_layers), int(lm.n_heads)):
+                found = loaded
+                break
+            warnings.warn(f"{candidate} holds scores for {loaded.shape[0]}×{loaded.shape[1]} heads, not this "
+                          f"model's {lm.n_layers}×{lm.n_heads}: ignored", stacklevel=2)
+        if found is not None:
+            out[kind] = found
+        elif samples_for is not None:
+            import ocrheads_lib.scoring as scoring      # each scorer imports torch on first use only
+
+            samples = list(samples_for(kind))
+            out[kind] = scoring.score_ocr(lm, samples) if kind == "ocr" else scoring.score_retrieval(lm, samples)
+            out[kind].save(candidates[1])
+    return out
+
+
+def _top_heads_html(matrices: Mapping[str, np.ndarray], k: int = 5) -> str:
+    """A small 'where to look first' line: the top-k heads of each score."""
+    lines = []
+    for name, matrix in matrices.items():
+        flat = np.nan_to_num(matrix, nan=-np.inf).ravel()
+        order = np.argsort(-flat, kind="stable")[:k]
+        heads = ", ".join(f"L{i // matrix.shape[1]}H{i % matrix.shape[1]} ({flat[i]:.2f})" for i in order)
+        lines.append(f"top {k} by {html.escape(name)} score: {heads}")
+    return "<div style='font-size:0.85em'>" + "<br>".join(lines) + "</div>" if lines else ""
+
+
+def explorer_for(lm: Any, samples: Sequence[Any], scores: Mapping[str, Any] | None = None,
+                 max_grid_heads: int = 64, top_k: int = 8, width: int = 480, max_state_mb: float = 25.0) -> Any:
+    """Record `samples` on `lm` and build the explorer: a layer × head grid when the model has at most
+    `max_grid_heads` heads (the tiny model), otherwise a dropdown over the `top_k` heads of every score."""
+    maps = [record_image_attention(lm, sample) for sample in samples]
+    n_heads = maps[0].n_layers * maps[0].n_heads if maps else 0
+    head_list = top_heads(scores, top_k) if (scores and n_heads > max_grid_heads) else None
+    return head_explorer(maps, scores=scores, head_list=head_list, width=width, max_state_mb=max_state_mb)
