@@ -1,0 +1,434 @@
+"""Held-out accuracy of the embedded model with greedy `generate` (no teacher forcing).
+
+    python -m ocrheads_lib.tiny.evaluate                       # shipped weights, 200 samples per set
+    python -m ocrheads_lib.tiny.evaluate --model runs/tiny/model --n 100 --no-card
+
+Sets (fresh seeds, never used in training — training draws from `--seed` 0 and the in-training evals
+from 1_000_003+):
+  (a) ``a_key_*``    a pass key alone on a page: aligned, unaligned (pixel offsets), two lines unaligned;
+  (b) ``b_text_256`` text pass-key retrieval, contexts of 256-400 characters (= tokens: the tokenizer is
+                     character-level), so every context is >= 256 tokens;
+  (c) ``c_page_*``   the pass key inside a rendered paragraph page at the book's grid default (16x6 cells,
+                     5 lines of haystack, aligned), unaligned, and with single-character keys.
+Results go into `ocrheads_lib/tiny/model_card.json` (with the training summary and curves) unless
+`--no-card`; the curves figure into book/figures/tiny/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ocrheads_lib.tiny import MODEL_CARD, WEIGHTS_DIR
+from ocrheads_lib.tiny.build import user_messages
+from ocrheads_lib.tiny.tasks import Example, key_example, page_example, text_example
+
+HELDOUT_SEED = 2_000_003
+TARGETS = {"a_key_aligned": 0.98, "a_key_unaligned": 0.98, "b_text_256": 0.95, "c_page_book": 0.90,
+           "c_book_passkey_grid": 0.90, "b_book_passkey_text_320": 0.95}
+
+
+@dataclass
+class SetResult:
+    name: str
+    n: int
+    correct: int
+    failures: list[dict]            # first few wrong answers: gold, predicted, meta
+    min_tokens: int                 # prompt length range (tokens) of the set
+    max_tokens: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else 0.0
+
+
+def heldout_sets(n: int, seed: int = HELDOUT_SEED) -> dict[str, list[Example]]:
+    def gen(offset: int, fn) -> list[Example]:
+        rng = random.Random(seed + offset)
+        return [fn(rng) for _ in range(n)]
+
+    return {
+        "a_key_aligned": gen(1, lambda r: key_example(r, "aligned")),
+        "a_key_unaligned": gen(2, lambda r: key_example(r, "offset")),
+        "a_key_2lines_unaligned": gen(3, lambda r: key_example(r, "2lines_offset")),
+        "b_text_256": gen(4, lambda r: text_example(r, 256, 400)),
+        "c_page_book": gen(5, lambda r: page_example(r)),
+        "c_page_unaligned": gen(6, lambda r: page_example(r, offset=True)),
+        "c_page_char": gen(7, lambda r: page_example(r, key_style="char")),
+    }
+
+
+def book_sets(n: int, seed: int = HELDOUT_SEED) -> tuple[dict[str, list[Example]], dict[str, str]]:
+    """The same questions built by the book's own generators (ocrheads_lib.data), i.e. exactly what the
+    chapters score. Returns (sets, skipped: name -> reason) so a missing generator is reported, not hidden."""
+    sets: dict[str, list[Example]] = {}
+    skipped: dict[str, str] = {}
+    try:
+        from ocrheads_lib.data import case_study_images, passkey_images, passkey_text
+    except ImportError as error:   # the data package is optional for this module
+        return sets, {"book_*": f"ocrheads_lib.data not importable: {error}"}
+
+    def from_images(samples) -> list[Example]:
+        return [Example("page", list(s.pages), s.question, s.answer, meta=dict(id=s.id)) for s in samples]
+
+    builders = {
+        "c_book_passkey_grid": lambda: from_images(passkey_images(n, seed=seed)),
+        "c_book_passkey_grid_unaligned": lambda: from_images(passkey_images(n, seed=seed + 1, grid_offset="random")),
+        "c_book_passkey_grid_varied_filler": lambda: from_images(passkey_images(n, seed=seed + 2, filler="varied")),
+        "c_book_case_study_chars": lambda: from_images(
+            case_study_images(n_per_char=max(1, -(-n // 36)), seed=seed + 3)[:n]),
+        "b_book_passkey_text_320": lambda: [Example("text", [], s.prompt, s.answer, meta=dict(id=s.id))
+                                            for s in passkey_text(n, seed=seed + 4, context_chars=320)],
+    }
+    for name, build in builders.items():
+        try:
+            sets[name] = build()
+        except (TypeError, ValueError, RuntimeError) as error:   # generator API changed: say so
+            skipped[name] = f"{type(error).__name__}: {error}"
+    return sets, skipped
+
+
+def load(model_dir: str = WEIGHTS_DIR):
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    if not os.path.exists(os.path.join(model_dir, "config.json")):
+        raise FileNotFoundError(f"no model in {model_dir}; train one with `python -m ocrheads_lib.tiny.train` "
+                                "and export it with `--export`")
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return model, processor
+
+
+@torch.no_grad()
+def generate_answers(model, processor, examples: list[Example], batch: int = 16,
+                     max_new_tokens: int = 12) -> tuple[list[str], list[int]]:
+    """Greedy answers (special tokens stripped, whitespace-trimmed) and prompt lengths in tokens."""
+    answers, lengths = [], []
+    tok = processor.tokenizer
+    for i in range(0, len(examples), batch):
+        chunk = examples[i:i + batch]
+        texts = [processor.apply_chat_template(user_messages(len(e.pages), e.prompt), add_generation_prompt=True,
+                                               tokenize=False) for e in chunk]
+        images = [p for e in chunk for p in e.pages] or None
+        enc = processor(text=texts, images=images, return_tensors="pt", padding=True)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)   # (B, T + new)
+        new = out[:, enc["input_ids"].shape[1]:]
+        answers += [s.strip() for s in tok.batch_decode(new, skip_special_tokens=True)]
+        lengths += enc["attention_mask"].sum(-1).tolist()
+    return answers, lengths
+
+
+def evaluate(model_dir: str = WEIGHTS_DIR, n: int = 200, seed: int = HELDOUT_SEED,
+             sets: list[str] | None = None) -> dict[str, SetResult]:
+    model, processor = load(model_dir)
+    out = {}
+    all_sets = heldout_sets(n, seed)
+    extra, skipped = book_sets(n, seed)
+    all_sets.update(extra)
+    for name, reason in skipped.items():
+        print(f"skipped {name}: {reason}", file=sys.stderr)
+    for name, examples in all_sets.items():
+        if sets and name not in sets:
+            continue
+        preds, lengths = generate_answers(model, processor, examples)
+        wrong = [dict(gold=e.answer, pred=p, **{k: v for k, v in e.meta.items()})
+                 for e, p in zip(examples, preds) if p != e.answer]
+        out[name] = SetResult(name, len(examples), len(examples) - len(wrong), wrong[:10],
+                              min(lengths), max(lengths))
+    return out
+
+
+# ------------------------------------------------------------------ model card
+INGREDIENTS = [
+    "real Qwen2VLForConditionalGeneration, random init, trained from scratch (fp32, CPU)",
+    "character-level tokenizer (one token per character) with the Qwen2-VL special tokens",
+    "text on the 28-px token grid: DejaVu Sans Mono Bold 26 px, one character centred per 28x28 cell "
+    "(ocrheads_lib.data.grid); aligned pages first, then pixel offsets of the whole block and two lines",
+    "auxiliary loss on the vision tower only: a linear classifier on each merged visual token (merger output) "
+    "predicts the character in its cell (or blank), weight 1.0; it is not part of the shipped model",
+    "attention is never supervised",
+    "three tasks per step, data generated inline from seed 0: key alone on a page (also 1-3 short words, "
+    "'What is written in the image?'), pass key in a paragraph page (16x6 grid page, 1-5 lines), "
+    "pass key in a text context",
+    "curricula advanced by the running train-batch exact match over 20 steps (>= 0.9; lowered to 0.8 and then "
+    "0.7 during the run to fit the time box, see segments): key layouts "
+    "aligned -> mixed; page lines 1 -> 2 -> 3 -> 5 -> 5 with 50 % unaligned; text context 60 -> 100 -> 160 "
+    "-> 240 -> 320 -> 420 characters",
+    "haystacks: the classic repetitive filler ('The grass is green. ...') or random sentences from a "
+    "100-word list; needle 'The pass key is K.' (+ ' Remember it.' 60 %)",
+    "keys: 3-6 random digits, the paper's U[1, 10000], single characters 0-9a-z, 2-6 letters/digits",
+    "AdamW lr 1e-3, 50-step warm-up then constant, betas (0.9, 0.98), weight decay 0.01, clip 1.0; "
+    "loss on the answer tokens + <|im_end|> only; torch.set_flush_denormal(True)",
+]
+KNOWN_LIMITS = [
+    "reads only the grid renderer's font (DejaVu Sans Mono Bold 26 px on 28 px cells); other fonts, sizes "
+    "or proportional text are out of distribution",
+    "one page per question in training; multi-page inputs are untested",
+    "text contexts up to ~420 characters in training; longer contexts are out of distribution",
+    "char-level vocabulary of printable ASCII only; no instruction following beyond the trained questions",
+    "with the grid-aligned layout one visual token holds exactly one character, the easiest case for OCR heads",
+    "one shared copy circuit may serve both image and text retrieval (see the head chapters)",
+]
+
+
+def write_model_card(results: dict[str, SetResult], model_dir: str, card_path: str = MODEL_CARD,
+                     figure_dir: str | None = None, eval_wall_s: float = 0.0) -> dict:
+    summary_path = os.path.join(model_dir, "training_summary.json")
+    summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {}
+    config = json.load(open(os.path.join(model_dir, "config.json")))
+    weights = os.path.join(model_dir, "model.safetensors")
+    text_cfg = config.get("text_config", {})
+    card = dict(
+        name="ocrheads tiny Qwen2-VL",
+        architecture="Qwen2VLForConditionalGeneration",
+        config=dict(size=summary.get("size"), text_layers=text_cfg.get("num_hidden_layers"),
+                    heads_per_layer=text_cfg.get("num_attention_heads"), kv_heads=text_cfg.get("num_key_value_heads"),
+                    head_dim=text_cfg.get("head_dim"), hidden=text_cfg.get("hidden_size"),
+                    total_heads=(text_cfg.get("num_hidden_layers") or 0) * (text_cfg.get("num_attention_heads") or 0),
+                    vocab_size=text_cfg.get("vocab_size"), vision=config.get("vision_config", {}).get("depth")),
+        parameters=summary.get("params"),
+        weights_bytes=os.path.getsize(weights) if os.path.exists(weights) else None,
+        training=dict(command="OMP_NUM_THREADS=2 python -m ocrheads_lib.tiny.train --minutes 60 --out runs/tiny",
+                      export="python -m ocrheads_lib.tiny.train --out runs/tiny --export ocrheads_lib/tiny/weights",
+                      seed=(summary.get("args") or {}).get("seed", 0), steps=summary.get("steps"),
+                      wall_s=summary.get("wall_s"), cpu_s=summary.get("cpu_s"), args=summary.get("args"),
+                      curriculum_final=summary.get("curriculum"), curriculum_events=summary.get("events"),
+                      segments=summary.get("segments"),
+                      milestones=summary.get("milestones")),
+        data=dict(generator="ocrheads_lib.tiny.tasks (grid renderer ocrheads_lib.data.grid)",
+                  train_seed=(summary.get("args") or {}).get("seed", 0), in_training_eval_seed=1_000_003,
+                  heldout_seed=HELDOUT_SEED),
+        curves=summary.get("history", []),
+        heldout=dict(decoding="greedy generate, max_new_tokens 12, exact match after strip()",
+                     eval_wall_s=round(eval_wall_s, 1),
+                     sets={k: dict(accuracy=round(r.accuracy, 4), n=r.n, prompt_tokens=[r.min_tokens, r.max_tokens],
+                                   target=TARGETS.get(k), failures=r.failures) for k, r in results.items()}),
+        ingredients=INGREDIENTS,
+        known_limits=KNOWN_LIMITS,
+    )
+    tmp = card_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(card, f, indent=1)
+    os.replace(tmp, card_path)
+    if figure_dir and card["curves"]:
+        plot_curves(card["curves"], os.path.join(figure_dir, "curves.png"))
+    return card
+
+
+def plot_curves(history: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [k for k in history[0] if k not in ("step", "wall_s", "cpu_s", "eval_s", "curriculum")
+             and not k.endswith("cell_acc")]
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=90)
+    minutes = [h["wall_s"] / 60 for h in history]
+    for name in names:
+        ax.plot(minutes, [h.get(name, float("nan")) for h in history], label=name, lw=1.4)
+    ax.set_xlabel("wall time (min, 2 shared CPU cores)")
+    ax.set_ylabel("exact match (teacher-forced)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.set_title("tiny Qwen2-VL: held-out exact match during training", fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_examples(model, processor, path: str, seed: int = HELDOUT_SEED + 100) -> list[dict]:
+    """A few held-out pages with the model's greedy answers (a small PNG for the model card)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = random.Random(seed)
+    examples = [key_example(rng, "aligned"), key_example(rng, "offset"), key_example(rng, "2lines_offset"),
+                page_example(rng), page_example(rng, offset=True), page_example(rng, key_style="char")]
+    titles = ["key, aligned", "key, unaligned", "key, 2 lines, unaligned", "paragraph page (book default)",
+              "paragraph page, unaligned", "paragraph page, 1-character key"]
+    preds, _ = generate_answers(model, processor, examples)
+    fig, axes = plt.subplots(2, 3, figsize=(9, 3.4), dpi=80)
+    shown = []
+    for ax, e, pred, title in zip(axes.flat, examples, preds, titles):
+        ax.imshow(e.pages[0])
+        ax.set_xticks([])
+        ax.set_yticks([])
+        mark = "ok" if pred == e.answer else "WRONG"
+        ax.set_title(f"{title}\nQ: {e.prompt}  model: {pred!r} ({mark})", fontsize=7)
+        shown.append(dict(kind=title, question=e.prompt, gold=e.answer, model=pred))
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return shown
+
+
+def _milestone_rows(card: dict) -> list[str]:
+    miles = (card.get("training") or {}).get("milestones") or {}
+    names = sorted({k.split("@")[0] for k in miles})
+    rows = ["| in-training eval set | 50 % | 90 % | 95 % |", "|---|---|---|---|"]
+    for name in names:
+        cells = []
+        for thr in ("0.5", "0.9", "0.95"):
+            m = miles.get(f"{name}@{thr}")
+            cells.append(f"step {m['step']} / {m['wall_s'] / 60:.1f} min / {m['cpu_s']:.0f} CPU-s" if m else "not reached")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def write_markdown(card: dict, path: str = "book/model_card.md", figures: str = "figures/tiny") -> None:
+    """The model card page (prose + numbers from the JSON card)."""
+    cfg, tr, held = card["config"], card["training"], card["heldout"]["sets"]
+    width = card.get("width_cost") or {}
+    lines = [
+        "# The embedded model: a tiny Qwen2-VL trained here",
+        "",
+        "The book's default model is not downloaded: it is a tiny `Qwen2VLForConditionalGeneration` — the same",
+        "architecture and processor as Qwen/Qwen2-VL-7B-Instruct, loaded by the same code path — trained from",
+        "scratch by this project on a CPU, on synthetic pages rendered on the model's 28-pixel token grid.",
+        "It exists so every chapter runs on a laptop and shows heads that *learned* to read; the findings",
+        "it shows are findings about this small model, and the chapters say which claims need the real models.",
+        "",
+        "```python",
+        "from ocrheads_lib import load_model, answer",
+        "lm = load_model(\"tiny\")          # ocrheads_lib/tiny/weights, offline",
+        "```",
+        "",
+        "## Architecture",
+        "",
+        f"- decoder: {cfg['text_layers']} layers x {cfg['heads_per_layer']} query heads (head dim {cfg['head_dim']}, "
+        f"{cfg['kv_heads']} KV heads, GQA), hidden {cfg['hidden']} — **{cfg['total_heads']} heads** in total;",
+        f"- vision tower: depth {cfg['vision']}, patch 14, 2x2 merge: one visual token per 28x28 pixel cell;",
+        f"- character-level vocabulary of {cfg['vocab_size']} tokens with all Qwen2-VL special tokens;",
+        f"- {card['parameters'] / 1e6:.2f} M parameters, `model.safetensors` {card['weights_bytes'] / 2**20:.1f} MiB (fp32).",
+        "",
+    ]
+    if width:
+        lines += ["What the width cost (CPU-seconds per training step, one thread, batch 8+8+8 at the final",
+                  "curriculum stage, measured on this machine):", "",
+                  "| configuration | parameters | CPU-s / step |", "|---|---|---|"]
+        lines += [f"| {k} | {v['params'] / 1e6:.2f} M | {v['cpu_s_per_step']} |" for k, v in width.items()]
+        lines += [""]
+    lines += [
+        "## Training",
+        "",
+        "Reproduce the weights (seeded; `--resume` continues an interrupted run from `runs/tiny/checkpoint.pt`):",
+        "",
+        "```bash",
+        tr["command"],
+        tr["export"],
+        "python -m ocrheads_lib.tiny.evaluate        # held-out accuracies -> model_card.json, this page's figures",
+        "```",
+        "",
+        f"The shipped model trained for **{tr['steps']} steps**, {tr['wall_s'] / 60:.1f} min of wall time and "
+        f"{tr['cpu_s']:.0f} CPU-seconds (mostly one thread: on the two cores shared with ~7 other jobs, two "
+        "OpenMP threads burned ~4x more CPU per step than one).",
+        "",
+        "The run was stopped and resumed from its checkpoint a few times (exact: model, optimizer, data rng and",
+        "curriculum state are restored). Segments, each `python -m ocrheads_lib.tiny.train --out runs/tiny` with:",
+        "",
+        "| from step | threads | curriculum advance threshold | pages |",
+        "|---|---|---|---|",
+    ]
+    for seg in tr.get("segments") or []:
+        pages = "aligned only (`--aligned_only`)" if seg.get("aligned_only") else "per curriculum"
+        lines.append(f"| {seg['start_step']} | {seg['threads']} | {seg.get('advance_at', 0.9)} | {pages} |")
+    lines += [
+        "",
+        "To replay the same trajectory, run the segments in order with `--resume --max_steps <next start step>`",
+        "and the segment's `--threads` / `--advance_at` / `--aligned_only` (the first without `--resume`).",
+        "",
+        "Ingredients (they shape what the head findings mean):",
+        "",
+    ]
+    lines += [f"- {x}" for x in card["ingredients"]]
+    lines += ["", f"![training curves]({figures}/curves.png)", "", "Curriculum events:", ""]
+    for ev in tr.get("curriculum_events") or []:
+        lines.append(f"- step {ev['step']} ({ev.get('wall_s', 0) / 60:.1f} min): {ev['task']} -> {ev['now']}")
+    lines += ["", "First in-training evaluation (teacher-forced, 32 held-out samples per set) at or above a threshold:", ""]
+    lines += _milestone_rows(card)
+    lines += ["", "## Held-out accuracy (greedy `generate`, fresh seeds)", "",
+              "| set | exact match | n | prompt tokens | target |", "|---|---|---|---|---|"]
+    for name, r in held.items():
+        target = "" if r.get("target") is None else (f"{r['target']:.2f} " + ("met" if r["accuracy"] >= r["target"] else "**missed**"))
+        lines.append(f"| {name} | {r['accuracy']:.3f} | {r['n']} | {r['prompt_tokens'][0]}-{r['prompt_tokens'][1]} | {target} |")
+    lines += ["", "`a_*`: a key alone on a page; `b_*`: pass key in a text context; `c_*`: pass key in a paragraph",
+              "page; `*_book_*`: built by the book's own generators (`ocrheads_lib.data`), i.e. what the chapters score.",
+              "", f"![held-out pages and the model's answers]({figures}/examples.png)", "",
+              "## Status against the targets", "",
+              "- Grid-aligned pages, the book's default (`passkey_images(layout=\"grid\")`, 4-5 digit keys): see",
+              "  `c_book_passkey_grid` above; the case-study characters: `c_book_case_study_chars`.",
+              "- Text retrieval at the book's default context (`passkey_text`, 320 characters): `b_book_passkey_text_320`;",
+              "  our harder set `b_text_256` adds letter/mixed keys and contexts up to 400 characters.",
+              "- **Unaligned text is not read**: pixel offsets of the text block were trained only briefly (the last",
+              "  segment trained on aligned pages only, to polish the book default), so `*_unaligned` sets are near 0.",
+              "  Use `grid_offset=\"aligned\"` (the default) with this model.",
+              f"- Training time: {tr.get('target_60_min_on_2_cores', 'see above')}.",
+              "", "## Known limits", ""]
+    lines += [f"- {x}" for x in card["known_limits"]]
+    lines += ["", "## The machine-readable card", "", "Shipped beside the weights as `ocrheads_lib/tiny/model_card.json`:",
+              "", "```{literalinclude} ../ocrheads_lib/tiny/model_card.json", ":language: json", "```"]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    torch.set_flush_denormal(True)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=WEIGHTS_DIR)
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--seed", type=int, default=HELDOUT_SEED)
+    p.add_argument("--sets", default="", help="comma-separated subset of set names")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-card", action="store_true")
+    p.add_argument("--figures", default="book/figures/tiny")
+    p.add_argument("--markdown", default="book/model_card.md")
+    p.add_argument("--card", default=MODEL_CARD, help="where to write the JSON model card")
+    p.add_argument("--width_cost", default="runs/tiny/width_cost.json",
+                   help="optional JSON of measured CPU-s per step by model width (see the card)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    results = evaluate(args.model, args.n, args.seed, [s for s in args.sets.split(",") if s] or None)
+    for r in results.values():
+        target = TARGETS.get(r.name)
+        flag = "" if target is None else (" (target %.2f: %s)" % (target, "met" if r.accuracy >= target else "MISSED"))
+        print(f"{r.name:24s} {r.accuracy:.3f}  n={r.n}  prompt tokens {r.min_tokens}-{r.max_tokens}{flag}")
+        for f in r.failures[:3]:
+            print("    wrong:", f)
+    if not args.no_card:
+        card = write_model_card(results, args.model, card_path=args.card, figure_dir=args.figures,
+                                eval_wall_s=time.time() - t0)
+        model, processor = load(args.model)
+        card["examples"] = plot_examples(model, processor, os.path.join(args.figures, "examples.png"))
+        if os.path.exists(args.width_cost):
+            card["width_cost"] = json.load(open(args.width_cost))
+        tmp = args.card + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(card, f, indent=1)
+        os.replace(tmp, args.card)
+        write_markdown(card, args.markdown)
+        print("model card:", args.card, args.markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

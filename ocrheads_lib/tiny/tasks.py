@@ -1,0 +1,194 @@
+"""Training and held-out examples for the embedded model, generated from a seeded rng.
+
+Three tasks, all rendered with the same grid renderer as the book's pages
+(:mod:`ocrheads_lib.data.grid`):
+
+- ``key``:  read a pass key / short word alone on a small page (aligned or unaligned, 1 or 2 lines);
+- ``page``: find and read the pass key inside a paragraph page (the book's ``passkey_images`` grid
+  default: 16x6 cells, filler text wrapped to 15 characters, up to 5 lines);
+- ``text``: find the pass key in a plain-text context (text retrieval), context length by curriculum.
+
+Every function takes a ``random.Random``; nothing else is random.
+"""
+from __future__ import annotations
+
+import random
+import string
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from ocrheads_lib.data.grid import BOOK_LAYOUT, BOOK_PAGE, CELL, cell_labels, render_grid, wrap_words
+
+PASSKEY_QUESTION = "What is the pass key?"
+READ_QUESTION = "What is written in the image?"
+SOFT_PROMPT = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
+               "I will quiz you about the important information there.")
+# The classic repetitive haystack of pass-key retrieval (no digits in it).
+CLASSIC_FILLER = ["The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.",
+                  "There and back again."]
+WORDS = ("the a of and to in is was for on with as by at from it that this be are or an we they you "
+         "grass sky sun tree river hill road house cloud stone field bird water light day night rain "
+         "snow wind sea boat town city book page door garden flower horse apple bread table window "
+         "green blue warm cold old new long small big quiet bright dark soft slow fast red white "
+         "yellow gray runs flows grows shines sings rests falls waits moves stands reads walks "
+         "again here there back always never often").split()
+SINGLE_CHARS = string.digits + string.ascii_lowercase      # the case study's single-character keys
+
+
+@dataclass
+class Example:
+    """One training/eval example: pages + user text -> answer."""
+
+    kind: str                          # "key" | "page" | "text"
+    pages: list[Image.Image]
+    prompt: str                        # user text after the images
+    answer: str
+    cell_labels: list[list[str]] = field(default_factory=list)   # per page, per visual token ("" = blank)
+    meta: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ keys and filler
+def random_key(rng: random.Random, style: str | None = None) -> tuple[str, str]:
+    """A pass key; returns (key, style)."""
+    style = style or rng.choices(["digits", "paper", "char", "alnum"], weights=[5, 3, 2, 1])[0]
+    if style == "digits":        # 3-6 random digits
+        key = "".join(rng.choice(string.digits) for _ in range(rng.randint(3, 6)))
+    elif style == "paper":       # the paper's k ~ U[1, 10000]
+        key = str(rng.randint(1, 10000))
+    elif style == "char":        # one character, as in the case study
+        key = rng.choice(SINGLE_CHARS)
+    elif style == "alnum":
+        key = "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(rng.randint(2, 6)))
+    else:
+        raise ValueError(f"unknown key style {style!r}")
+    return key, style
+
+
+def random_sentence(rng: random.Random) -> str:
+    words = [rng.choice(WORDS) for _ in range(rng.randint(3, 7))]
+    return " ".join(words).capitalize() + "."
+
+
+def filler_sentences(rng: random.Random, n_chars: int, classic: bool) -> list[str]:
+    """Sentences totalling about n_chars characters (with the joining spaces)."""
+    out: list[str] = []
+    total = 0
+    start = rng.randrange(len(CLASSIC_FILLER))
+    while total < n_chars:
+        s = CLASSIC_FILLER[(start + len(out)) % len(CLASSIC_FILLER)] if classic else random_sentence(rng)
+        out.append(s)
+        total += len(s) + 1
+    return out
+
+
+def needle_sentence(rng: random.Random, key: str) -> str:
+    return f"The pass key is {key}." + (" Remember it." if rng.random() < 0.6 else "")
+
+
+def haystack_with_needle(rng: random.Random, n_chars: int, key: str) -> tuple[str, int]:
+    """Filler of ~n_chars characters with the needle at a random sentence boundary.
+
+    Returns (text, index of the key in text)."""
+    needle = needle_sentence(rng, key)
+    classic = rng.random() < 0.5
+    sents = filler_sentences(rng, max(0, n_chars - len(needle) - 1), classic)
+    pos = rng.randint(0, len(sents))
+    before = " ".join(sents[:pos])
+    text = (before + " " if before else "") + needle
+    key_at = len(before) + (1 if before else 0) + len("The pass key is ")
+    after = " ".join(sents[pos:])
+    if after:
+        text += " " + after
+    assert text[key_at:key_at + len(key)] == key
+    return text, key_at
+
+
+# ------------------------------------------------------------------ task: key alone on a page
+def key_example(rng: random.Random, layout: str) -> Example:
+    """A pass key (or short words) alone on a small grid page.
+
+    layout: "aligned" | "offset" (1 line) | "2lines" | "2lines_offset"."""
+    if rng.random() < 0.25:    # read one to three short words
+        words = [rng.choice(WORDS) for _ in range(rng.randint(1, 3))]
+        while len(" ".join(words)) > 15:
+            words.pop()
+        text, question, style = " ".join(words), READ_QUESTION, "words"
+    else:
+        text, style = random_key(rng)
+        question = PASSKEY_QUESTION
+    two = layout.startswith("2lines")
+    offset = layout.endswith("offset")
+    if two:
+        if " " in text:
+            lines = wrap_words(text, max(len(w) for w in text.split()))
+            lines = [" ".join(lines[: len(lines) // 2 or 1]), " ".join(lines[len(lines) // 2 or 1:])]
+            lines = [s for s in lines if s]
+        elif len(text) >= 2:
+            k = rng.randint(1, len(text) - 1)
+            lines = [text[:k], text[k:]]
+        else:
+            lines = [text]
+    else:
+        lines = [text]
+    width = max(len(s) for s in lines)
+    cols = rng.randint(min(16, width + 1), 16)
+    rows = rng.randint(len(lines), 4)
+    if offset:   # any pixel position that keeps the block on the page
+        x_off = rng.randint(0, (cols - width) * CELL)
+        y_off = rng.randint(0, (rows - len(lines)) * CELL)
+    else:
+        x_off = rng.randint(0, cols - width) * CELL
+        y_off = rng.randint(0, rows - len(lines)) * CELL
+    page = render_grid(lines, cols, rows, x_off, y_off)
+    answer = text   # words: lines joined by a space; keys: the lines concatenated
+    return Example("key", [page.image], question, answer, [cell_labels(page)],
+                   meta=dict(layout=layout, style=style, cols=cols, rows=rows, x_off=x_off, y_off=y_off))
+
+
+# ------------------------------------------------------------------ task: pass key in a paragraph page
+def page_example(rng: random.Random, n_lines: int | None = None, offset: bool = False,
+                 key_style: str | None = None, cols: int | None = None, rows: int | None = None) -> Example:
+    """The book's grid page: filler paragraph with the needle, wrapped, on a cols x rows page."""
+    cols = cols or BOOK_PAGE["cols"]
+    rows = rows or BOOK_PAGE["rows"]
+    line_chars = cols - 1
+    max_lines = rows - 1
+    n_lines = n_lines or max_lines
+    key, style = random_key(rng, key_style)
+    soft = rng.random() < 0.15
+    for _attempt in range(50):
+        text, key_at = haystack_with_needle(rng, n_lines * line_chars + 40, key)
+        if soft:
+            text = SOFT_PROMPT + " " + text
+            key_at += len(SOFT_PROMPT) + 1
+        lines = wrap_words(text, line_chars)
+        # locate the key's line; choose a window of n_lines lines containing it
+        starts, pos = [], 0
+        for ln in lines:
+            pos = text.index(ln, pos)
+            starts.append(pos)
+            pos += len(ln)
+        key_line = max(i for i, s in enumerate(starts) if s <= key_at)
+        if key_at + len(key) > starts[key_line] + len(lines[key_line]):
+            continue   # key split by the wrap (never for keys <= line width); try again
+        lo = max(0, min(key_line - rng.randint(0, n_lines - 1), len(lines) - n_lines))
+        window = lines[lo: lo + n_lines]
+        if len(window) < min(n_lines, len(lines)) or not (lo <= key_line < lo + len(window)):
+            continue
+        break
+    else:
+        raise RuntimeError("could not place the needle on the page")
+    x_off = rng.randrange(*BOOK_LAYOUT["offset_range"]) if offset else 0
+    y_off = rng.randrange(*BOOK_LAYOUT["offset_range"]) if offset else 0
+    page = render_grid(window, cols, rows, x_off, y_off)
+    return Example("page", [page.image], PASSKEY_QUESTION, key, [cell_labels(page)],
+                   meta=dict(style=style, n_lines=len(window), offset=offset, x_off=x_off, y_off=y_off))
+
+
+# ------------------------------------------------------------------ task: text retrieval
+def text_example(rng: random.Random, min_chars: int, max_chars: int, key_style: str | None = None) -> Example:
+    key, style = random_key(rng, key_style)
+    n_chars = rng.randint(min_chars, max_chars)
+    text, _ = haystack_with_needle(rng, n_chars, key)
+    return Example("text", [], f"{text}\n\n{PASSKEY_QUESTION}", key, [], meta=dict(style=style, n_chars=len(text)))

@@ -1,0 +1,412 @@
+"""Train the embedded tiny Qwen2-VL from scratch on a CPU.
+
+    OMP_NUM_THREADS=2 python -m ocrheads_lib.tiny.train --minutes 60 --out runs/tiny
+    python -m ocrheads_lib.tiny.train --resume --out runs/tiny          # continue an interrupted run
+    python -m ocrheads_lib.tiny.train --export ocrheads_lib/tiny/weights --out runs/tiny   # ship a checkpoint
+
+Recipe (see model_card.json / book/model_card.md for what each ingredient does):
+- three tasks per step, data generated inline from a seeded rng (:mod:`ocrheads_lib.tiny.tasks`):
+  read a key alone on a page, find the key in a paragraph page, find the key in a text context;
+- curricula driven by the running train-batch exact match (>= 0.9 over 20 steps advances):
+  key pages aligned first, then offsets and two lines; paragraph pages 1 -> 5 lines, then offsets;
+  text contexts 60 -> ... -> 520 characters;
+- an auxiliary loss on the vision tower only: a linear classifier on every merged visual token (the
+  merger output, i.e. the <|image_pad|> embeddings) predicts the character whose cell it covers.
+  Attention is never supervised: the heads the book studies emerge on their own;
+- AdamW 1e-3 with warm-up, loss on the answer tokens (+ <|im_end|>) only.
+"""
+from __future__ import annotations
+
+import torch
+
+torch.set_flush_denormal(True)   # first: denormals made early CPU steps 10-25x slower
+
+import argparse
+import json
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import Qwen2VLForConditionalGeneration
+
+from ocrheads_lib.tiny.build import (CHARACTERS, TinyConfig, build_config, build_generation_config,
+                                     build_processor, build_tokenizer, user_messages)
+from ocrheads_lib.tiny.tasks import Example, key_example, page_example, text_example
+
+AUX_CLASSES = [""] + CHARACTERS            # class 0 = blank cell
+AUX_INDEX = {c: i for i, c in enumerate(AUX_CLASSES)}
+KEY_LAYOUTS = {0: ["aligned"], 1: ["aligned", "offset", "offset", "2lines", "2lines_offset", "2lines_offset"]}
+PAGE_STAGES = [(1, 0.0), (2, 0.0), (3, 0.0), (5, 0.0), (5, 0.5)]      # (max lines, share of unaligned pages)
+TEXT_STAGES = [60, 100, 160, 240, 320, 420]                          # max context characters
+EVAL_SEED = 1_000_003                                                # held-out eval sets (train uses --seed)
+
+
+@dataclass
+class Curriculum:
+    key_phase: int = 0
+    page_stage: int = 0
+    text_stage: int = 0
+    running: dict = field(default_factory=lambda: {"key": [], "page": [], "text": []})
+    window: int = 20
+    threshold: float = 0.9
+
+    def update(self, task: str, em: float) -> bool:
+        """Record a batch EM; advance that task's curriculum when the running mean passes the threshold."""
+        run = self.running[task] = (self.running[task] + [em])[-self.window:]
+        if len(run) < self.window or sum(run) / len(run) < self.threshold:
+            return False
+        if task == "key" and self.key_phase == 0:
+            self.key_phase = 1
+        elif task == "page" and self.page_stage < len(PAGE_STAGES) - 1:
+            self.page_stage += 1
+        elif task == "text" and self.text_stage < len(TEXT_STAGES) - 1:
+            self.text_stage += 1
+        else:
+            return False
+        self.running[task] = []
+        return True
+
+    def describe(self) -> dict:
+        lines, off = PAGE_STAGES[self.page_stage]
+        return dict(key_layouts=sorted(set(KEY_LAYOUTS[self.key_phase])), page_max_lines=lines,
+                    page_unaligned_share=off, text_max_chars=TEXT_STAGES[self.text_stage])
+
+
+# ------------------------------------------------------------------ batches
+def draw_batch(rng: random.Random, task: str, n: int, cur: Curriculum, aligned_only: bool = False) -> list[Example]:
+    if task == "key":
+        layouts = KEY_LAYOUTS[cur.key_phase]
+        if aligned_only:
+            layouts = [x for x in layouts if not x.endswith("offset")]
+        return [key_example(rng, rng.choice(layouts)) for _ in range(n)]
+    if task == "page":
+        max_lines, off_share = PAGE_STAGES[cur.page_stage]
+        off_share = 0.0 if aligned_only else off_share
+        # one page size per batch (no padding waste): the book's 16x6 page, or another size so the
+        # reader is not tied to it
+        cols, rows = (None, None) if rng.random() < 0.8 else (rng.randint(10, 20), rng.randint(3, 8))
+        return [page_example(rng, n_lines=rng.randint(1, min(max_lines, (rows or 6) - 1)),
+                             offset=rng.random() < off_share, cols=cols, rows=rows) for _ in range(n)]
+    if task == "text":
+        # one length band per batch (contexts in [0.85 L, L]), so the batch is not padded to the maximum
+        longest = rng.randint(40, TEXT_STAGES[cur.text_stage])
+        return [text_example(rng, max(40, int(0.85 * longest)), longest) for _ in range(n)]
+    raise ValueError(f"unknown task {task!r}")
+
+
+def collate(examples: list[Example], processor) -> dict:
+    """Chat-templated inputs with the answer appended; labels on the answer + <|im_end|> only."""
+    texts = [processor.apply_chat_template(user_messages(len(e.pages), e.prompt), add_generation_prompt=True,
+                                           tokenize=False) + e.answer + "<|im_end|>" for e in examples]
+    images = [p for e in examples for p in e.pages]
+    enc = dict(processor(text=texts, images=images or None, return_tensors="pt", padding=True))
+    ids = enc["input_ids"]                                              # (B, T), left-padded
+    labels = torch.full_like(ids, -100)
+    for i, e in enumerate(examples):
+        n = len(e.answer) + 1                                           # char tokens + <|im_end|>
+        labels[i, -n:] = ids[i, -n:]
+    enc["labels"] = labels
+    if images:
+        aux = [AUX_INDEX.get(c, 0) for e in examples for page in e.cell_labels for c in page]
+        enc["aux_labels"] = torch.tensor(aux)                           # (N_visual_tokens,)
+    return enc
+
+
+def exact_match(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Teacher-forced exact match per sample: every labelled token is the argmax."""
+    pred = logits[:, :-1].argmax(-1)                                    # (B, T-1)
+    tgt = labels[:, 1:]
+    ok = (pred == tgt) | (tgt == -100)
+    return ok.all(-1).float()                                           # (B,)
+
+
+class TinyTrainer:
+    """Model + aux head + optimizer + curriculum; one `step()` = one optimizer step over all tasks."""
+
+    def __init__(self, size: TinyConfig, seed: int, lr: float, warmup: int, aux_weight: float,
+                 batch: dict[str, int]):
+        torch.manual_seed(seed)
+        self.tokenizer = build_tokenizer()
+        self.processor = build_processor(self.tokenizer)
+        self.size = size
+        self.model = Qwen2VLForConditionalGeneration(build_config(self.tokenizer, size))
+        self.model.generation_config = build_generation_config(self.tokenizer)
+        self.aux_head = nn.Linear(size.hidden, len(AUX_CLASSES))
+        self._merged: list[torch.Tensor] = []
+        self.model.model.visual.merger.register_forward_hook(lambda m, i, o: self._merged.append(o))
+        self.params = list(self.model.parameters()) + list(self.aux_head.parameters())
+        self.opt = torch.optim.AdamW(self.params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+        self.lr, self.warmup, self.aux_weight, self.batch = lr, warmup, aux_weight, batch
+        self.rng = random.Random(seed)
+        self.cur = Curriculum()
+        self.step_count = 0
+        self.events: list[dict] = []
+        self.aligned_only = False   # final-segment option: train on grid-aligned pages only
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def _forward(self, enc: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        self._merged.clear()
+        inputs = {k: v for k, v in enc.items() if k not in ("labels", "aux_labels")}
+        out = self.model(**inputs, labels=enc["labels"])
+        aux = None
+        if "aux_labels" in enc:
+            merged = torch.cat(self._merged, 0)                         # (N_visual_tokens, hidden)
+            aux = F.cross_entropy(self.aux_head(merged), enc["aux_labels"])
+        return out.loss, out.logits, aux
+
+    def step(self) -> dict:
+        self.model.train()
+        lr = self.lr * min(1.0, (self.step_count + 1) / self.warmup)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        total = 0.0
+        stats: dict = {}
+        for task, n in self.batch.items():
+            if n <= 0:
+                continue
+            enc = collate(draw_batch(self.rng, task, n, self.cur, self.aligned_only), self.processor)
+            loss, logits, aux = self._forward(enc)
+            total = total + loss + (self.aux_weight * aux if aux is not None else 0.0)
+            em = exact_match(logits.detach(), enc["labels"]).mean().item()
+            stats[f"loss_{task}"] = round(loss.item(), 4)
+            if aux is not None:
+                stats[f"aux_{task}"] = round(aux.item(), 4)
+            stats[f"em_{task}"] = em
+            if self.cur.update(task, em):
+                self.events.append(dict(step=self.step_count + 1, task=task, now=self.cur.describe()))
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        self.step_count += 1
+        stats["lr"] = lr
+        return stats
+
+    @torch.no_grad()
+    def evaluate_teacher_forced(self, sets: dict[str, list[Example]], batch: int = 32) -> dict:
+        self.model.eval()
+        out = {}
+        for name, examples in sets.items():
+            ok, aux_ok, aux_n = 0.0, 0, 0
+            for i in range(0, len(examples), batch):
+                enc = collate(examples[i:i + batch], self.processor)
+                _, logits, _ = self._forward(enc)
+                ok += exact_match(logits, enc["labels"]).sum().item()
+                if "aux_labels" in enc:
+                    pred = self.aux_head(torch.cat(self._merged, 0)).argmax(-1)
+                    aux_ok += (pred == enc["aux_labels"]).sum().item()
+                    aux_n += len(pred)
+            out[name] = round(ok / len(examples), 4)
+            if aux_n:
+                out[name + "_cell_acc"] = round(aux_ok / aux_n, 4)
+        self.model.train()
+        return out
+
+    # ---------------------------------------------------------- persistence
+    def state(self) -> dict:
+        return dict(model=self.model.state_dict(), aux_head=self.aux_head.state_dict(),
+                    opt=self.opt.state_dict(), rng=self.rng.getstate(), torch_rng=torch.get_rng_state(),
+                    curriculum=asdict(self.cur), step=self.step_count, events=self.events)
+
+    def load_state(self, st: dict) -> None:
+        self.model.load_state_dict(st["model"])
+        self.aux_head.load_state_dict(st["aux_head"])
+        self.opt.load_state_dict(st["opt"])
+        self.rng.setstate(st["rng"])
+        torch.set_rng_state(st["torch_rng"])
+        self.cur = Curriculum(**st["curriculum"])
+        self.step_count = st["step"]
+        self.events = st["events"]
+
+    def export(self, out_dir: str, dtype: torch.dtype = torch.float32) -> None:
+        """Write a loadable folder: model.safetensors + config + generation_config + processor files."""
+        export_model_folder(self.model, self.processor, out_dir, dtype)
+
+
+def export_model_folder(model, processor, out_dir: str, dtype: torch.dtype = torch.float32) -> None:
+    """save_pretrained into a temp folder, then swap it in (readers never see a half-written folder)."""
+    import shutil
+
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    src = model if dtype == torch.float32 else _copy_as(model, dtype)
+    src.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    keep = {"model_card.json"} & set(os.listdir(out_dir)) if os.path.isdir(out_dir) else set()
+    for name in keep:   # files owned by others in the folder survive (none by default)
+        shutil.copy2(os.path.join(out_dir, name), os.path.join(tmp, name))
+    old = out_dir.rstrip("/") + ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.isdir(out_dir):
+        os.replace(out_dir, old)
+    for name in os.listdir(tmp):   # save_pretrained may write 0600 files; the package ships them world-readable
+        os.chmod(os.path.join(tmp, name), 0o644)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _copy_as(model, dtype):
+    import copy
+
+    return copy.deepcopy(model).to(dtype)
+
+
+def eval_sets(n: int, seed: int = EVAL_SEED) -> dict[str, list[Example]]:
+    """Held-out teacher-forced eval sets (seeds disjoint from training's)."""
+    def gen(offset: int, fn) -> list[Example]:
+        rng = random.Random(seed + offset)
+        return [fn(rng) for _ in range(n)]
+
+    return {
+        "key_aligned": gen(1, lambda r: key_example(r, "aligned")),
+        "key_offset": gen(2, lambda r: key_example(r, "offset")),
+        "key_2lines_offset": gen(3, lambda r: key_example(r, "2lines_offset")),
+        "page_book": gen(4, lambda r: page_example(r)),
+        "page_book_offset": gen(5, lambda r: page_example(r, offset=True)),
+        "page_char": gen(6, lambda r: page_example(r, key_style="char")),
+        "text_40_150": gen(7, lambda r: text_example(r, 40, 150)),
+        "text_256_400": gen(8, lambda r: text_example(r, 256, 400)),
+    }
+
+
+def _atomic_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/tiny", help="run folder (checkpoint, log.jsonl, model/)")
+    p.add_argument("--minutes", type=float, default=60.0, help="wall-time budget, including resumed time")
+    p.add_argument("--max_steps", type=int, default=0, help="stop after this many steps (0 = no limit)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--aux", type=float, default=1.0, help="weight of the vision cell-classifier loss")
+    p.add_argument("--batch_key", type=int, default=8)
+    p.add_argument("--batch_page", type=int, default=8)
+    p.add_argument("--batch_text", type=int, default=8)
+    p.add_argument("--eval_every", type=float, default=240.0, help="seconds between held-out evals")
+    p.add_argument("--eval_n", type=int, default=32, help="samples per held-out eval set")
+    p.add_argument("--ckpt_every", type=float, default=300.0, help="seconds between checkpoints")
+    p.add_argument("--stop_at", type=float, default=0.99, help="stop early when every eval set reaches this twice")
+    p.add_argument("--size", default="", help="JSON overrides of TinyConfig, e.g. '{\"hidden\":64}'")
+    p.add_argument("--advance_at", type=float, default=0.9,
+                   help="running train-batch exact match (20 steps) that advances a curriculum")
+    p.add_argument("--aligned_only", action="store_true",
+                   help="train on grid-aligned pages only (no pixel offsets), e.g. to polish the book default")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--export", default="", help="only export OUT/checkpoint.pt to this folder and exit")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    ckpt_path = os.path.join(args.out, "checkpoint.pt")
+
+    size = TinyConfig(**json.loads(args.size)) if args.size else TinyConfig()
+    trainer = TinyTrainer(size, args.seed, args.lr, args.warmup, args.aux,
+                          dict(key=args.batch_key, page=args.batch_page, text=args.batch_text))
+    meta = dict(history=[], milestones={}, wall_s=0.0, cpu_s=0.0, args=vars(args))
+    if args.resume or args.export:
+        if not os.path.exists(ckpt_path):
+            raise SystemExit(f"no checkpoint at {ckpt_path}; start without --resume or point --out at the run")
+        st = torch.load(ckpt_path, weights_only=False)
+        trainer.load_state(st)
+        meta = st["meta"]
+        meta["args"] = vars(args)
+        print(f"resumed at step {trainer.step_count}, wall {meta['wall_s']:.0f} s", flush=True)
+    if args.export:
+        trainer.export(args.export)
+        _atomic_json(os.path.join(args.export, "training_summary.json"), _summary(trainer, meta))
+        print(f"exported step {trainer.step_count} to {args.export}", flush=True)
+        return 0
+
+    trainer.cur.threshold = args.advance_at
+    trainer.aligned_only = args.aligned_only
+    meta.setdefault("segments", []).append(dict(start_step=trainer.step_count, threads=args.threads,
+                                                 advance_at=args.advance_at, aligned_only=args.aligned_only,
+                                                 started_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+    sets = eval_sets(args.eval_n)
+    log = open(os.path.join(args.out, "log.jsonl"), "a")
+    print(f"params {trainer.n_params() / 1e6:.3f} M; size {size.to_dict()}", flush=True)
+    wall0, cpu0 = time.time() - meta["wall_s"], time.process_time() - meta["cpu_s"]
+    last_eval, last_ckpt, good_evals = -1e9, time.time(), 0
+
+    def checkpoint() -> None:
+        meta["wall_s"], meta["cpu_s"] = time.time() - wall0, time.process_time() - cpu0
+        st = trainer.state()
+        st["meta"] = meta
+        torch.save(st, ckpt_path + ".tmp")
+        os.replace(ckpt_path + ".tmp", ckpt_path)
+
+    stop_requested: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop_requested.append(signum))   # checkpoint, then exit
+
+    while True:
+        stats = trainer.step()
+        if stop_requested:
+            checkpoint()
+            print(f"STOPPED by signal at step {trainer.step_count}; resume with --resume", flush=True)
+            return 0
+        wall, cpu = time.time() - wall0, time.process_time() - cpu0
+        for ev in trainer.events:
+            if not ev.get("logged"):
+                ev["logged"] = True
+                ev["wall_s"] = round(wall, 1)
+                print("EVENT", json.dumps({k: v for k, v in ev.items() if k != "logged"}), flush=True)
+        if trainer.step_count % 10 == 0:
+            print(f"step {trainer.step_count} wall {wall:.0f}s cpu {cpu:.0f}s " + " ".join(
+                f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()), flush=True)
+        done = wall >= args.minutes * 60 or (args.max_steps and trainer.step_count >= args.max_steps)
+        if wall - last_eval >= args.eval_every or done or trainer.step_count == 1:
+            t = time.time()
+            res = trainer.evaluate_teacher_forced(sets)
+            last_eval = wall
+            rec = dict(step=trainer.step_count, wall_s=round(wall, 1), cpu_s=round(cpu, 1),
+                       eval_s=round(time.time() - t, 1), curriculum=trainer.cur.describe(), **res)
+            meta["history"].append(rec)
+            for k, v in res.items():
+                for thr in (0.5, 0.9, 0.95):
+                    if not k.endswith("cell_acc") and v >= thr and f"{k}@{thr}" not in meta["milestones"]:
+                        meta["milestones"][f"{k}@{thr}"] = dict(step=rec["step"], wall_s=rec["wall_s"], cpu_s=rec["cpu_s"])
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            print("EVAL", json.dumps(rec), flush=True)
+            core = [v for k, v in res.items() if not k.endswith("cell_acc")]
+            last_stage = trainer.cur.key_phase == 1 and trainer.cur.page_stage == len(PAGE_STAGES) - 1 \
+                and trainer.cur.text_stage == len(TEXT_STAGES) - 1
+            good_evals = good_evals + 1 if (last_stage and min(core) >= args.stop_at) else 0
+            if good_evals >= 2:
+                done = True
+        if done or time.time() - last_ckpt >= args.ckpt_every:
+            checkpoint()
+            last_ckpt = time.time()
+        if done:
+            break
+    trainer.export(os.path.join(args.out, "model"))
+    _atomic_json(os.path.join(args.out, "model", "training_summary.json"), _summary(trainer, meta))
+    _atomic_json(os.path.join(args.out, "summary.json"), _summary(trainer, meta))
+    print(f"DONE step {trainer.step_count} wall {meta['wall_s']:.0f}s cpu {meta['cpu_s']:.0f}s", flush=True)
+    return 0
+
+
+def _summary(trainer: TinyTrainer, meta: dict) -> dict:
+    return dict(steps=trainer.step_count, wall_s=round(meta["wall_s"], 1), cpu_s=round(meta["cpu_s"], 1),
+                params=trainer.n_params(), size=trainer.size.to_dict(), args=meta["args"],
+                curriculum=trainer.cur.describe(), events=[{k: v for k, v in e.items() if k != "logged"}
+                                                           for e in trainer.events],
+                history=meta["history"], milestones=meta["milestones"], segments=meta.get("segments", []))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The embedded model: tokenizer/processor built in code, the shipped weights, the trainer."""
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pytest
+import torch
+
+from ocrheads_lib.data.grid import BOOK_PAGE, render_grid
+from ocrheads_lib.tiny import WEIGHTS_DIR, weights_available
+from ocrheads_lib.tiny.build import (CHARACTERS, SPECIAL_TOKENS, TinyConfig, build_config, build_processor,
+                                     build_tokenizer, user_messages)
+from ocrheads_lib.tiny.tasks import key_example, page_example, text_example
+
+MICRO = dict(hidden=32, layers=2, heads=4, kv_heads=2, head_dim=8, intermediate=64, mrope_section=[2, 1, 1],
+             vision_depth=1, vision_embed=32, vision_heads=2)
+
+
+def test_tokenizer_is_character_level_and_decodes_without_spaces():
+    tok = build_tokenizer()
+    text = "The pass key is 4817. Remember it!\nk"
+    ids = tok(text)["input_ids"]
+    assert len(ids) == len(text)                                   # one token per character
+    assert tok.decode(ids) == text                                 # decoders.Fuse: no inserted spaces
+    for special in SPECIAL_TOKENS:
+        tid = tok.convert_tokens_to_ids(special)
+        assert tok(special)["input_ids"] == [tid]                  # a special token is one id
+    assert tok.convert_tokens_to_ids("<|im_end|>") == tok.eos_token_id
+    assert len(tok) == len(SPECIAL_TOKENS) + len(set(CHARACTERS)) + 1   # + <unk>
+    ids = tok("<|im_start|>ab<|im_end|>")["input_ids"]
+    assert tok.decode(ids, skip_special_tokens=True) == "ab"
+
+
+def test_processor_round_trips_and_gives_one_token_per_grid_cell(tmp_path):
+    from transformers import AutoProcessor
+
+    proc = build_processor()
+    proc.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert type(loaded).__name__ == "Qwen2VLProcessor"
+    msgs = user_messages(1, "What is the pass key?")
+    text = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert loaded.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) == text
+    assert text == ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is the pass key?"
+                    "<|im_end|>\n<|im_start|>assistant\n")
+    cols, rows = BOOK_PAGE["cols"], BOOK_PAGE["rows"]
+    page = render_grid(["The pass key", "is 4817."], cols, rows)
+    for p in (proc, loaded):
+        enc = p(text=[text], images=[page.image], return_tensors="pt")
+        # no resize: 14-px patches on a (rows*28) x (cols*28) page, merged 2x2 -> one token per 28-px cell
+        assert enc["image_grid_thw"].tolist() == [[1, 2 * rows, 2 * cols]]
+        n_image_tokens = int((enc["input_ids"] == p.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
+        assert n_image_tokens == cols * rows == enc["image_grid_thw"].prod().item() // 4
+        assert "mm_token_type_ids" in enc
+
+
+def test_config_has_32_heads_and_valid_mrope():
+    size = TinyConfig()
+    cfg = build_config(build_tokenizer(), size)
+    assert cfg.text_config.num_hidden_layers * cfg.text_config.num_attention_heads >= 32
+    assert sum(cfg.text_config.rope_parameters["mrope_section"]) == size.head_dim // 2
+    assert cfg.vision_config.hidden_size == cfg.text_config.hidden_size   # merger output = text width
+    with pytest.raises(ValueError, match="mrope_section"):
+        TinyConfig(head_dim=16)
+
+
+def test_tasks_are_seeded_and_consistent():
+    a = page_example(random.Random(3))
+    b = page_example(random.Random(3))
+    assert a.answer == b.answer and a.pages[0].tobytes() == b.pages[0].tobytes()
+    # the answer is on the page: the cell labels hold the key's characters in reading order
+    labels = "".join(c or " " for c in a.cell_labels[0])
+    assert a.answer in labels
+    t = text_example(random.Random(4), 256, 300)
+    assert f"The pass key is {t.answer}." in t.prompt and len(t.prompt) >= 256
+    k = key_example(random.Random(5), "offset")
+    assert k.pages[0].size == (k.meta["cols"] * 28, k.meta["rows"] * 28)
+
+
+@pytest.mark.skipif(not weights_available(), reason=f"no shipped weights in {WEIGHTS_DIR} yet "
+                    "(train with `python -m ocrheads_lib.tiny.train` and export with --export)")
+def test_shipped_weights_read_fresh_grid_passkey_pages():
+    from ocrheads_lib.tiny.evaluate import generate_answers, load
+
+    torch.manual_seed(0)
+    model, processor = load(WEIGHTS_DIR)
+    assert sum(p.numel() for p in model.parameters()) > 1e6
+    assert os.path.getsize(os.path.join(WEIGHTS_DIR, "model.safetensors")) <= 25 * 2**20
+    from ocrheads_lib.data import passkey_images
+    from ocrheads_lib.tiny.tasks import Example
+
+    # the book's default grid pages, from a seed nobody trained on
+    samples = passkey_images(10, seed=424242, layout="grid")
+    examples = [Example("page", s.pages, s.question, s.answer) for s in samples]
+    answers, _ = generate_answers(model, processor, examples, batch=10, max_new_tokens=8)
+    correct = sum(a == e.answer for a, e in zip(answers, examples))
+    assert correct >= 9, list(zip([e.answer for e in examples], answers))
+
+
+def _run(tmp_path, *extra):
+    from ocrheads_lib.tiny.train import main
+
+    args = ["--out", str(tmp_path), "--threads", "1", "--size", json.dumps(MICRO), "--batch_key", "2",
+            "--batch_page", "2", "--batch_text", "2", "--eval_n", "2", "--warmup", "2", *extra]
+    assert main(args) == 0
+    return torch.load(os.path.join(tmp_path, "checkpoint.pt"), weights_only=False)
+
+
+def test_training_smoke_run_resumes_exactly(tmp_path):
+    straight = _run(tmp_path / "a", "--max_steps", "3")
+    _run(tmp_path / "b", "--max_steps", "2")
+    resumed = _run(tmp_path / "b", "--max_steps", "3", "--resume")
+    assert straight["step"] == resumed["step"] == 3
+    for name, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name
+    assert straight["rng"] == resumed["rng"]
+    # the exported folder loads with the stock classes
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    folder = tmp_path / "b" / "model"
+    assert isinstance(AutoProcessor.from_pretrained(folder).tokenizer.decode([20, 21]), str)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(folder)
+    assert model.config.text_config.num_hidden_layers == MICRO["layers"]
+    summary = json.load(open(folder / "training_summary.json"))
+    assert summary["steps"] == 3 and summary["history"]
