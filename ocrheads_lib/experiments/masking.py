@@ -1,0 +1,284 @@
+"""Head masking: zero the top-k OCR heads, the top-k retrieval heads, or k random heads, and measure.
+
+PAPER.md §5.3 did this on one example and saved nothing, with random heads and distractors drawn from
+one RNG. Here:
+
+* every sample of each task is evaluated (the caller chooses the split and its size);
+* random heads come from their own ``random.Random(seed)`` (nothing else draws from it), one draw per seed,
+  only from heads *outside* the selected OCR and retrieval sets (``exclude``); if that pool is smaller than
+  k, from the heads outside the top-k of every head set, and the table says so (column ``random_pool``);
+* masking is :func:`ocrheads_lib.attention.apply` with ``Plan(mask=heads)`` around generation: the heads'
+  slices of the o_proj input are zero at every position (prefill and decoding);
+* the table (pandas) has one row per (model, task, head_set, k, seed) with bootstrap CIs, and is written
+  atomically to ``results/<model>/masking.csv``; per-sample predictions are cached per condition
+  (JSONL), so a rerun resumes.
+
+The baseline is the row ``head_set="none", k=0``; masking zero heads is the same empty plan.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ocrheads_lib.experiments.evaluate import (
+    Head,
+    PredictionCache,
+    condition_key,
+    evaluate,
+    format_heads,
+    heads_fingerprint,
+    metrics_for,
+    modality,
+    primary_metric,
+    summarize,
+    write_csv_atomic,
+)
+
+DEFAULT_KS = (2, 5, 10, 20)
+MAX_MASK_FRACTION = 0.25
+RANDOM = "random"
+BASELINE = "none"
+TABLE_COLUMNS = ("model", "task", "modality", "head_set", "k", "seed", "n_masked", "random_pool", "heads", "n",
+                 "n_failed")
+
+
+def scale_ks(n_total_heads: int, ks: Sequence[int] = DEFAULT_KS,
+             max_fraction: float = MAX_MASK_FRACTION) -> list[int]:
+    """The k values that make sense for a model with `n_total_heads` heads.
+
+    The paper's k (2, 5, 10, 20) are for 336–1024 heads. k above ``max_fraction`` of all heads is dropped and
+    replaced by that cap (so a 32-head model gets [2, 5, 8]); duplicates removed, ascending.
+    """
+    cap = max(1, int(n_total_heads * max_fraction))
+    out = sorted({min(int(k), cap) for k in ks if int(k) > 0})
+    return out
+
+
+def all_heads(n_layers: int, n_heads: int) -> list[Head]:
+    """Every (layer, head), layer-major."""
+    return [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+
+
+def random_heads(n_layers: int, n_heads: int, k: int, exclude: Sequence[Head] = (), seed: int = 0) -> list[Head]:
+    """k distinct heads drawn uniformly from the heads not in `exclude`, with ``random.Random(seed)``.
+
+    Same (arguments, seed) -> same heads. The pool is enumerated layer-major before drawing, so the draw
+    does not depend on the order of `exclude`. Returned in draw order.
+    """
+    excluded = {(int(l), int(h)) for l, h in exclude}
+    pool = [head for head in all_heads(n_layers, n_heads) if head not in excluded]
+    if k > len(pool):
+        raise ValueError(f"cannot draw {k} random heads: only {len(pool)} of {n_layers * n_heads} heads lie outside "
+                         f"the excluded set of {len(excluded)}; lower k or exclude fewer heads")
+    return random.Random(seed).sample(pool, k)
+
+
+def random_pool_for(n_layers: int, n_heads: int, k: int, exclude: Sequence[Head],
+                    ranked_sets: Mapping[str, Sequence[Head]]) -> tuple[list[Head], str]:
+    """The heads random draws must avoid at this k, and the name of the rule used.
+
+    "outside selected": outside `exclude` (the selected OCR ∪ retrieval sets) when at least k heads remain;
+    else "outside top-k": outside the top-k heads of every ranked set.
+    """
+    total = n_layers * n_heads
+    excluded = {(int(l), int(h)) for l, h in exclude}
+    if total - len(excluded) >= k:
+        return sorted(excluded), "outside selected"
+    top = {(int(l), int(h)) for heads in ranked_sets.values() for l, h in list(heads)[:k]}
+    return sorted(top), "outside top-k"
+
+
+def mask_conditions(n_layers: int, n_heads: int, head_sets: Mapping[str, Sequence[Head]], ks: Sequence[int],
+                    seeds: Sequence[int], exclude: Sequence[Head] | None = None) -> list[dict[str, Any]]:
+    """The list of conditions: baseline, then for each k the top-k of every head set and one random draw per seed.
+
+    head_sets: name -> heads ranked best first (e.g. {"ocr": [...], "retrieval": [...]}).
+    exclude: heads random draws avoid (default: the union of all heads in `head_sets`).
+    Each condition: {"head_set", "k", "seed", "heads", "random_pool"} (seed -1 for non-random rows).
+    """
+    if exclude is None:
+        exclude = sorted({(int(l), int(h)) for heads in head_sets.values() for l, h in heads})
+    conditions: list[dict[str, Any]] = [dict(head_set=BASELINE, k=0, seed=-1, heads=[], random_pool="")]
+    for k in ks:
+        if k <= 0:
+            continue
+        for name, heads in head_sets.items():
+            conditions.append(dict(head_set=name, k=int(k), seed=-1, heads=[(int(l), int(h)) for l, h in heads[:k]],
+                                   random_pool=""))
+        avoid, pool_name = random_pool_for(n_layers, n_heads, k, exclude, head_sets)
+        for seed in seeds:
+            conditions.append(dict(head_set=RANDOM, k=int(k), seed=int(seed),
+                                   heads=random_heads(n_layers, n_heads, k, avoid, seed=seed), random_pool=pool_name))
+    return conditions
+
+
+def run_masking(lm: Any, tasks: Mapping[str, Sequence[Any]], head_sets: Mapping[str, Sequence[Head]], *,
+                ks: Sequence[int] | None = None, seeds: Sequence[int] = (0, 1, 2),
+                exclude: Sequence[Head] | None = None, model_id: str | None = None,
+                out_dir: str | Path | None = None, max_new_tokens: int = 16, n_boot: int = 1000,
+                boot_seed: int = 0, progress: bool = False) -> Any:
+    """Mask heads under every condition on every task; returns the tidy table (pandas DataFrame).
+
+    tasks: task name -> samples (the whole split is evaluated).
+    head_sets: name -> ranked heads (best first), typically {"ocr": ..., "retrieval": ...}.
+    ks: default :func:`scale_ks` of the model's head count. seeds: random-head draws (>= 3 recommended).
+    out_dir: ``results/<model>/``; when given, per-sample predictions are cached under
+    ``out_dir/cache/masking/<task>/`` and the table is written to ``out_dir/masking.csv`` (atomically).
+    Columns: model, task, modality, head_set, k, seed, n_masked, random_pool, heads, n, n_failed, metric,
+    then per metric ``<m>, <m>_lo, <m>_hi`` (95 % bootstrap CI over samples).
+    """
+    import pandas as pd
+
+    n_layers, n_heads = int(lm.n_layers), int(lm.n_heads)
+    model_id = model_id or str(getattr(lm, "model_id", "model"))
+    ks = list(ks) if ks is not None else scale_ks(n_layers * n_heads)
+    conditions = mask_conditions(n_layers, n_heads, head_sets, ks, seeds, exclude)
+    rows = []
+    for task, samples in tasks.items():
+        samples = list(samples)
+        metrics = metrics_for(samples)
+        for cond in conditions:
+            cache = _cache(out_dir, "masking", task, cond["head_set"], cond["k"], cond["seed"], cond["heads"])
+            from ocrheads_lib.attention import Plan
+
+            preds = evaluate(lm, samples, Plan(mask=cond["heads"]), metrics=metrics, cache=cache,
+                             max_new_tokens=max_new_tokens)
+            row = dict(model=model_id, task=task, modality=modality(samples), head_set=cond["head_set"],
+                       k=cond["k"], seed=cond["seed"], n_masked=len(cond["heads"]), random_pool=cond["random_pool"],
+                       heads=format_heads(cond["heads"]), metric=primary_metric(metrics))
+            row.update(summarize(preds, metrics, n_boot=n_boot, boot_seed=boot_seed))
+            rows.append(row)
+            if progress:
+                print(f"[masking] {task} {cond['head_set']:>9} k={cond['k']:<3} seed={cond['seed']:<3} "
+                      f"{row['metric']}={row[row['metric']]:.3f} (n={row['n']}, failed={row['n_failed']})")
+    table = pd.DataFrame(rows)
+    if out_dir is not None:
+        write_csv_atomic(table, Path(out_dir) / "masking.csv")
+    return table
+
+
+def _cache(out_dir: str | Path | None, experiment: str, task: str, *parts: Any) -> PredictionCache:
+    if out_dir is None:
+        return PredictionCache(None)
+    *named, heads = parts
+    names = ("head_set", "k", "seed") if experiment == "masking" else ("head_set", "k", "beta", "seed")
+    key = condition_key(**dict(zip(names, named)), heads=heads_fingerprint(heads) if heads else "none")
+    return PredictionCache(Path(out_dir) / "cache" / experiment / task / f"{key}.jsonl")
+
+
+def score_curves(table: Any, metric: str | None = None) -> Any:
+    """Per (task, head_set, k): the primary metric, with random rows averaged over seeds
+    (columns: task, modality, head_set, k, score, lo, hi, n_seeds; lo/hi = CI for single draws, min/max of the
+    seed means for random)."""
+    import pandas as pd
+
+    metric_name = metric  # None: each task's headline metric
+    rows = []
+    for (task, head_set, k), group in table.groupby(["task", "head_set", "k"], sort=True):
+        metric = metric_name or group["metric"].iloc[0]
+        if len(group) == 1:
+            score, lo, hi = group[metric].iloc[0], group[f"{metric}_lo"].iloc[0], group[f"{metric}_hi"].iloc[0]
+        else:
+            score, lo, hi = group[metric].mean(), group[metric].min(), group[metric].max()
+        rows.append(dict(task=task, modality=group["modality"].iloc[0], head_set=head_set, k=int(k), metric=metric,
+                         score=float(score), lo=float(lo), hi=float(hi), n_seeds=len(group)))
+    return pd.DataFrame(rows)
+
+
+def plot_masking(table: Any, path: str | Path | None = None, title: str | None = None,
+                 metric: str | None = None) -> Any:
+    """Score vs k for the head sets (random: mean over seeds, band = min..max over seeds), one panel per task,
+    image tasks first. k = 0 is the unmasked baseline, shared by every curve. Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    curves = score_curves(table, metric)
+    tasks = sorted(curves["task"].unique(), key=lambda t: (curves[curves.task == t].modality.iloc[0] != "image", t))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    colors = {"ocr": "tab:red", "retrieval": "tab:blue", RANDOM: "tab:gray"}
+    for ax, task in zip(axes[0], tasks):
+        sub = curves[curves.task == task]
+        base = sub[sub.head_set == BASELINE]
+        for name in [h for h in sub.head_set.unique() if h != BASELINE]:
+            line = sub[sub.head_set == name].sort_values("k")
+            if not base.empty:
+                line = pd_concat(base.assign(head_set=name), line)
+            color = colors.get(name)
+            ax.plot(line.k, line.score, marker="o", label=name, color=color)
+            ax.fill_between(line.k, line.lo, line.hi, alpha=0.15, color=color)
+        ax.set_title(f"{task} ({sub.modality.iloc[0]})")
+        ax.set_xlabel("k masked heads")
+        ax.set_ylabel(sub.metric.iloc[0])
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def pd_concat(*frames: Any) -> Any:
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True)
+
+
+def compare_drops(table: Any, metric: str | None = None) -> Any:
+    """Per (task, k): baseline, the score after masking each head set and its drop (baseline - score).
+
+    Random head sets: mean over seeds, plus the largest drop of any seed (``random_max_drop``), so a claim
+    "OCR heads matter more than random heads" can be checked against the worst random draw, not only the mean.
+    Columns: task, modality, metric, k, baseline, <set>_score, <set>_drop for each head set, random_max_drop,
+    ocr_vs_random (ocr_drop - random_max_drop; > 0 means masking OCR heads hurt more than every random draw),
+    retrieval_vs_random likewise (when those sets exist).
+    """
+    import pandas as pd
+
+    metric_name = metric  # None: each task's headline metric
+    rows = []
+    for task, sub in table.groupby("task", sort=True):
+        metric = metric_name or sub["metric"].iloc[0]
+        base_rows = sub[sub.head_set == BASELINE]
+        if base_rows.empty:
+            continue
+        baseline = float(base_rows[metric].iloc[0])
+        for k, at_k in sub[sub.head_set != BASELINE].groupby("k", sort=True):
+            row: dict[str, Any] = dict(task=task, modality=sub["modality"].iloc[0], metric=metric, k=int(k),
+                                       baseline=baseline)
+            for name, group in at_k.groupby("head_set", sort=True):
+                row[f"{name}_score"] = float(group[metric].mean())
+                row[f"{name}_drop"] = baseline - float(group[metric].mean())
+                if name == RANDOM:
+                    row["random_max_drop"] = baseline - float(group[metric].min())
+            for name in ("ocr", "retrieval"):
+                if f"{name}_drop" in row and "random_max_drop" in row:
+                    row[f"{name}_vs_random"] = row[f"{name}_drop"] - row["random_max_drop"]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def describe_drops(drops: Any, min_baseline: float = 0.2) -> list[str]:
+    """One plain sentence per (task, k) of :func:`compare_drops`: how much each head set's masking cost, and
+    whether it cost more than every random draw. A task whose unmasked score is below `min_baseline` has little
+    to lose, and the sentence says the comparison is uninformative instead of reporting drops."""
+    lines = []
+    for row in drops.to_dict("records"):
+        head = f"{row['task']} ({row['modality']}, {row['metric']}) k={row['k']}: baseline {row['baseline']:.2f}"
+        if row["baseline"] < min_baseline:
+            lines.append(f"{head} -- too low to lose anything; masking cannot be judged on this task")
+            continue
+        parts = []
+        for name in ("ocr", "retrieval"):
+            if f"{name}_drop" not in row:
+                continue
+            gap = row.get(f"{name}_vs_random", float("nan"))
+            relation = "more than" if gap > 0 else ("as much as" if gap == 0 else "less than")
+            parts.append(f"{name} heads drop {row[f'{name}_drop']:+.2f} ({relation} the worst random draw, "
+                         f"{row.get('random_max_drop', float('nan')):+.2f})")
+        lines.append(f"{head}; " + "; ".join(parts))
+    return lines

@@ -1,0 +1,169 @@
+"""Sink redistribution: move part of a head's attention on the sink key to the other keys, and measure.
+
+PAPER.md §5.4: in the top-2 OCR heads, for every query row, the sink key keeps beta * a_sink and the other
+visible keys share (1 - beta) * a_sink in proportion to their weights. The paper's Qwen code ignored beta
+(hard-coded 0.4), had no causal mask in the recomputed prefill, and ran no baseline. Here the mechanism is
+:func:`ocrheads_lib.attention.apply` with ``Plan(sink={head: beta}, sink_key=...)`` (exact causal semantics;
+beta = 1 is the unmodified model), swept over beta, in the top-k OCR heads vs the top-k retrieval heads vs
+k random heads (own RNG, outside the selected sets), with the baseline in the same run.
+
+Table: one row per (model, task, head_set, k, beta, seed); the baseline row has head_set="none", k=0 and
+beta=1.0. Written atomically to ``results/<model>/sink.csv``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ocrheads_lib.experiments.evaluate import (
+    Head,
+    evaluate,
+    format_heads,
+    metrics_for,
+    modality,
+    primary_metric,
+    summarize,
+    write_csv_atomic,
+)
+from ocrheads_lib.experiments.masking import BASELINE, RANDOM, _cache, random_heads, random_pool_for
+
+DEFAULT_BETAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def sink_conditions(n_layers: int, n_heads: int, head_sets: Mapping[str, Sequence[Head]], k: int,
+                    betas: Sequence[float], seeds: Sequence[int],
+                    exclude: Sequence[Head] | None = None) -> list[dict[str, Any]]:
+    """Baseline, then for every beta: top-k of each head set and one random draw of k heads per seed
+    (the same draw for every beta, so the beta curve of one seed is one set of heads)."""
+    if exclude is None:
+        exclude = sorted({(int(l), int(h)) for heads in head_sets.values() for l, h in heads})
+    avoid, pool_name = random_pool_for(n_layers, n_heads, k, exclude, head_sets)
+    draws = {seed: random_heads(n_layers, n_heads, k, avoid, seed=seed) for seed in seeds}
+    conditions: list[dict[str, Any]] = [dict(head_set=BASELINE, k=0, beta=1.0, seed=-1, heads=[], random_pool="")]
+    for beta in betas:
+        for name, heads in head_sets.items():
+            conditions.append(dict(head_set=name, k=int(k), beta=float(beta), seed=-1,
+                                   heads=[(int(l), int(h)) for l, h in heads[:k]], random_pool=""))
+        for seed in seeds:
+            conditions.append(dict(head_set=RANDOM, k=int(k), beta=float(beta), seed=int(seed), heads=draws[seed],
+                                   random_pool=pool_name))
+    return conditions
+
+
+def run_sink(lm: Any, tasks: Mapping[str, Sequence[Any]], head_sets: Mapping[str, Sequence[Head]], *, k: int = 2,
+             betas: Sequence[float] = DEFAULT_BETAS, seeds: Sequence[int] = (0, 1, 2), sink_key: str | int = "first",
+             exclude: Sequence[Head] | None = None, model_id: str | None = None, out_dir: str | Path | None = None,
+             max_new_tokens: int = 16, n_boot: int = 1000, boot_seed: int = 0, progress: bool = False) -> Any:
+    """Sweep beta in the top-k heads of each head set and in k random heads; returns the tidy table.
+
+    sink_key: "first" (the first visible key, the paper's choice), "max" (each row's most attended key) or
+    an absolute key position. Other arguments as for :func:`ocrheads_lib.experiments.masking.run_masking`.
+    Columns: model, task, modality, head_set, k, beta, seed, sink_key, n_heads_changed, random_pool, heads, n,
+    n_failed, metric, then ``<m>, <m>_lo, <m>_hi`` per metric. Table in ``out_dir/sink.csv``.
+    """
+    import pandas as pd
+
+    from ocrheads_lib.attention import Plan
+
+    n_layers, n_heads = int(lm.n_layers), int(lm.n_heads)
+    model_id = model_id or str(getattr(lm, "model_id", "model"))
+    conditions = sink_conditions(n_layers, n_heads, head_sets, k, betas, seeds, exclude)
+    rows = []
+    for task, samples in tasks.items():
+        samples = list(samples)
+        metrics = metrics_for(samples)
+        for cond in conditions:
+            sink = {head: cond["beta"] for head in cond["heads"]}
+            cache = _cache(out_dir, f"sink_{sink_key}", task, cond["head_set"], cond["k"], cond["beta"],
+                           cond["seed"], sink)
+            preds = evaluate(lm, samples, Plan(sink=sink, sink_key=sink_key), metrics=metrics, cache=cache,
+                             max_new_tokens=max_new_tokens)
+            row = dict(model=model_id, task=task, modality=modality(samples), head_set=cond["head_set"], k=cond["k"],
+                       beta=cond["beta"], seed=cond["seed"], sink_key=str(sink_key), n_heads_changed=len(sink),
+                       random_pool=cond["random_pool"], heads=format_heads(cond["heads"]),
+                       metric=primary_metric(metrics))
+            row.update(summarize(preds, metrics, n_boot=n_boot, boot_seed=boot_seed))
+            rows.append(row)
+            if progress:
+                print(f"[sink] {task} {cond['head_set']:>9} beta={cond['beta']:.1f} seed={cond['seed']:<3} "
+                      f"{row['metric']}={row[row['metric']]:.3f} (n={row['n']})")
+    table = pd.DataFrame(rows)
+    if out_dir is not None:
+        write_csv_atomic(table, Path(out_dir) / "sink.csv")
+    return table
+
+
+def sink_curves(table: Any, metric: str | None = None) -> Any:
+    """Per (task, head_set, beta): primary metric; random rows averaged over seeds (lo/hi = min/max of seeds)."""
+    import pandas as pd
+
+    metric_name = metric  # None: each task's headline metric
+    rows = []
+    for (task, head_set, beta), group in table.groupby(["task", "head_set", "beta"], sort=True):
+        metric = metric_name or group["metric"].iloc[0]
+        if len(group) == 1:
+            score, lo, hi = group[metric].iloc[0], group[f"{metric}_lo"].iloc[0], group[f"{metric}_hi"].iloc[0]
+        else:
+            score, lo, hi = group[metric].mean(), group[metric].min(), group[metric].max()
+        rows.append(dict(task=task, modality=group["modality"].iloc[0], head_set=head_set, beta=float(beta),
+                         metric=metric, score=float(score), lo=float(lo), hi=float(hi)))
+    return pd.DataFrame(rows)
+
+
+def plot_sink(table: Any, path: str | Path | None = None, title: str | None = None,
+              metric: str | None = None) -> Any:
+    """Score vs beta per head set (baseline as a dashed line), one panel per task. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    curves = sink_curves(table, metric)
+    tasks = sorted(curves["task"].unique(), key=lambda t: (curves[curves.task == t].modality.iloc[0] != "image", t))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    colors = {"ocr": "tab:red", "retrieval": "tab:blue", RANDOM: "tab:gray"}
+    for ax, task in zip(axes[0], tasks):
+        sub = curves[curves.task == task]
+        base = sub[sub.head_set == BASELINE]
+        if not base.empty:
+            ax.axhline(base.score.iloc[0], color="black", ls="--", lw=1, label="baseline")
+        for name in [h for h in sub.head_set.unique() if h != BASELINE]:
+            line = sub[sub.head_set == name].sort_values("beta")
+            ax.plot(line.beta, line.score, marker="o", label=name, color=colors.get(name))
+            ax.fill_between(line.beta, line.lo, line.hi, alpha=0.15, color=colors.get(name))
+        ax.set_title(f"{task} ({sub.modality.iloc[0]})")
+        ax.set_xlabel("beta (share of sink mass kept)")
+        ax.set_ylabel(sub.metric.iloc[0])
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def compare_betas(table: Any, metric: str | None = None) -> Any:
+    """Per (task, head_set): baseline, the best and worst beta and their scores, and the score at each beta
+    relative to the baseline (columns ``delta@<beta>``; random: mean over seeds)."""
+    import pandas as pd
+
+    metric_name = metric  # None: each task's headline metric
+    rows = []
+    for task, sub in table.groupby("task", sort=True):
+        metric = metric_name or sub["metric"].iloc[0]
+        base_rows = sub[sub.head_set == BASELINE]
+        if base_rows.empty:
+            continue
+        baseline = float(base_rows[metric].iloc[0])
+        for name, group in sub[sub.head_set != BASELINE].groupby("head_set", sort=True):
+            by_beta = group.groupby("beta")[metric].mean()
+            row: dict[str, Any] = dict(task=task, modality=sub["modality"].iloc[0], metric=metric, head_set=name,
+                                       baseline=baseline, best_beta=float(by_beta.idxmax()),
+                                       best_score=float(by_beta.max()), worst_beta=float(by_beta.idxmin()),
+                                       worst_score=float(by_beta.min()))
+            for beta, value in by_beta.items():
+                row[f"delta@{beta:g}"] = float(value) - baseline
+            rows.append(row)
+    return pd.DataFrame(rows)
