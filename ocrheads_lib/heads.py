@@ -79,8 +79,8 @@ def head_set(scores: HeadScores, rule: str = "readme", threshold: float = 0.1,
     heads = select(scores, rule, threshold)
     if k is not None:
         heads = heads[:k]
-    return {"model": scores.meta.model_id, "kind": scores.meta.kind, "rule": rule, "threshold": threshold,
-            "heads": [[l, h] for l, h in heads]}
+    return {"model": scores.meta.model_id, "revision": scores.meta.revision, "kind": scores.meta.kind,
+            "rule": rule, "threshold": threshold, "heads": [[l, h] for l, h in heads]}
 
 
 def by_layer(heads: Iterable[Head]) -> dict[str, list[int]]:

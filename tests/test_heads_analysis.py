@@ -191,7 +191,8 @@ def test_distinctness_and_head_sets(tmp_path: Path) -> None:
     assert d.jaccard == pytest.approx(1 / 3) and d.n_shared == 1
     assert d.topk == {1: 0.0, 2: 0.5}
     payload = heads.head_set(a)
-    assert payload == {"model": "toy", "kind": "ocr", "rule": "readme", "threshold": 0.1, "heads": [[0, 0], [1, 1]]}
+    assert payload == {"model": "toy", "revision": None, "kind": "ocr", "rule": "readme", "threshold": 0.1,
+                       "heads": [[0, 0], [1, 1]]}
     heads.save_head_set(tmp_path / "l.json", payload)
     heads.save_head_set(tmp_path / "b.json", payload, layout="by_layer")
     assert json.loads((tmp_path / "b.json").read_text()) == {"layer_0": [0], "layer_1": [1]}

@@ -109,7 +109,8 @@ def run_cot(lm: Any, tasks: Mapping[str, Sequence[Any]], head_sets: Mapping[str,
         for condition in CONDITIONS:
             cond_samples = samples if condition == "direct" else [cot_sample(s, cot_question) for s in samples]
             budget = max_new_tokens_direct if condition == "direct" else max_new_tokens_cot
-            cache = PredictionCache(None if out_dir is None else Path(out_dir) / "cache" / "cot" / task /
+            cache = PredictionCache(None if out_dir is None else Path(out_dir) / "cache" /
+                                    (getattr(lm, "revision", None) or "unversioned") / "cot" / task /
                                     f"{condition_key(condition=condition, tokens=budget)}.jsonl")
             preds = evaluate(lm, cond_samples, None, metrics=metrics, cache=cache, max_new_tokens=budget)
             row: dict[str, Any] = dict(model=model_id, task=task, modality=modality(samples), condition=condition,

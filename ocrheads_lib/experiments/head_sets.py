@@ -42,8 +42,8 @@ class ExperimentHeads:
         return "\n".join(lines)
 
 
-def _read_head_set_files(folder: Path, rule: str) -> dict[str, tuple[list[Head], str | None, Path]]:
-    """kind -> (heads, model id or None, path) from ``folder/*.json`` (files with a "kind" field, or named
+def _read_head_set_files(folder: Path, rule: str) -> dict[str, tuple[list[Head], str | None, Path, str | None]]:
+    """kind -> (heads, model id or None, path, weights revision or None) from ``folder/*.json`` (files with a "kind" field, or named
     <kind>.json); when several files hold one kind, the one whose "rule" is `rule` wins, else the first."""
     from ocrheads_lib.heads import load_head_set
 
@@ -56,12 +56,13 @@ def _read_head_set_files(folder: Path, rule: str) -> dict[str, tuple[list[Head],
         meta = payload if isinstance(payload, dict) else {}
         kind = meta.get("kind") or path.stem
         if kind in KINDS:
-            found.setdefault(kind, []).append((meta.get("rule") == rule, path, meta.get("model")))
-    out: dict[str, tuple[list[Head], str | None, Path]] = {}
+            found.setdefault(kind, []).append((meta.get("rule") == rule, path, meta.get("model"),
+                                               meta.get("revision")))
+    out: dict[str, tuple[list[Head], str | None, Path, str | None]] = {}
     for kind, candidates in found.items():
         matching = [c for c in candidates if c[0]] or candidates
-        _, path, model = matching[0]
-        out[kind] = (load_head_set(path), model, path)
+        _, path, model, revision = matching[0]
+        out[kind] = (load_head_set(path), model, path, revision)
     return out
 
 
@@ -74,14 +75,17 @@ def ranking_from_scores(scores: Any, selected: Sequence[Head], rule: str = "read
     return first + rest
 
 
-def _mismatch(lm: Any, model: str | None, shape: tuple[int, int] | None, heads: Sequence[Head] = ()) -> str:
-    """Why results on disk do not belong to `lm` ("" when they may): another model id, another head grid,
-    or heads outside the grid. Without a model (lm None) nothing is checked."""
+def _mismatch(lm: Any, model: str | None, shape: tuple[int, int] | None, heads: Sequence[Head] = (),
+              revision: str | None = None) -> str:
+    """Why results on disk do not belong to `lm` ("" when they may): another model id, other weights
+    (revision), another head grid, or heads outside the grid. Without a model (lm None) nothing is checked."""
     if lm is None:
         return ""
     grid = (int(lm.n_layers), int(lm.n_heads))
     if model is not None and str(model) != str(lm.model_id):
         return f"written for model {model!r}, not {lm.model_id!r}"
+    if revision is not None and revision != getattr(lm, "revision", None):
+        return f"written for weights revision {revision!r}, not {getattr(lm, 'revision', None)!r}"
     if shape is not None and tuple(shape) != grid:
         return f"head grid {tuple(shape)} differs from the model's {grid}"
     if any(not (0 <= l < grid[0] and 0 <= h < grid[1]) for l, h in heads):
@@ -111,7 +115,7 @@ def experiment_heads(lm: Any, model_dir: str | Path, *, rule: str = "readme", th
             if not candidate.exists():
                 continue
             loaded = load_scores(candidate)
-            why = _mismatch(lm, loaded.meta.model_id, loaded.shape)
+            why = _mismatch(lm, loaded.meta.model_id, loaded.shape, revision=loaded.meta.revision)
             if why:
                 notes.append(f"ignored {candidate}: {why}")
                 continue
@@ -120,7 +124,7 @@ def experiment_heads(lm: Any, model_dir: str | Path, *, rule: str = "readme", th
             break
         head_file = files.get(kind)
         if head_file is not None:
-            why = _mismatch(lm, head_file[1], None, head_file[0])
+            why = _mismatch(lm, head_file[1], None, head_file[0], revision=head_file[3])
             if why:
                 notes.append(f"ignored {head_file[2]}: {why}")
                 head_file = None

@@ -140,7 +140,8 @@ def run_masking(lm: Any, tasks: Mapping[str, Sequence[Any]], head_sets: Mapping[
         samples = list(samples)
         metrics = metrics_for(samples)
         for cond in conditions:
-            cache = _cache(out_dir, "masking", task, cond["head_set"], cond["k"], cond["seed"], cond["heads"])
+            cache = _cache(out_dir, "masking", task, cond["head_set"], cond["k"], cond["seed"], cond["heads"],
+                           revision=getattr(lm, "revision", None))
             from ocrheads_lib.attention import Plan
 
             preds = evaluate(lm, samples, Plan(mask=cond["heads"]), metrics=metrics, cache=cache,
@@ -159,13 +160,16 @@ def run_masking(lm: Any, tasks: Mapping[str, Sequence[Any]], head_sets: Mapping[
     return table
 
 
-def _cache(out_dir: str | Path | None, experiment: str, task: str, *parts: Any) -> PredictionCache:
+def _cache(out_dir: str | Path | None, experiment: str, task: str, *parts: Any,
+           revision: str | None = None) -> PredictionCache:
+    """The prediction cache of one condition; its folder names the weights revision, so predictions of
+    other weights under the same model id are never reused."""
     if out_dir is None:
         return PredictionCache(None)
     *named, heads = parts
     names = ("head_set", "k", "seed") if experiment == "masking" else ("head_set", "k", "beta", "seed")
     key = condition_key(**dict(zip(names, named)), heads=heads_fingerprint(heads) if heads else "none")
-    return PredictionCache(Path(out_dir) / "cache" / experiment / task / f"{key}.jsonl")
+    return PredictionCache(Path(out_dir) / "cache" / (revision or "unversioned") / experiment / task / f"{key}.jsonl")
 
 
 def score_curves(table: Any, metric: str | None = None) -> Any:

@@ -76,7 +76,7 @@ def run_sink(lm: Any, tasks: Mapping[str, Sequence[Any]], head_sets: Mapping[str
         for cond in conditions:
             sink = {head: cond["beta"] for head in cond["heads"]}
             cache = _cache(out_dir, f"sink_{sink_key}", task, cond["head_set"], cond["k"], cond["beta"],
-                           cond["seed"], sink)
+                           cond["seed"], sink, revision=getattr(lm, "revision", None))
             preds = evaluate(lm, samples, Plan(sink=sink, sink_key=sink_key), metrics=metrics, cache=cache,
                              max_new_tokens=max_new_tokens)
             row = dict(model=model_id, task=task, modality=modality(samples), head_set=cond["head_set"], k=cond["k"],

@@ -61,6 +61,7 @@ class ModelAdapter:
         self.processor = processor
         self.tokenizer = tokenizer
         self.model_id = model_id
+        self.revision: str | None = None   # weights fingerprint, set by load_model (see weights_revision)
         self.options = dict(options)
         text_cfg = model.config.get_text_config()
         self.n_layers: int = int(text_cfg.num_hidden_layers)

@@ -7,6 +7,8 @@ checkpoint raises `WeightsNotFoundError` saying how to fetch it.
 """
 from __future__ import annotations
 
+import hashlib
+
 import importlib
 import os
 import socket
@@ -222,4 +224,25 @@ def load_model(model_id: str, device: str = "cpu", dtype: torch.dtype | str | No
         model.to("cpu")
     model.eval()
     set_language_attention(model, attn)
-    return adapter_class(model, processor, tokenizer, model_id, **options)
+    adapter = adapter_class(model, processor, tokenizer, model_id, **options)
+    adapter.revision = weights_revision(model, source)
+    return adapter
+
+
+def weights_revision(model: Any, source: str) -> str | None:
+    """What identifies the loaded weights, so cached results can tell two trainings of one id apart:
+    the hub commit when transformers knows it, otherwise (local folders, the embedded model) a short
+    sha256 of the safetensors files' contents — or of their names and sizes when they exceed 256 MB."""
+    commit = getattr(model.config, "_commit_hash", None)
+    if commit:
+        return str(commit)
+    folder = Path(source)
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    small = sum(f.stat().st_size for f in files) <= 256 * 2**20
+    for file in files:
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes() if small else str(file.stat().st_size).encode())
+    return digest.hexdigest()[:16]

@@ -82,7 +82,8 @@ def get_scores(lm: Any, kind: str, samples: Sequence[Any], results_dir: str | Pa
         cached_ids = [s.id for s in cached.samples] + [f.id for f in cached.failures]
         wanted = {**options, "answer_source": source}
         same_options = all(cached.meta.options.get(k) == v for k, v in wanted.items())
-        if (cached.meta.model_id == lm.model_id and cached.meta.row == row and same_options
+        if (cached.meta.model_id == lm.model_id and cached.meta.revision == getattr(lm, "revision", None)
+                and cached.meta.row == row and same_options
                 and sorted(cached_ids) == sorted(ids) and cached.meta.seed == seed):
             return cached
     if kind == "ocr":
