@@ -7,12 +7,14 @@ checkpoint raises `WeightsNotFoundError` saying how to fetch it.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import importlib
 import os
 import socket
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
@@ -212,7 +214,8 @@ def load_model(model_id: str, device: str = "cpu", dtype: torch.dtype | str | No
     model_class = AutoModelForCausalLM if model_class_name == "AutoModelForCausalLM" \
         else getattr(transformers, model_class_name)
     try:
-        model = model_class.from_pretrained(source, **load_kwargs)
+        with _quiet_loading():
+            model = model_class.from_pretrained(source, **load_kwargs)
         if adapter_class.supports_images:
             processor = AutoProcessor.from_pretrained(source, local_files_only=local_only)
             tokenizer = processor.tokenizer
@@ -227,6 +230,21 @@ def load_model(model_id: str, device: str = "cpu", dtype: torch.dtype | str | No
     adapter = adapter_class(model, processor, tokenizer, model_id, **options)
     adapter.revision = weights_revision(model, source)
     return adapter
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No per-tensor "Loading weights" progress bar: in an executed notebook every bar becomes a saved
+    widget on the book page. The previous setting is restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def weights_revision(model: Any, source: str) -> str | None:

@@ -18,14 +18,14 @@ from ocrheads_lib.paths import results_dir as _results_dir
 from ocrheads_lib.scoring.store import HeadScores, load_scores
 
 # --------------------------------------------------------------------------- models
-def load_scoring_model(model_id: str = "tiny", seed: int = 0) -> Any:
+def load_scoring_model(model_id: str = "tiny", seed: int = 0, device: str = "cpu") -> Any:
     """`load_model(model_id, attn="probe")`; "tiny-random-<family>" gives an untrained tiny model.
 
     There is deliberately no fallback: if the embedded model's weights are missing, the error says how to
     build them, rather than a chapter silently scoring an untrained model."""
     from ocrheads_lib.cli import load_lm
 
-    return load_lm(model_id, seed=seed)
+    return load_lm(model_id, device=device, seed=seed)
 
 
 def resolve_answer_source(lm: Any, answer_source: str = "auto") -> str:
