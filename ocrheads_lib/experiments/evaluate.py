@@ -320,3 +320,54 @@ def modality(samples: Sequence[Any]) -> str:
 def format_heads(heads: Iterable[Head]) -> str:
     """"l1_h2 l3_h0" (the official key format, space separated)."""
     return " ".join(f"l{int(l)}_h{int(h)}" for l, h in heads)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Figures
+# ----------------------------------------------------------------------------------------------------------
+
+
+def sweep_figure(curves: Any, x: str, xlabel: str, baseline: str, title: str | None = None,
+                 path: str | os.PathLike | None = None) -> Any:
+    """Score vs `x` per head set (band = lo..hi), one panel per task, image tasks first; the masking and
+    sink plots share this so their panels stay comparable. Returns the matplotlib figure.
+
+    curves: tidy table with columns task, modality, head_set, metric, score, lo, hi and `x`.
+    baseline: how the unmodified row (head_set "none") is drawn: "start" = the first point of every curve
+    (masking's k = 0), "line" = a dashed horizontal line. path: when given, the figure is saved there.
+    """
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from ocrheads_lib.experiments.masking import BASELINE, RANDOM
+
+    if baseline not in ("start", "line"):
+        raise ValueError(f"baseline must be 'start' or 'line', got {baseline!r}")
+    tasks = sorted(curves["task"].unique(), key=lambda t: (curves[curves.task == t].modality.iloc[0] != "image", t))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    colors = {"ocr": "tab:red", "retrieval": "tab:blue", RANDOM: "tab:gray"}
+    for ax, task in zip(axes[0], tasks):
+        sub = curves[curves.task == task]
+        base = sub[sub.head_set == BASELINE]
+        if baseline == "line" and not base.empty:
+            ax.axhline(base.score.iloc[0], color="black", ls="--", lw=1, label="baseline")
+        for name in [h for h in sub.head_set.unique() if h != BASELINE]:
+            line = sub[sub.head_set == name].sort_values(x)
+            if baseline == "start" and not base.empty:
+                line = pd.concat([base.assign(head_set=name), line], ignore_index=True)
+            color = colors.get(name)
+            ax.plot(line[x], line.score, marker="o", label=name, color=color)
+            ax.fill_between(line[x], line.lo, line.hi, alpha=0.15, color=color)
+        ax.set_title(f"{task} ({sub.modality.iloc[0]})")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(sub.metric.iloc[0])
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    return fig

@@ -33,6 +33,7 @@ from ocrheads_lib.experiments.evaluate import (
     modality,
     primary_metric,
     summarize,
+    sweep_figure,
     write_csv_atomic,
 )
 
@@ -195,41 +196,8 @@ def plot_masking(table: Any, path: str | Path | None = None, title: str | None =
                  metric: str | None = None) -> Any:
     """Score vs k for the head sets (random: mean over seeds, band = min..max over seeds), one panel per task,
     image tasks first. k = 0 is the unmasked baseline, shared by every curve. Returns the matplotlib figure."""
-    import matplotlib.pyplot as plt
-
-    curves = score_curves(table, metric)
-    tasks = sorted(curves["task"].unique(), key=lambda t: (curves[curves.task == t].modality.iloc[0] != "image", t))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
-    colors = {"ocr": "tab:red", "retrieval": "tab:blue", RANDOM: "tab:gray"}
-    for ax, task in zip(axes[0], tasks):
-        sub = curves[curves.task == task]
-        base = sub[sub.head_set == BASELINE]
-        for name in [h for h in sub.head_set.unique() if h != BASELINE]:
-            line = sub[sub.head_set == name].sort_values("k")
-            if not base.empty:
-                line = pd_concat(base.assign(head_set=name), line)
-            color = colors.get(name)
-            ax.plot(line.k, line.score, marker="o", label=name, color=color)
-            ax.fill_between(line.k, line.lo, line.hi, alpha=0.15, color=color)
-        ax.set_title(f"{task} ({sub.modality.iloc[0]})")
-        ax.set_xlabel("k masked heads")
-        ax.set_ylabel(sub.metric.iloc[0])
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-    return fig
-
-
-def pd_concat(*frames: Any) -> Any:
-    import pandas as pd
-
-    return pd.concat(frames, ignore_index=True)
+    return sweep_figure(score_curves(table, metric), "k", "k masked heads", baseline="start", title=title,
+                        path=path)
 
 
 def compare_drops(table: Any, metric: str | None = None) -> Any:

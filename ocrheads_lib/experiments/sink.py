@@ -24,6 +24,7 @@ from ocrheads_lib.experiments.evaluate import (
     modality,
     primary_metric,
     summarize,
+    sweep_figure,
     write_csv_atomic,
 )
 from ocrheads_lib.experiments.masking import BASELINE, RANDOM, _cache, random_heads, random_pool_for
@@ -114,34 +115,8 @@ def sink_curves(table: Any, metric: str | None = None) -> Any:
 def plot_sink(table: Any, path: str | Path | None = None, title: str | None = None,
               metric: str | None = None) -> Any:
     """Score vs beta per head set (baseline as a dashed line), one panel per task. Returns the figure."""
-    import matplotlib.pyplot as plt
-
-    curves = sink_curves(table, metric)
-    tasks = sorted(curves["task"].unique(), key=lambda t: (curves[curves.task == t].modality.iloc[0] != "image", t))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
-    colors = {"ocr": "tab:red", "retrieval": "tab:blue", RANDOM: "tab:gray"}
-    for ax, task in zip(axes[0], tasks):
-        sub = curves[curves.task == task]
-        base = sub[sub.head_set == BASELINE]
-        if not base.empty:
-            ax.axhline(base.score.iloc[0], color="black", ls="--", lw=1, label="baseline")
-        for name in [h for h in sub.head_set.unique() if h != BASELINE]:
-            line = sub[sub.head_set == name].sort_values("beta")
-            ax.plot(line.beta, line.score, marker="o", label=name, color=colors.get(name))
-            ax.fill_between(line.beta, line.lo, line.hi, alpha=0.15, color=colors.get(name))
-        ax.set_title(f"{task} ({sub.modality.iloc[0]})")
-        ax.set_xlabel("beta (share of sink mass kept)")
-        ax.set_ylabel(sub.metric.iloc[0])
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-    return fig
+    return sweep_figure(sink_curves(table, metric), "beta", "beta (share of sink mass kept)", baseline="line",
+                        title=title, path=path)
 
 
 def compare_betas(table: Any, metric: str | None = None) -> Any:
