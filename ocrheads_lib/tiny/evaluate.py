@@ -342,16 +342,17 @@ def write_markdown(card: dict, path: str = "book/model_card.md", figures: str = 
         "The run was stopped and resumed from its checkpoint a few times (exact: model, optimizer, data rng and",
         "curriculum state are restored). Segments, each `python -m ocrheads_lib.tiny.train --out runs/tiny` with:",
         "",
-        "| from step | threads | curriculum advance threshold | pages |",
-        "|---|---|---|---|",
+        "| from step | threads | learning rate | curriculum advance threshold | pages |",
+        "|---|---|---|---|---|",
     ]
     for seg in tr.get("segments") or []:
         pages = "aligned only (`--aligned_only`)" if seg.get("aligned_only") else "per curriculum"
-        lines.append(f"| {seg['start_step']} | {seg['threads']} | {seg.get('advance_at', 0.9)} | {pages} |")
+        lines.append(f"| {seg['start_step']} | {seg['threads']} | {seg.get('lr', 1e-3):g} | {seg.get('advance_at', 0.9)} "
+                     f"| {pages} |")
     lines += [
         "",
         "To replay the same trajectory, run the segments in order with `--resume --max_steps <next start step>`",
-        "and the segment's `--threads` / `--advance_at` / `--aligned_only` (the first without `--resume`).",
+        "and the segment's `--threads` / `--lr` / `--advance_at` / `--aligned_only` (the first without `--resume`).",
         "",
         "Ingredients (they shape what the head findings mean):",
         "",

@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
 
     trainer.cur.threshold = args.advance_at
     trainer.aligned_only = args.aligned_only
-    meta.setdefault("segments", []).append(dict(start_step=trainer.step_count, threads=args.threads,
+    meta.setdefault("segments", []).append(dict(start_step=trainer.step_count, threads=args.threads, lr=args.lr,
                                                  advance_at=args.advance_at, aligned_only=args.aligned_only,
                                                  started_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
     sets = eval_sets(args.eval_n)
