@@ -126,11 +126,13 @@ def run_masking(lm: Any, tasks: Mapping[str, Sequence[Any]], head_sets: Mapping[
     head_sets: name -> ranked heads (best first), typically {"ocr": ..., "retrieval": ...}.
     ks: default :func:`scale_ks` of the model's head count. seeds: random-head draws (>= 3 recommended).
     out_dir: ``results/<model>/``; when given, per-sample predictions are cached under
-    ``out_dir/cache/masking/<task>/`` and the table is written to ``out_dir/masking.csv`` (atomically).
+    ``out_dir/cache/<weights revision>/masking/<task>/`` and the table is written to ``out_dir/masking.csv`` (atomically).
     Columns: model, task, modality, head_set, k, seed, n_masked, random_pool, heads, n, n_failed, metric,
     then per metric ``<m>, <m>_lo, <m>_hi`` (95 % bootstrap CI over samples).
     """
     import pandas as pd
+
+    from ocrheads_lib.attention import Plan
 
     n_layers, n_heads = int(lm.n_layers), int(lm.n_heads)
     model_id = model_id or str(getattr(lm, "model_id", "model"))
@@ -143,8 +145,6 @@ def run_masking(lm: Any, tasks: Mapping[str, Sequence[Any]], head_sets: Mapping[
         for cond in conditions:
             cache = _cache(out_dir, "masking", task, cond["head_set"], cond["k"], cond["seed"], cond["heads"],
                            revision=getattr(lm, "revision", None))
-            from ocrheads_lib.attention import Plan
-
             preds = evaluate(lm, samples, Plan(mask=cond["heads"]), metrics=metrics, cache=cache,
                              max_new_tokens=max_new_tokens)
             row = dict(model=model_id, task=task, modality=modality(samples), head_set=cond["head_set"],

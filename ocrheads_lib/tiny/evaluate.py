@@ -239,6 +239,13 @@ def plot_curves(history: list[dict], path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="lower right")
     ax.set_title("tiny Qwen2-VL: held-out exact match during training", fontsize=9)
+    _save_figure(fig, path)
+
+
+def _save_figure(fig, path: str) -> None:
+    """Lay out, write atomically (temporary file + rename) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp.png"
@@ -269,12 +276,7 @@ def plot_examples(model, processor, path: str, seed: int = HELDOUT_SEED + 100) -
         mark = "ok" if pred == e.answer else "WRONG"
         ax.set_title(f"{title}\nQ: {e.prompt}  model: {pred!r} ({mark})", fontsize=7)
         shown.append(dict(kind=title, question=e.prompt, gold=e.answer, model=pred))
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save_figure(fig, path)
     return shown
 
 
