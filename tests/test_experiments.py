@@ -130,6 +130,10 @@ def _logits(lm, sample, plan=None):
 
 # ------------------------------------------------------------------------------------------ planted reader
 
+def tasks_in(table) -> list[str]:
+    return sorted(table["task"].unique())
+
+
 def test_planted_reader_answers_and_masking_it_breaks_it(reader_lm, reader_tasks):
     samples = reader_tasks["digit_text"]
     base = summarize(evaluate(reader_lm, samples, max_new_tokens=2), ["accuracy"])
@@ -146,8 +150,8 @@ def test_run_masking_table_on_planted_reader(reader_lm, reader_tasks, tmp_path):
     head_sets = {"ocr": [READER, (0, 1)], "retrieval": [(0, 3), (1, 0)]}
     table = run_masking(reader_lm, reader_tasks, head_sets, ks=[1, 2], seeds=[0, 1, 2], out_dir=tmp_path,
                         max_new_tokens=2, n_boot=200)
-    # 1 baseline + per k: 2 head sets + 3 random seeds
-    assert len(table) == 1 + 2 * (2 + 3)
+    # 1 baseline + per k: 2 head sets + 3 random seeds + 3 layer-matched random seeds
+    assert len(table) == 1 + 2 * (2 + 3 + 3)
     expected = {"model", "task", "modality", "head_set", "k", "seed", "n_masked", "random_pool", "heads", "n",
                 "n_failed", "metric", "accuracy", "accuracy_lo", "accuracy_hi", "em", "em_lo", "em_hi"}
     assert expected <= set(table.columns)
@@ -158,6 +162,10 @@ def test_run_masking_table_on_planted_reader(reader_lm, reader_tasks, tmp_path):
     for seed in (0, 1, 2):                                        # random heads avoid the selected sets
         assert row.loc[("random", 1, seed), "accuracy"] == 1.0
         assert READER not in [tuple(map(int, h[1:].split("_h"))) for h in row.loc[("random", 1, seed), "heads"].split()]
+        matched = [tuple(map(int, h[1:].split("_h"))) for h in row.loc[("random_layer_matched", 2, seed), "heads"].split()]
+        assert sorted(layer for layer, _ in matched) == [0, 1]   # the layers of the OCR top-2: READER, (0, 1)
+        assert not set(matched) & set(head_sets["ocr"] + head_sets["retrieval"])
+        assert row.loc[("random_layer_matched", 1, seed), "accuracy"] == 1.0   # another layer-1 head: harmless
     assert row.loc[("retrieval", 2, -1), "accuracy"] == 1.0
     assert (table["accuracy_lo"] <= table["accuracy"]).all() and (table["accuracy"] <= table["accuracy_hi"]).all()
 
@@ -166,10 +174,12 @@ def test_run_masking_table_on_planted_reader(reader_lm, reader_tasks, tmp_path):
     drops = compare_drops(table).set_index("k")
     assert drops.loc[1, "ocr_drop"] >= 0.8 and drops.loc[1, "random_max_drop"] == 0.0
     assert drops.loc[1, "ocr_vs_random"] >= 0.8 and drops.loc[1, "retrieval_vs_random"] == 0.0
+    assert drops.loc[1, "random_layer_matched_max_drop"] == 0.0 and drops.loc[1, "ocr_vs_random_layer_matched"] >= 0.8
     from ocrheads_lib.experiments.masking import describe_drops
 
     k1 = describe_drops(compare_drops(table))[0]
-    assert "k=1" in k1 and "(more than the worst random draw, +0.00)" in k1.split("; retrieval")[0]
+    assert "k=1" in k1 and ("(more than the worst random draw, +0.00; more than the worst layer-matched random "
+                            "draw, +0.00)") in k1.split("; retrieval")[0]
     assert "retrieval heads drop +0.00 (as much as the worst random draw" in k1
 
     import pandas as pd
@@ -177,7 +187,8 @@ def test_run_masking_table_on_planted_reader(reader_lm, reader_tasks, tmp_path):
     on_disk = pd.read_csv(tmp_path / "masking.csv")
     assert len(on_disk) == len(table)
     # a rerun resumes from the per-sample cache: same table, no new cache lines
-    caches = sorted((tmp_path / "cache" / "masking").rglob("*.jsonl"))
+    caches = sorted((tmp_path / "cache").rglob("masking/**/*.jsonl"))
+    assert len(caches) == len(tasks_in(table)) * len(table.drop_duplicates(["head_set", "k", "seed"]))
     sizes = [p.stat().st_size for p in caches]
     again = run_masking(reader_lm, reader_tasks, head_sets, ks=[1, 2], seeds=[0, 1, 2], out_dir=tmp_path,
                         max_new_tokens=2, n_boot=200)
@@ -215,7 +226,11 @@ def test_random_heads_reproducible_disjoint_and_own_rng():
         random_heads(2, 2, 3, [(0, 0), (0, 1)], seed=0)
     # conditions: random rows avoid the selected sets; with a pool too small they avoid the top-k only
     ocr, retrieval = [(0, 0), (0, 1), (0, 2), (0, 3)], [(1, 0), (1, 1)]
-    conds = mask_conditions(2, 4, {"ocr": ocr, "retrieval": retrieval}, ks=[2, 3], seeds=[0, 1, 2])
+    with pytest.warns(UserWarning, match="no random_layer_matched control at k=3"):
+        conds = mask_conditions(2, 4, {"ocr": ocr, "retrieval": retrieval}, ks=[2, 3], seeds=[0, 1, 2])
+    matched = [c for c in conds if c["head_set"] == "random_layer_matched"]
+    assert [c["k"] for c in matched] == [2, 2, 2]             # layer 0 has 4 heads: no 3 outside the OCR top-3
+    assert all(sorted(c["heads"]) != sorted(ocr[:2]) and {l for l, _ in c["heads"]} == {0} for c in matched)
     rand = [c for c in conds if c["head_set"] == "random"]
     assert len(rand) == 6
     for c in rand:
@@ -228,6 +243,28 @@ def test_random_heads_reproducible_disjoint_and_own_rng():
             assert not set(c["heads"]) & set(ocr[:3] + retrieval[:3])
     with pytest.raises(ValueError, match="cannot draw"):
         mask_conditions(2, 4, {"ocr": ocr, "retrieval": retrieval}, ks=[4], seeds=[0])
+
+
+def test_layer_matched_heads_copy_the_reference_layers():
+    from ocrheads_lib.experiments.masking import layer_matched_heads
+
+    reference = [(3, 2), (3, 5), (2, 2), (3, 0)]              # layer 3 three times, layer 2 once
+    selected = [(3, 1), (3, 3), (2, 0)]
+    heads, pool = layer_matched_heads(4, 8, reference, [("outside selected", selected)], seed=1)
+    assert sorted(layer for layer, _ in heads) == [2, 3, 3, 3]
+    assert not set(heads) & set(reference + selected) and pool == "layer-matched outside selected"
+    assert layer_matched_heads(4, 8, reference, [("outside selected", selected)], seed=1)[0] == heads
+    assert len({tuple(layer_matched_heads(4, 8, reference, [("outside selected", selected)], seed=s)[0])
+                for s in range(6)}) > 1
+    # layer 3 has 8 heads: 3 reference + 4 selected leave only 1 -> the looser rule (outside the reference)
+    crowded = [(3, 1), (3, 3), (3, 4), (3, 6)]
+    heads, pool = layer_matched_heads(4, 8, reference, [("outside selected", crowded)], seed=0)
+    assert pool == "layer-matched outside reference" and not set(heads) & set(reference)
+    assert sorted(layer for layer, _ in heads) == [2, 3, 3, 3]
+    with pytest.raises(ValueError, match="layer-matched heads from layer 0"):
+        layer_matched_heads(2, 2, [(0, 0), (0, 1)], [], seed=0)
+    with pytest.raises(ValueError, match="layer 5"):
+        layer_matched_heads(4, 8, [(5, 0)], [], seed=0)
 
 
 def test_scale_ks():
@@ -256,7 +293,9 @@ def test_run_sink_table(reader_lm, reader_tasks, tmp_path):
     small = {"digit_text": reader_tasks["digit_text"][:5]}
     table = run_sink(reader_lm, small, head_sets, k=1, betas=(0.0, 0.5, 1.0), seeds=[0, 1, 2],
                      out_dir=tmp_path, max_new_tokens=2, n_boot=100)
-    assert len(table) == 1 + 3 * (2 + 3)
+    assert len(table) == 1 + 3 * (2 + 3 + 3)                # per beta: 2 sets, 3 random, 3 layer-matched draws
+    matched = table[table.head_set == "random_layer_matched"]
+    assert set(matched["heads"]) <= {"l1_h1", "l1_h3"}      # READER's layer, outside the selected heads
     assert {"head_set", "k", "beta", "seed", "sink_key", "accuracy", "accuracy_lo", "accuracy_hi"} <= set(table.columns)
     assert not table.duplicated(["model", "task", "head_set", "k", "beta", "seed"]).any()
     rows = table.set_index(["head_set", "beta", "seed"])

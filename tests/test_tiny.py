@@ -125,3 +125,37 @@ def test_training_smoke_run_resumes_exactly(tmp_path):
     assert model.config.text_config.num_hidden_layers == MICRO["layers"]
     summary = json.load(open(folder / "training_summary.json"))
     assert summary["steps"] == 3 and summary["history"]
+
+
+def test_learning_rate_warms_up_then_follows_the_cosine_decay():
+    from ocrheads_lib.tiny.train import TinyTrainer
+
+    trainer = TinyTrainer.__new__(TinyTrainer)      # the schedule needs no model
+    trainer.lr, trainer.warmup, trainer.decay = 1e-3, 50, None
+    assert trainer.lr_at(0) == pytest.approx(2e-5)          # 1/50 of the peak
+    assert trainer.lr_at(49) == pytest.approx(1e-3)
+    assert trainer.lr_at(5000) == pytest.approx(1e-3)       # constant without a decay
+    trainer.decay = (100, 200, 0.05)                        # cosine over steps 100..300 down to 5 %
+    assert trainer.lr_at(100) == pytest.approx(1e-3)
+    assert trainer.lr_at(200) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))   # half way: cos = 0
+    assert trainer.lr_at(300) == pytest.approx(5e-5)
+    assert trainer.lr_at(900) == pytest.approx(5e-5)        # stays at the floor
+
+
+def test_replay_of_recorded_segments_reproduces_the_weights(tmp_path):
+    from ocrheads_lib.tiny.train import main, replay_commands
+
+    # two segments: constant lr, then a resumed one with another lr, batch and a cosine decay
+    _run(tmp_path / "orig", "--max_steps", "2")
+    final = _run(tmp_path / "orig", "--resume", "--lr", "5e-4", "--decay_steps", "2", "--batch_text", "1")
+    assert final["step"] == 4                                # the decay set --max_steps
+    summary = json.load(open(tmp_path / "orig" / "summary.json"))
+    commands = replay_commands(summary, str(tmp_path / "replay"))
+    assert len(commands) == 2 and "--resume" in commands[1] and "--decay_steps" in commands[1]
+    assert main(["--replay", str(tmp_path / "orig" / "summary.json"), "--out", str(tmp_path / "replay")]) == 0
+    replayed = torch.load(tmp_path / "replay" / "checkpoint.pt", weights_only=False)
+    assert replayed["step"] == 4
+    for name, value in final["model"].items():
+        assert torch.equal(value, replayed["model"][name]), name
+    with pytest.raises(ValueError, match="segment"):
+        replay_commands({"steps": 3}, "x")

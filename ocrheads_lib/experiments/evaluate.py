@@ -339,13 +339,13 @@ def sweep_figure(curves: Any, x: str, xlabel: str, baseline: str, title: str | N
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from ocrheads_lib.experiments.masking import BASELINE, RANDOM
+    from ocrheads_lib.experiments.masking import BASELINE, LAYER_MATCHED, RANDOM
 
     if baseline not in ("start", "line"):
         raise ValueError(f"baseline must be 'start' or 'line', got {baseline!r}")
     tasks = sorted(curves["task"].unique(), key=lambda t: (curves[curves.task == t].modality.iloc[0] != "image", t))
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
-    colors = {"ocr": "tab:red", "retrieval": "tab:blue", RANDOM: "tab:gray"}
+    colors = {"ocr": "tab:red", "retrieval": "tab:blue", RANDOM: "tab:gray", LAYER_MATCHED: "tab:olive"}
     for ax, task in zip(axes[0], tasks):
         sub = curves[curves.task == task]
         base = sub[sub.head_set == BASELINE]

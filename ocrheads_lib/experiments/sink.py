@@ -5,7 +5,8 @@ visible keys share (1 - beta) * a_sink in proportion to their weights. The paper
 (hard-coded 0.4), had no causal mask in the recomputed prefill, and ran no baseline. Here the mechanism is
 :func:`ocrheads_lib.attention.apply` with ``Plan(sink={head: beta}, sink_key=...)`` (exact causal semantics;
 beta = 1 is the unmodified model), swept over beta, in the top-k OCR heads vs the top-k retrieval heads vs
-k random heads (own RNG, outside the selected sets), with the baseline in the same run.
+k random heads (own RNG, outside the selected sets) vs k random heads from the OCR heads' layers, with the
+baseline in the same run.
 
 Table: one row per (model, task, head_set, k, beta, seed); the baseline row has head_set="none", k=0 and
 beta=1.0. Written atomically to ``results/<model>/sink.csv``.
@@ -27,27 +28,28 @@ from ocrheads_lib.experiments.evaluate import (
     sweep_figure,
     write_csv_atomic,
 )
-from ocrheads_lib.experiments.masking import BASELINE, RANDOM, _cache, random_heads, random_pool_for
+from ocrheads_lib.experiments.masking import BASELINE, _cache, control_draws
 
 DEFAULT_BETAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 def sink_conditions(n_layers: int, n_heads: int, head_sets: Mapping[str, Sequence[Head]], k: int,
                     betas: Sequence[float], seeds: Sequence[int],
-                    exclude: Sequence[Head] | None = None) -> list[dict[str, Any]]:
-    """Baseline, then for every beta: top-k of each head set and one random draw of k heads per seed
-    (the same draw for every beta, so the beta curve of one seed is one set of heads)."""
+                    exclude: Sequence[Head] | None = None,
+                    layer_matched_to: str | None = "ocr") -> list[dict[str, Any]]:
+    """Baseline, then for every beta: top-k of each head set and the random controls of k heads per seed
+    (``random`` and ``random_layer_matched``, see :func:`ocrheads_lib.experiments.masking.control_draws`;
+    the same draw for every beta, so the beta curve of one seed is one set of heads)."""
     if exclude is None:
         exclude = sorted({(int(l), int(h)) for heads in head_sets.values() for l, h in heads})
-    avoid, pool_name = random_pool_for(n_layers, n_heads, k, exclude, head_sets)
-    draws = {seed: random_heads(n_layers, n_heads, k, avoid, seed=seed) for seed in seeds}
+    draws = control_draws(n_layers, n_heads, head_sets, k, seeds, exclude, layer_matched_to)
     conditions: list[dict[str, Any]] = [dict(head_set=BASELINE, k=0, beta=1.0, seed=-1, heads=[], random_pool="")]
     for beta in betas:
         for name, heads in head_sets.items():
             conditions.append(dict(head_set=name, k=int(k), beta=float(beta), seed=-1,
                                    heads=[(int(l), int(h)) for l, h in heads[:k]], random_pool=""))
-        for seed in seeds:
-            conditions.append(dict(head_set=RANDOM, k=int(k), beta=float(beta), seed=int(seed), heads=draws[seed],
+        for head_set, seed, heads, pool_name in draws:
+            conditions.append(dict(head_set=head_set, k=int(k), beta=float(beta), seed=seed, heads=heads,
                                    random_pool=pool_name))
     return conditions
 
@@ -55,7 +57,8 @@ def sink_conditions(n_layers: int, n_heads: int, head_sets: Mapping[str, Sequenc
 def run_sink(lm: Any, tasks: Mapping[str, Sequence[Any]], head_sets: Mapping[str, Sequence[Head]], *, k: int = 2,
              betas: Sequence[float] = DEFAULT_BETAS, seeds: Sequence[int] = (0, 1, 2), sink_key: str | int = "first",
              exclude: Sequence[Head] | None = None, model_id: str | None = None, out_dir: str | Path | None = None,
-             max_new_tokens: int = 16, n_boot: int = 1000, boot_seed: int = 0, progress: bool = False) -> Any:
+             max_new_tokens: int = 16, n_boot: int = 1000, boot_seed: int = 0, progress: bool = False,
+             layer_matched_to: str | None = "ocr") -> Any:
     """Sweep beta in the top-k heads of each head set and in k random heads; returns the tidy table.
 
     sink_key: "first" (the first visible key, the paper's choice), "max" (each row's most attended key) or
@@ -69,7 +72,7 @@ def run_sink(lm: Any, tasks: Mapping[str, Sequence[Any]], head_sets: Mapping[str
 
     n_layers, n_heads = int(lm.n_layers), int(lm.n_heads)
     model_id = model_id or str(getattr(lm, "model_id", "model"))
-    conditions = sink_conditions(n_layers, n_heads, head_sets, k, betas, seeds, exclude)
+    conditions = sink_conditions(n_layers, n_heads, head_sets, k, betas, seeds, exclude, layer_matched_to)
     rows = []
     for task, samples in tasks.items():
         samples = list(samples)

@@ -84,8 +84,9 @@ def resolve_source(model_id: str) -> tuple[str, bool]:
         if not (TINY_WEIGHTS_DIR / "config.json").is_file() or not any(TINY_WEIGHTS_DIR.glob("*.safetensors")):
             raise WeightsNotFoundError(
                 f"the embedded tiny model is missing: {TINY_WEIGHTS_DIR} has no config.json or no *.safetensors "
-                f"weights. Build it with `python -m ocrheads_lib.tiny.train` (about 20 minutes on a laptop CPU), "
-                f"or reinstall the package.")
+                f"weights. Reinstall the package (the weights ship with it), or retrain them with `python -m "
+                f"ocrheads_lib.tiny.train --replay <repository>/ocrheads_lib/tiny/weights/training_summary.json "
+                f"--out runs/tiny` and `--export {TINY_WEIGHTS_DIR}` (a few CPU-hours; see the book's model card).")
         return str(TINY_WEIGHTS_DIR), True
     if Path(model_id).expanduser().is_dir():
         return str(Path(model_id).expanduser()), True

@@ -155,22 +155,23 @@ INGREDIENTS = [
     "attention is never supervised",
     "three tasks per step, data generated inline from seed 0: key alone on a page (also 1-3 short words, "
     "'What is written in the image?'), pass key in a paragraph page (16x6 grid page, 1-5 lines), "
-    "pass key in a text context",
-    "curricula advanced by the running train-batch exact match over 20 steps (>= 0.9; lowered to 0.8 and then "
-    "0.7 during the run to fit the time box, see segments): key layouts "
-    "aligned -> mixed; page lines 1 -> 2 -> 3 -> 5 -> 5 with 50 % unaligned; text context 60 -> 100 -> 160 "
-    "-> 240 -> 320 -> 420 characters",
+    "pass key in a text context; 8 + 8 + 8 examples per step (the segments table gives each segment's batch)",
+    "curricula advanced by the running train-batch exact match over 20 steps (>= 0.9; lowered to 0.8, 0.7 and "
+    "0.85 in later segments, see the segments table): key layouts aligned -> mixed (1/6 aligned, 1/3 offset, "
+    "1/6 two lines, 1/3 two lines offset); page lines 1 -> 2 -> 3 -> 5 -> 5 with 50 % unaligned; text context "
+    "60 -> 100 -> 160 -> 240 -> 320 -> 420 -> 520 characters",
     "haystacks: the classic repetitive filler ('The grass is green. ...') or random sentences from a "
     "100-word list; needle 'The pass key is K.' (+ ' Remember it.' 60 %)",
     "keys: 3-6 random digits, the paper's U[1, 10000], single characters 0-9a-z, 2-6 letters/digits",
-    "AdamW lr 1e-3, 50-step warm-up then constant, betas (0.9, 0.98), weight decay 0.01, clip 1.0; "
+    "AdamW, betas (0.9, 0.98), weight decay 0.01, clip 1.0; lr 1e-3 after a 50-step warm-up, constant in the "
+    "first segments, lower in later ones, and a cosine decay to 5 % in the last (see the segments table); "
     "loss on the answer tokens + <|im_end|> only; torch.set_flush_denormal(True)",
 ]
 KNOWN_LIMITS = [
     "reads only the grid renderer's font (DejaVu Sans Mono Bold 26 px on 28 px cells); other fonts, sizes "
     "or proportional text are out of distribution",
     "one page per question in training; multi-page inputs are untested",
-    "text contexts up to ~420 characters in training; longer contexts are out of distribution",
+    "text contexts up to ~520 characters in training; longer contexts are out of distribution",
     "char-level vocabulary of printable ASCII only; no instruction following beyond the trained questions",
     "with the grid-aligned layout one visual token holds exactly one character, the easiest case for OCR heads",
     "one shared copy circuit may serve both image and text retrieval (see the head chapters)",
@@ -194,7 +195,8 @@ def write_model_card(results: dict[str, SetResult], model_dir: str, card_path: s
                     vocab_size=text_cfg.get("vocab_size"), vision=config.get("vision_config", {}).get("depth")),
         parameters=summary.get("params"),
         weights_bytes=os.path.getsize(weights) if os.path.exists(weights) else None,
-        training=dict(command="OMP_NUM_THREADS=2 python -m ocrheads_lib.tiny.train --minutes 60 --out runs/tiny",
+        training=dict(command="OMP_NUM_THREADS=2 python -m ocrheads_lib.tiny.train --replay "
+                              "ocrheads_lib/tiny/weights/training_summary.json --out runs/tiny",
                       export="python -m ocrheads_lib.tiny.train --out runs/tiny --export ocrheads_lib/tiny/weights",
                       seed=(summary.get("args") or {}).get("seed", 0), steps=summary.get("steps"),
                       wall_s=summary.get("wall_s"), cpu_s=summary.get("cpu_s"), args=summary.get("args"),
@@ -293,6 +295,38 @@ def _milestone_rows(card: dict) -> list[str]:
     return rows
 
 
+def status_lines(card: dict) -> list[str]:
+    """Bullets saying, from the measured numbers, which of the issue's targets are met."""
+    held, tr = card["heldout"]["sets"], card["training"]
+
+    def acc(name: str) -> str:
+        r = held.get(name)
+        return "not measured" if r is None else f"{100 * r['accuracy']:.1f} %"
+
+    def verdict(name: str) -> str:
+        r = held.get(name)
+        if r is None or r.get("target") is None:
+            return ""
+        return " (met)" if r["accuracy"] >= r["target"] else f" (**missed**, target {100 * r['target']:.0f} %)"
+
+    minutes = (tr.get("wall_s") or 0) / 60
+    return [
+        f"- (a) a key alone on a page: aligned {acc('a_key_aligned')}{verdict('a_key_aligned')}, unaligned "
+        f"{acc('a_key_unaligned')}{verdict('a_key_unaligned')}, two unaligned lines {acc('a_key_2lines_unaligned')}.",
+        f"- (b) text retrieval, >= 256-token contexts: {acc('b_text_256')}{verdict('b_text_256')}; the book's own "
+        f"`passkey_text` (320 characters): {acc('b_book_passkey_text_320')}{verdict('b_book_passkey_text_320')}.",
+        f"- (c) the pass key in a paragraph page at the book's grid default: {acc('c_page_book')}{verdict('c_page_book')}; "
+        f"built by `passkey_images`: {acc('c_book_passkey_grid')}{verdict('c_book_passkey_grid')}; unaligned pages "
+        f"{acc('c_page_unaligned')}; case-study characters {acc('c_book_case_study_chars')}.",
+        f"- Training time: {minutes:.0f} min of wall time over {len(tr.get('segments') or [])} segments "
+        + ("(met: <= 60 min)." if minutes <= 60 else "(**missed** the 60-minute target: the recipe needs more steps "
+           "than 60 minutes on two CPU cores give this 32-head model; see the width cost above)."),
+        "- Unaligned pages are harder for this reader: with the grid-aligned layout one visual token holds exactly "
+        "one character. Use `grid_offset=\"aligned\"` (the default) for the OCR-head chapters unless the "
+        "unaligned accuracy above is high enough for your question.",
+    ]
+
+
 def write_markdown(card: dict, path: str = "book/model_card.md", figures: str = "figures/tiny") -> None:
     """The model card page (prose + numbers from the JSON card)."""
     cfg, tr, held = card["config"], card["training"], card["heldout"]["sets"]
@@ -329,7 +363,8 @@ def write_markdown(card: dict, path: str = "book/model_card.md", figures: str = 
     lines += [
         "## Training",
         "",
-        "Reproduce the weights (seeded; `--resume` continues an interrupted run from `runs/tiny/checkpoint.pt`):",
+        "Reproduce the weights: `--replay` re-runs the shipped weights' recorded training segments in order",
+        "(seeded; `--resume` continues an interrupted segment from `runs/tiny/checkpoint.pt`):",
         "",
         "```bash",
         tr["command"],
@@ -338,23 +373,25 @@ def write_markdown(card: dict, path: str = "book/model_card.md", figures: str = 
         "```",
         "",
         f"The shipped model trained for **{tr['steps']} steps**, {tr['wall_s'] / 60:.1f} min of wall time and "
-        f"{tr['cpu_s']:.0f} CPU-seconds (mostly one thread: on the two cores shared with ~7 other jobs, two "
-        "OpenMP threads burned ~4x more CPU per step than one).",
+        f"{tr['cpu_s']:.0f} CPU-seconds on two CPU cores that were often shared with other jobs (with one",
+        "OpenMP thread in the early segments: on the crowded cores two threads burned ~4x more CPU per step).",
         "",
-        "The run was stopped and resumed from its checkpoint a few times (exact: model, optimizer, data rng and",
-        "curriculum state are restored). Segments, each `python -m ocrheads_lib.tiny.train --out runs/tiny` with:",
+        "The run was stopped and resumed from its checkpoint between segments (exact: model, optimizer, data rng",
+        "and curriculum state are restored). Each segment is `python -m ocrheads_lib.tiny.train --out runs/tiny`",
+        "with:",
         "",
-        "| from step | threads | learning rate | curriculum advance threshold | pages |",
-        "|---|---|---|---|---|",
+        "| from step | threads | learning rate | curriculum advance threshold | examples per step (key/page/text) | pages |",
+        "|---|---|---|---|---|---|",
     ]
     for seg in tr.get("segments") or []:
         pages = "aligned only (`--aligned_only`)" if seg.get("aligned_only") else "per curriculum"
-        lines.append(f"| {seg['start_step']} | {seg['threads']} | {seg.get('lr', 1e-3):g} | {seg.get('advance_at', 0.9)} "
-                     f"| {pages} |")
+        batch = seg.get("batch") or dict(key=8, page=8, text=8)
+        lr = f"{seg.get('lr', 1e-3):g}"
+        if seg.get("decay_steps"):
+            lr += f", cosine to {seg.get('decay_floor', 0.05):g}x over {seg['decay_steps']} steps"
+        lines.append(f"| {seg['start_step']} | {seg['threads']} | {lr} | {seg.get('advance_at', 0.9)} "
+                     f"| {batch['key']}/{batch['page']}/{batch['text']} | {pages} |")
     lines += [
-        "",
-        "To replay the same trajectory, run the segments in order with `--resume --max_steps <next start step>`",
-        "and the segment's `--threads` / `--lr` / `--advance_at` / `--aligned_only` (the first without `--resume`).",
         "",
         "Ingredients (they shape what the head findings mean):",
         "",
@@ -373,15 +410,9 @@ def write_markdown(card: dict, path: str = "book/model_card.md", figures: str = 
     lines += ["", "`a_*`: a key alone on a page; `b_*`: pass key in a text context; `c_*`: pass key in a paragraph",
               "page; `*_book_*`: built by the book's own generators (`ocrheads_lib.data`), i.e. what the chapters score.",
               "", f"![held-out pages and the model's answers]({figures}/examples.png)", "",
-              "## Status against the targets", "",
-              "- Grid-aligned pages, the book's default (`passkey_images(layout=\"grid\")`, 4-5 digit keys): see",
-              "  `c_book_passkey_grid` above; the case-study characters: `c_book_case_study_chars`.",
-              "- Text retrieval at the book's default context (`passkey_text`, 320 characters): `b_book_passkey_text_320`;",
-              "  our harder set `b_text_256` adds letter/mixed keys and contexts up to 400 characters.",
-              "- **Unaligned text is not read**: pixel offsets of the text block were trained only briefly (the last",
-              "  segment trained on aligned pages only, to polish the book default), so `*_unaligned` sets are near 0.",
-              "  Use `grid_offset=\"aligned\"` (the default) with this model.",
-              f"- Training time: {tr.get('target_60_min_on_2_cores', 'see above')}.",
+              "## Status against the targets", ""]
+    lines += status_lines(card)
+    lines += [
               "", "## Known limits", ""]
     lines += [f"- {x}" for x in card["known_limits"]]
     lines += ["", "## The machine-readable card", "", "Shipped beside the weights as `ocrheads_lib/tiny/model_card.json`:",

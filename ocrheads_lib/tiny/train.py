@@ -3,6 +3,8 @@
     OMP_NUM_THREADS=2 python -m ocrheads_lib.tiny.train --minutes 60 --out runs/tiny
     python -m ocrheads_lib.tiny.train --resume --out runs/tiny          # continue an interrupted run
     python -m ocrheads_lib.tiny.train --export ocrheads_lib/tiny/weights --out runs/tiny   # ship a checkpoint
+    python -m ocrheads_lib.tiny.train --replay ocrheads_lib/tiny/weights/training_summary.json --out runs/replay
+                                             # re-run the shipped weights' recorded segments, in order
 
 Recipe (see model_card.json / book/model_card.md for what each ingredient does):
 - three tasks per step, data generated inline from a seeded rng (:mod:`ocrheads_lib.tiny.tasks`):
@@ -23,6 +25,7 @@ torch.set_flush_denormal(True)   # first: denormals made early CPU steps 10-25x 
 
 import argparse
 import json
+import math
 import os
 import random
 import signal
@@ -42,7 +45,7 @@ AUX_CLASSES = [""] + CHARACTERS            # class 0 = blank cell
 AUX_INDEX = {c: i for i, c in enumerate(AUX_CLASSES)}
 KEY_LAYOUTS = {0: ["aligned"], 1: ["aligned", "offset", "offset", "2lines", "2lines_offset", "2lines_offset"]}
 PAGE_STAGES = [(1, 0.0), (2, 0.0), (3, 0.0), (5, 0.0), (5, 0.5)]      # (max lines, share of unaligned pages)
-TEXT_STAGES = [60, 100, 160, 240, 320, 420]                          # max context characters
+TEXT_STAGES = [60, 100, 160, 240, 320, 420, 520]                     # max context characters
 EVAL_SEED = 1_000_003                                                # held-out eval sets (train uses --seed)
 
 
@@ -147,6 +150,16 @@ class TinyTrainer:
         self.step_count = 0
         self.events: list[dict] = []
         self.aligned_only = False   # final-segment option: train on grid-aligned pages only
+        self.decay: tuple[int, int, float] | None = None   # (start step, steps, final lr fraction): cosine
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up from step 0, then constant, or a cosine decay over a segment when `decay` is set."""
+        lr = self.lr * min(1.0, (step + 1) / self.warmup)
+        if self.decay is not None:
+            start, steps, floor = self.decay
+            done = min(1.0, max(0.0, (step - start) / steps))
+            lr *= floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * done))
+        return lr
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
@@ -163,7 +176,7 @@ class TinyTrainer:
 
     def step(self) -> dict:
         self.model.train()
-        lr = self.lr * min(1.0, (self.step_count + 1) / self.warmup)
+        lr = self.lr_at(self.step_count)
         for g in self.opt.param_groups:
             g["lr"] = lr
         total = 0.0
@@ -213,7 +226,7 @@ class TinyTrainer:
     def state(self) -> dict:
         return dict(model=self.model.state_dict(), aux_head=self.aux_head.state_dict(),
                     opt=self.opt.state_dict(), rng=self.rng.getstate(), torch_rng=torch.get_rng_state(),
-                    curriculum=asdict(self.cur), step=self.step_count, events=self.events)
+                    curriculum=asdict(self.cur), step=self.step_count, events=self.events, decay=self.decay)
 
     def load_state(self, st: dict) -> None:
         self.model.load_state_dict(st["model"])
@@ -224,6 +237,9 @@ class TinyTrainer:
         self.cur = Curriculum(**st["curriculum"])
         self.step_count = st["step"]
         self.events = st["events"]
+        decay = st.get("decay")
+        # an interrupted decay continues; a finished one does not bind the next segment
+        self.decay = tuple(decay) if decay and self.step_count < decay[0] + decay[1] else None
 
     def export(self, out_dir: str, dtype: torch.dtype = torch.float32) -> None:
         """Write a loadable folder: model.safetensors + config + generation_config + processor files."""
@@ -306,9 +322,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="running train-batch exact match (20 steps) that advances a curriculum")
     p.add_argument("--aligned_only", action="store_true",
                    help="train on grid-aligned pages only (no pixel offsets), e.g. to polish the book default")
+    p.add_argument("--decay_steps", type=int, default=0,
+                   help="cosine-decay the lr over this many steps from the segment's start, then stop "
+                        "(sets --max_steps when it is 0); --resume without it continues a decay in progress")
+    p.add_argument("--decay_floor", type=float, default=0.05, help="final lr as a fraction of --lr")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--export", default="", help="only export OUT/checkpoint.pt to this folder and exit")
+    p.add_argument("--replay", default="",
+                   help="a training_summary.json: re-run its recorded segments in order into OUT, then exit")
     args = p.parse_args(argv)
+    if args.replay:
+        for seg_argv in replay_commands(json.load(open(args.replay)), args.out):
+            print("REPLAY segment:", " ".join(seg_argv), flush=True)
+            main(seg_argv)
+        return 0
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
@@ -333,8 +360,15 @@ def main(argv: list[str] | None = None) -> int:
 
     trainer.cur.threshold = args.advance_at
     trainer.aligned_only = args.aligned_only
+    trainer.lr = args.lr
+    if args.decay_steps:
+        trainer.decay = (trainer.step_count, args.decay_steps, args.decay_floor)
+    if trainer.decay is not None:   # a decay (new, or resumed mid-way) ends the run where it ends
+        args.max_steps = args.max_steps or trainer.decay[0] + trainer.decay[1]
     meta.setdefault("segments", []).append(dict(start_step=trainer.step_count, threads=args.threads, lr=args.lr,
                                                  advance_at=args.advance_at, aligned_only=args.aligned_only,
+                                                 decay_steps=args.decay_steps, decay_floor=args.decay_floor,
+                                                 batch=trainer.batch,
                                                  started_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
     sets = eval_sets(args.eval_n)
     log = open(os.path.join(args.out, "log.jsonl"), "a")
@@ -398,6 +432,41 @@ def main(argv: list[str] | None = None) -> int:
     _atomic_json(os.path.join(args.out, "summary.json"), _summary(trainer, meta))
     print(f"DONE step {trainer.step_count} wall {meta['wall_s']:.0f}s cpu {meta['cpu_s']:.0f}s", flush=True)
     return 0
+
+
+def replay_commands(summary: dict, out: str) -> list[list[str]]:
+    """The argument lists that re-run a summary's training segments, in order.
+
+    Each segment ends where the next one starts (the last at the summary's final step); the training
+    trajectory depends only on the step count (data come from the seeded rng, evaluations use their own
+    seeds), so the same segments replay the same curriculum. Different thread counts may change the last
+    bits of the floating-point sums, so a replay matches the recipe, not necessarily every bit.
+    """
+    segments = summary.get("segments") or []
+    if not segments or segments[0].get("start_step") != 0:
+        raise ValueError("the summary has no segment list starting at step 0; it cannot be replayed "
+                         "(segments are recorded by this trainer since the embedded model's first run)")
+    last_args = summary.get("args") or {}
+    shared = ["--out", out, "--seed", str(last_args.get("seed", 0)), "--minutes", "1e9", "--stop_at", "2",
+              "--warmup", str(last_args.get("warmup", 50)), "--aux", str(last_args.get("aux", 1.0)),
+              "--eval_n", str(last_args.get("eval_n", 32))]
+    if summary.get("size"):
+        shared += ["--size", json.dumps(summary["size"])]
+    commands = []
+    for i, seg in enumerate(segments):
+        end = segments[i + 1]["start_step"] if i + 1 < len(segments) else summary["steps"]
+        batch = seg.get("batch") or dict(key=8, page=8, text=8)
+        argv = [*shared, "--max_steps", str(end), "--threads", str(seg.get("threads", 1)), "--lr", str(seg.get("lr", 1e-3)),
+                "--advance_at", str(seg.get("advance_at", 0.9)), "--batch_key", str(batch["key"]),
+                "--batch_page", str(batch["page"]), "--batch_text", str(batch["text"])]
+        if seg.get("aligned_only"):
+            argv.append("--aligned_only")
+        if seg.get("decay_steps"):
+            argv += ["--decay_steps", str(seg["decay_steps"]), "--decay_floor", str(seg.get("decay_floor", 0.05))]
+        if i:
+            argv.append("--resume")
+        commands.append(argv)
+    return commands
 
 
 def _summary(trainer: TinyTrainer, meta: dict) -> dict:
