@@ -159,3 +159,23 @@ def test_replay_of_recorded_segments_reproduces_the_weights(tmp_path):
         assert torch.equal(value, replayed["model"][name]), name
     with pytest.raises(ValueError, match="segment"):
         replay_commands({"steps": 3}, "x")
+
+
+def test_model_card_status_says_met_or_missed_from_the_numbers():
+    from ocrheads_lib.tiny.evaluate import status_lines
+
+    def result(accuracy, target):
+        return dict(accuracy=accuracy, n=200, prompt_tokens=[40, 120], target=target, failures=[])
+
+    card = dict(heldout=dict(sets=dict(a_key_aligned=result(0.985, 0.98), a_key_unaligned=result(0.5, 0.98),
+                                       b_text_256=result(0.95, 0.95), c_page_book=result(0.899, 0.90))),
+                training=dict(wall_s=59 * 60, segments=[{}, {}]))
+    text = "\n".join(status_lines(card))
+    assert "aligned 98.5 % (met)" in text
+    assert "unaligned 50.0 % (**missed**, target 98 %)" in text
+    assert ">= 256-token contexts: 95.0 % (met)" in text                # the boundary counts as met
+    assert "grid default: 89.9 % (**missed**, target 90 %)" in text
+    assert "passkey_text` (320 characters): not measured" in text      # absent sets are not invented
+    assert "59 min of wall time over 2 segments (met" in text
+    card["training"]["wall_s"] = 61 * 60
+    assert "**missed** the 60-minute target" in "\n".join(status_lines(card))

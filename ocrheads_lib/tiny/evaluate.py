@@ -219,11 +219,12 @@ def write_model_card(results: dict[str, SetResult], model_dir: str, card_path: s
         json.dump(card, f, indent=1)
     os.replace(tmp, card_path)
     if figure_dir and card["curves"]:
-        plot_curves(card["curves"], os.path.join(figure_dir, "curves.png"))
+        plot_curves(card["curves"], os.path.join(figure_dir, "curves.png"), summary.get("segments") or [])
     return card
 
 
-def plot_curves(history: list[dict], path: str) -> None:
+def plot_curves(history: list[dict], path: str, segments: list[dict] = ()) -> None:
+    """Teacher-forced held-out exact match vs wall time; dotted lines where a training segment started."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -235,7 +236,11 @@ def plot_curves(history: list[dict], path: str) -> None:
     minutes = [h["wall_s"] / 60 for h in history]
     for name in names:
         ax.plot(minutes, [h.get(name, float("nan")) for h in history], label=name, lw=1.4)
-    ax.set_xlabel("wall time (min, 2 shared CPU cores)")
+    for seg in segments[1:]:   # first eval at or after the segment's first step
+        at = next((h["wall_s"] / 60 for h in history if h["step"] > seg["start_step"]), None)
+        if at is not None:
+            ax.axvline(at, color="gray", ls=":", lw=0.8)
+    ax.set_xlabel("wall time (min, 2 shared CPU cores); dotted: a new training segment")
     ax.set_ylabel("exact match (teacher-forced)")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
