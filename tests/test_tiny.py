@@ -179,3 +179,12 @@ def test_model_card_status_says_met_or_missed_from_the_numbers():
     assert "59 min of wall time over 2 segments (met" in text
     card["training"]["wall_s"] = 61 * 60
     assert "**missed** the 60-minute target" in "\n".join(status_lines(card))
+
+
+def test_heldout_decoding_budget_fits_the_longest_answer():
+    """The held-out evaluation once generated 12 tokens for answers of up to 15 characters."""
+    from ocrheads_lib.tiny.evaluate import MAX_NEW_TOKENS, heldout_sets
+
+    longest = max(len(e.answer) for examples in heldout_sets(60).values() for e in examples)
+    assert longest >= 13                              # word answers are longer than the old budget
+    assert longest + 1 <= MAX_NEW_TOKENS              # one character = one token, + <|im_end|>

@@ -30,6 +30,9 @@ from ocrheads_lib.tiny.build import user_messages
 from ocrheads_lib.tiny.tasks import Example, key_example, page_example, text_example
 
 HELDOUT_SEED = 2_000_003
+# Longest answers: three short words, 15 characters = 15 tokens, + <|im_end|>. (Until 2026-11-24 this was
+# 12, which cut 12-15-character word answers short and counted them wrong.)
+MAX_NEW_TOKENS = 24
 TARGETS = {"a_key_aligned": 0.98, "a_key_unaligned": 0.98, "b_text_256": 0.95, "c_page_book": 0.90,
            "c_book_passkey_grid": 0.90, "b_book_passkey_text_320": 0.95}
 
@@ -107,7 +110,7 @@ def load(model_dir: str = WEIGHTS_DIR):
 
 @torch.no_grad()
 def generate_answers(model, processor, examples: list[Example], batch: int = 16,
-                     max_new_tokens: int = 12) -> tuple[list[str], list[int]]:
+                     max_new_tokens: int = MAX_NEW_TOKENS) -> tuple[list[str], list[int]]:
     """Greedy answers (special tokens stripped, whitespace-trimmed) and prompt lengths in tokens."""
     answers, lengths = [], []
     tok = processor.tokenizer
@@ -207,7 +210,7 @@ def write_model_card(results: dict[str, SetResult], model_dir: str, card_path: s
                   train_seed=(summary.get("args") or {}).get("seed", 0), in_training_eval_seed=1_000_003,
                   heldout_seed=HELDOUT_SEED),
         curves=summary.get("history", []),
-        heldout=dict(decoding="greedy generate, max_new_tokens 12, exact match after strip()",
+        heldout=dict(decoding=f"greedy generate, max_new_tokens {MAX_NEW_TOKENS}, exact match after strip()",
                      eval_wall_s=round(eval_wall_s, 1),
                      sets={k: dict(accuracy=round(r.accuracy, 4), n=r.n, prompt_tokens=[r.min_tokens, r.max_tokens],
                                    target=TARGETS.get(k), failures=r.failures) for k, r in results.items()}),
