@@ -181,6 +181,10 @@ def test_run_masking_table_on_planted_reader(reader_lm, reader_tasks, tmp_path):
     assert "k=1" in k1 and ("(more than the worst random draw, +0.00; more than the worst layer-matched random "
                             "draw, +0.00)") in k1.split("; retrieval")[0]
     assert "retrieval heads drop +0.00 (as much as the worst random draw" in k1
+    # a k without layer-matched rows (no room in the reference's layers) says so instead of printing nan
+    no_matched = table[~((table.head_set == "random_layer_matched") & (table.k == 2))]
+    k2 = describe_drops(compare_drops(no_matched))[1]
+    assert "k=2" in k2 and "no layer-matched random draw at this k" in k2 and "nan" not in k2
 
     import pandas as pd
 

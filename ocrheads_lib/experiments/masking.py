@@ -20,6 +20,7 @@ The baseline is the row ``head_set="none", k=0``; masking zero heads is the same
 """
 from __future__ import annotations
 
+import math
 import random
 import warnings
 from collections.abc import Mapping, Sequence
@@ -321,6 +322,9 @@ def describe_drops(drops: Any, min_baseline: float = 0.2) -> list[str]:
             versus = []
             for control, label in CONTROLS.items():
                 if f"{control}_max_drop" not in row:
+                    continue
+                if math.isnan(row[f"{control}_max_drop"]):   # e.g. no layer-matched draw fits at this k
+                    versus.append(f"no {label} draw at this k")
                     continue
                 gap = row[f"{name}_vs_{control}"]
                 relation = "more than" if gap > 0 else ("as much as" if gap == 0 else "less than")
