@@ -302,6 +302,62 @@ def summarize(predictions: Sequence[Prediction], metrics: Sequence[str], n_boot:
     return row
 
 
+def run_sweep(lm: Any, tasks: Mapping[str, Sequence[Any]], conditions: Sequence[dict[str, Any]], *,
+              experiment: str, plan_for: Callable[[dict[str, Any]], Any],
+              cache_for: Callable[[str, dict[str, Any]], PredictionCache],
+              columns_for: Callable[[dict[str, Any]], dict[str, Any]], model_id: str,
+              out_csv: str | os.PathLike | None, max_new_tokens: int, n_boot: int, boot_seed: int,
+              progress: bool) -> Any:
+    """Evaluate every task under every condition; the tidy table shared by the masking and sink experiments.
+
+    plan_for(condition) -> the Plan applied around generation; cache_for(task, condition) -> its prediction
+    cache; columns_for(condition) -> the condition's own columns (in table order, after model/task/modality).
+    One row per (task, condition): those columns, ``metric`` (the task's headline metric) and
+    :func:`summarize`'s n, n_failed and per-metric mean and CI. Written atomically to `out_csv` when given.
+    """
+    import pandas as pd
+
+    rows = []
+    for task, samples in tasks.items():
+        samples = list(samples)
+        metrics = metrics_for(samples)
+        for cond in conditions:
+            preds = evaluate(lm, samples, plan_for(cond), metrics=metrics, cache=cache_for(task, cond),
+                             max_new_tokens=max_new_tokens)
+            row = dict(model=model_id, task=task, modality=modality(samples), **columns_for(cond),
+                       metric=primary_metric(metrics))
+            row.update(summarize(preds, metrics, n_boot=n_boot, boot_seed=boot_seed))
+            rows.append(row)
+            if progress:
+                where = " ".join(f"{key}={cond[key]}" for key in ("head_set", "k", "beta", "seed") if key in cond)
+                print(f"[{experiment}] {task} {where} {row['metric']}={row[row['metric']]:.3f} "
+                      f"(n={row['n']}, failed={row['n_failed']})")
+    table = pd.DataFrame(rows)
+    if out_csv is not None:
+        write_csv_atomic(table, out_csv)
+    return table
+
+
+def sweep_curves(table: Any, x: str, metric: str | None = None) -> Any:
+    """Per (task, head_set, `x`): the metric (default: each task's headline metric). A single row keeps its
+    bootstrap CI as lo/hi; several rows (random draws over seeds) give their mean, with lo/hi = min/max.
+    Columns: task, modality, head_set, `x`, metric, score, lo, hi, n_seeds."""
+    import pandas as pd
+
+    metric_name = metric
+    rows = []
+    for (task, head_set, at), group in table.groupby(["task", "head_set", x], sort=True):
+        metric = metric_name or group["metric"].iloc[0]
+        if len(group) == 1:
+            score, lo, hi = group[metric].iloc[0], group[f"{metric}_lo"].iloc[0], group[f"{metric}_hi"].iloc[0]
+        else:
+            score, lo, hi = group[metric].mean(), group[metric].min(), group[metric].max()
+        rows.append({"task": task, "modality": group["modality"].iloc[0], "head_set": head_set,
+                     x: at.item() if hasattr(at, "item") else at, "metric": metric, "score": float(score),
+                     "lo": float(lo), "hi": float(hi), "n_seeds": len(group)})
+    return pd.DataFrame(rows)
+
+
 def write_csv_atomic(frame: Any, path: str | os.PathLike) -> Path:
     """pandas DataFrame -> CSV through a temp file + rename."""
     from ocrheads_lib.paths import atomic_write_text

@@ -31,15 +31,11 @@ from ocrheads_lib.experiments.evaluate import (
     Head,
     PredictionCache,
     condition_key,
-    evaluate,
     format_heads,
     heads_fingerprint,
-    metrics_for,
-    modality,
-    primary_metric,
-    summarize,
+    run_sweep,
+    sweep_curves,
     sweep_figure,
-    write_csv_atomic,
 )
 
 DEFAULT_KS = (2, 5, 10, 20)
@@ -198,35 +194,22 @@ def run_masking(lm: Any, tasks: Mapping[str, Sequence[Any]], head_sets: Mapping[
     Columns: model, task, modality, head_set, k, seed, n_masked, random_pool, heads, n, n_failed, metric,
     then per metric ``<m>, <m>_lo, <m>_hi`` (95 % bootstrap CI over samples).
     """
-    import pandas as pd
-
     from ocrheads_lib.attention import Plan
 
     n_layers, n_heads = int(lm.n_layers), int(lm.n_heads)
-    model_id = model_id or str(getattr(lm, "model_id", "model"))
     ks = list(ks) if ks is not None else scale_ks(n_layers * n_heads)
     conditions = mask_conditions(n_layers, n_heads, head_sets, ks, seeds, exclude, layer_matched_to)
-    rows = []
-    for task, samples in tasks.items():
-        samples = list(samples)
-        metrics = metrics_for(samples)
-        for cond in conditions:
-            cache = _cache(out_dir, "masking", task, cond["head_set"], cond["k"], cond["seed"], cond["heads"],
-                           revision=getattr(lm, "revision", None))
-            preds = evaluate(lm, samples, Plan(mask=cond["heads"]), metrics=metrics, cache=cache,
-                             max_new_tokens=max_new_tokens)
-            row = dict(model=model_id, task=task, modality=modality(samples), head_set=cond["head_set"],
-                       k=cond["k"], seed=cond["seed"], n_masked=len(cond["heads"]), random_pool=cond["random_pool"],
-                       heads=format_heads(cond["heads"]), metric=primary_metric(metrics))
-            row.update(summarize(preds, metrics, n_boot=n_boot, boot_seed=boot_seed))
-            rows.append(row)
-            if progress:
-                print(f"[masking] {task} {cond['head_set']:>9} k={cond['k']:<3} seed={cond['seed']:<3} "
-                      f"{row['metric']}={row[row['metric']]:.3f} (n={row['n']}, failed={row['n_failed']})")
-    table = pd.DataFrame(rows)
-    if out_dir is not None:
-        write_csv_atomic(table, Path(out_dir) / "masking.csv")
-    return table
+    revision = getattr(lm, "revision", None)
+    return run_sweep(
+        lm, tasks, conditions, experiment="masking", plan_for=lambda cond: Plan(mask=cond["heads"]),
+        cache_for=lambda task, cond: _cache(out_dir, "masking", task, cond["head_set"], cond["k"], cond["seed"],
+                                            cond["heads"], revision=revision),
+        columns_for=lambda cond: dict(head_set=cond["head_set"], k=cond["k"], seed=cond["seed"],
+                                      n_masked=len(cond["heads"]), random_pool=cond["random_pool"],
+                                      heads=format_heads(cond["heads"])),
+        model_id=model_id or str(getattr(lm, "model_id", "model")),
+        out_csv=Path(out_dir) / "masking.csv" if out_dir is not None else None,
+        max_new_tokens=max_new_tokens, n_boot=n_boot, boot_seed=boot_seed, progress=progress)
 
 
 def _cache(out_dir: str | Path | None, experiment: str, task: str, *parts: Any,
@@ -243,21 +226,9 @@ def _cache(out_dir: str | Path | None, experiment: str, task: str, *parts: Any,
 
 def score_curves(table: Any, metric: str | None = None) -> Any:
     """Per (task, head_set, k): the primary metric, with random rows averaged over seeds
-    (columns: task, modality, head_set, k, score, lo, hi, n_seeds; lo/hi = CI for single draws, min/max of the
-    seed means for random)."""
-    import pandas as pd
-
-    metric_name = metric  # None: each task's headline metric
-    rows = []
-    for (task, head_set, k), group in table.groupby(["task", "head_set", "k"], sort=True):
-        metric = metric_name or group["metric"].iloc[0]
-        if len(group) == 1:
-            score, lo, hi = group[metric].iloc[0], group[f"{metric}_lo"].iloc[0], group[f"{metric}_hi"].iloc[0]
-        else:
-            score, lo, hi = group[metric].mean(), group[metric].min(), group[metric].max()
-        rows.append(dict(task=task, modality=group["modality"].iloc[0], head_set=head_set, k=int(k), metric=metric,
-                         score=float(score), lo=float(lo), hi=float(hi), n_seeds=len(group)))
-    return pd.DataFrame(rows)
+    (columns: task, modality, head_set, k, metric, score, lo, hi, n_seeds; lo/hi = CI for single draws,
+    min/max of the seed means for random); see :func:`~ocrheads_lib.experiments.evaluate.sweep_curves`."""
+    return sweep_curves(table, "k", metric)
 
 
 def plot_masking(table: Any, path: str | Path | None = None, title: str | None = None,

@@ -17,17 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ocrheads_lib.experiments.evaluate import (
-    Head,
-    evaluate,
-    format_heads,
-    metrics_for,
-    modality,
-    primary_metric,
-    summarize,
-    sweep_figure,
-    write_csv_atomic,
-)
+from ocrheads_lib.experiments.evaluate import Head, format_heads, run_sweep, sweep_curves, sweep_figure
 from ocrheads_lib.experiments.masking import BASELINE, _cache, control_draws
 
 DEFAULT_BETAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -66,53 +56,32 @@ def run_sink(lm: Any, tasks: Mapping[str, Sequence[Any]], head_sets: Mapping[str
     Columns: model, task, modality, head_set, k, beta, seed, sink_key, n_heads_changed, random_pool, heads, n,
     n_failed, metric, then ``<m>, <m>_lo, <m>_hi`` per metric. Table in ``out_dir/sink.csv``.
     """
-    import pandas as pd
-
     from ocrheads_lib.attention import Plan
 
     n_layers, n_heads = int(lm.n_layers), int(lm.n_heads)
-    model_id = model_id or str(getattr(lm, "model_id", "model"))
     conditions = sink_conditions(n_layers, n_heads, head_sets, k, betas, seeds, exclude, layer_matched_to)
-    rows = []
-    for task, samples in tasks.items():
-        samples = list(samples)
-        metrics = metrics_for(samples)
-        for cond in conditions:
-            sink = {head: cond["beta"] for head in cond["heads"]}
-            cache = _cache(out_dir, f"sink_{sink_key}", task, cond["head_set"], cond["k"], cond["beta"],
-                           cond["seed"], sink, revision=getattr(lm, "revision", None))
-            preds = evaluate(lm, samples, Plan(sink=sink, sink_key=sink_key), metrics=metrics, cache=cache,
-                             max_new_tokens=max_new_tokens)
-            row = dict(model=model_id, task=task, modality=modality(samples), head_set=cond["head_set"], k=cond["k"],
-                       beta=cond["beta"], seed=cond["seed"], sink_key=str(sink_key), n_heads_changed=len(sink),
-                       random_pool=cond["random_pool"], heads=format_heads(cond["heads"]),
-                       metric=primary_metric(metrics))
-            row.update(summarize(preds, metrics, n_boot=n_boot, boot_seed=boot_seed))
-            rows.append(row)
-            if progress:
-                print(f"[sink] {task} {cond['head_set']:>9} beta={cond['beta']:.1f} seed={cond['seed']:<3} "
-                      f"{row['metric']}={row[row['metric']]:.3f} (n={row['n']})")
-    table = pd.DataFrame(rows)
-    if out_dir is not None:
-        write_csv_atomic(table, Path(out_dir) / "sink.csv")
-    return table
+    revision = getattr(lm, "revision", None)
+
+    def sink_of(cond: dict[str, Any]) -> dict[Head, float]:
+        return {head: cond["beta"] for head in cond["heads"]}
+
+    return run_sweep(
+        lm, tasks, conditions, experiment="sink",
+        plan_for=lambda cond: Plan(sink=sink_of(cond), sink_key=sink_key),
+        cache_for=lambda task, cond: _cache(out_dir, f"sink_{sink_key}", task, cond["head_set"], cond["k"],
+                                            cond["beta"], cond["seed"], sink_of(cond), revision=revision),
+        columns_for=lambda cond: dict(head_set=cond["head_set"], k=cond["k"], beta=cond["beta"], seed=cond["seed"],
+                                      sink_key=str(sink_key), n_heads_changed=len(sink_of(cond)),
+                                      random_pool=cond["random_pool"], heads=format_heads(cond["heads"])),
+        model_id=model_id or str(getattr(lm, "model_id", "model")),
+        out_csv=Path(out_dir) / "sink.csv" if out_dir is not None else None,
+        max_new_tokens=max_new_tokens, n_boot=n_boot, boot_seed=boot_seed, progress=progress)
 
 
 def sink_curves(table: Any, metric: str | None = None) -> Any:
-    """Per (task, head_set, beta): primary metric; random rows averaged over seeds (lo/hi = min/max of seeds)."""
-    import pandas as pd
-
-    metric_name = metric  # None: each task's headline metric
-    rows = []
-    for (task, head_set, beta), group in table.groupby(["task", "head_set", "beta"], sort=True):
-        metric = metric_name or group["metric"].iloc[0]
-        if len(group) == 1:
-            score, lo, hi = group[metric].iloc[0], group[f"{metric}_lo"].iloc[0], group[f"{metric}_hi"].iloc[0]
-        else:
-            score, lo, hi = group[metric].mean(), group[metric].min(), group[metric].max()
-        rows.append(dict(task=task, modality=group["modality"].iloc[0], head_set=head_set, beta=float(beta),
-                         metric=metric, score=float(score), lo=float(lo), hi=float(hi)))
-    return pd.DataFrame(rows)
+    """Per (task, head_set, beta): primary metric; random rows averaged over seeds (lo/hi = min/max of seeds);
+    see :func:`~ocrheads_lib.experiments.evaluate.sweep_curves`."""
+    return sweep_curves(table, "beta", metric)
 
 
 def plot_sink(table: Any, path: str | Path | None = None, title: str | None = None,

@@ -360,7 +360,6 @@ def main(argv: list[str] | None = None) -> int:
 
     trainer.cur.threshold = args.advance_at
     trainer.aligned_only = args.aligned_only
-    trainer.lr = args.lr
     if args.decay_steps:
         trainer.decay = (trainer.step_count, args.decay_steps, args.decay_floor)
     if trainer.decay is not None:   # a decay (new, or resumed mid-way) ends the run where it ends
