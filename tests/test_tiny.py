@@ -147,11 +147,14 @@ def test_replay_of_recorded_segments_reproduces_the_weights(tmp_path):
 
     # two segments: constant lr, then a resumed one with another lr, batch and a cosine decay
     _run(tmp_path / "orig", "--max_steps", "2")
-    final = _run(tmp_path / "orig", "--resume", "--lr", "5e-4", "--decay_steps", "2", "--batch_text", "1")
+    final = _run(tmp_path / "orig", "--resume", "--lr", "5e-4", "--decay_steps", "2", "--batch_text", "1",
+                 "--batch_eye", "2")
     assert final["step"] == 4                                # the decay set --max_steps
     summary = json.load(open(tmp_path / "orig" / "summary.json"))
     commands = replay_commands(summary, str(tmp_path / "replay"))
     assert len(commands) == 2 and "--resume" in commands[1] and "--decay_steps" in commands[1]
+    assert commands[0][commands[0].index("--batch_eye") + 1] == "0"
+    assert commands[1][commands[1].index("--batch_eye") + 1] == "2"
     assert main(["--replay", str(tmp_path / "orig" / "summary.json"), "--out", str(tmp_path / "replay")]) == 0
     replayed = torch.load(tmp_path / "replay" / "checkpoint.pt", weights_only=False)
     assert replayed["step"] == 4
@@ -159,6 +162,23 @@ def test_replay_of_recorded_segments_reproduces_the_weights(tmp_path):
         assert torch.equal(value, replayed["model"][name]), name
     with pytest.raises(ValueError, match="segment"):
         replay_commands({"steps": 3}, "x")
+
+
+def test_eye_batches_train_the_vision_tower_and_cell_classifier_only():
+    from ocrheads_lib.tiny.build import TinyConfig
+    from ocrheads_lib.tiny.train import TinyTrainer, draw_batch
+
+    trainer = TinyTrainer(TinyConfig(**MICRO), seed=0, lr=1e-3, warmup=1, aux_weight=1.0,
+                          batch=dict(key=0, page=0, text=0, eye=3))
+    pages = draw_batch(random.Random(0), "eye", 40, trainer.cur)
+    assert all(p.kind in ("key", "page") and p.pages for p in pages)
+    assert sum(p.meta.get("offset", p.meta.get("layout", "").endswith("offset")) for p in pages) == 40
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    stats = trainer.step()
+    assert set(stats) == {"aux_eye", "lr"} and stats["aux_eye"] > 0
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith("model.visual.") for n in changed), sorted(changed)[:5]
+    assert any(n.startswith("model.visual.merger") for n in changed)
 
 
 def test_model_card_status_says_met_or_missed_from_the_numbers():

@@ -95,6 +95,14 @@ def draw_batch(rng: random.Random, task: str, n: int, cur: Curriculum, aligned_o
         cols, rows = (None, None) if rng.random() < 0.8 else (rng.randint(10, 20), rng.randint(3, 8))
         return [page_example(rng, n_lines=rng.randint(1, min(max_lines, (rows or 6) - 1)),
                              offset=rng.random() < off_share, cols=cols, rows=rows) for _ in range(n)]
+    if task == "eye":
+        # vision-tower-only pages for the auxiliary cell loss: unaligned paragraph pages of random size
+        # (up to 19 off-grid characters per line) and unaligned key pages; the decoder never sees them
+        cols, rows = rng.randint(8, 20), rng.randint(2, 8)
+        layouts = ["2lines", "aligned"] if aligned_only else ["offset", "2lines_offset"]
+        return [page_example(rng, n_lines=rng.randint(1, rows - 1), offset=not aligned_only, cols=cols, rows=rows)
+                if rng.random() < 0.5 else key_example(rng, rng.choice(layouts))
+                for _ in range(n)]
     if task == "text":
         # one length band per batch (contexts in [0.85 L, L]), so the batch is not padded to the maximum
         longest = rng.randint(40, TEXT_STAGES[cur.text_stage])
@@ -174,6 +182,12 @@ class TinyTrainer:
             aux = F.cross_entropy(self.aux_head(merged), enc["aux_labels"])
         return out.loss, out.logits, aux
 
+    def _eye_loss(self, enc: dict) -> torch.Tensor:
+        """The auxiliary cell loss from the vision tower alone (no decoder pass)."""
+        self._merged.clear()
+        self.model.model.visual(enc["pixel_values"], grid_thw=enc["image_grid_thw"])
+        return F.cross_entropy(self.aux_head(torch.cat(self._merged, 0)), enc["aux_labels"])
+
     def step(self) -> dict:
         self.model.train()
         lr = self.lr_at(self.step_count)
@@ -185,6 +199,11 @@ class TinyTrainer:
             if n <= 0:
                 continue
             enc = collate(draw_batch(self.rng, task, n, self.cur, self.aligned_only), self.processor)
+            if task == "eye":
+                aux = self._eye_loss(enc)
+                total = total + self.aux_weight * aux
+                stats["aux_eye"] = round(aux.item(), 4)
+                continue
             loss, logits, aux = self._forward(enc)
             total = total + loss + (self.aux_weight * aux if aux is not None else 0.0)
             em = exact_match(logits.detach(), enc["labels"]).mean().item()
@@ -313,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch_key", type=int, default=8)
     p.add_argument("--batch_page", type=int, default=8)
     p.add_argument("--batch_text", type=int, default=8)
+    p.add_argument("--batch_eye", type=int, default=0,
+                   help="extra unaligned pages per step seen by the vision tower only (auxiliary cell loss)")
     p.add_argument("--eval_every", type=float, default=240.0, help="seconds between held-out evals")
     p.add_argument("--eval_n", type=int, default=32, help="samples per held-out eval set")
     p.add_argument("--ckpt_every", type=float, default=300.0, help="seconds between checkpoints")
@@ -342,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
 
     size = TinyConfig(**json.loads(args.size)) if args.size else TinyConfig()
     trainer = TinyTrainer(size, args.seed, args.lr, args.warmup, args.aux,
-                          dict(key=args.batch_key, page=args.batch_page, text=args.batch_text))
+                          dict(key=args.batch_key, page=args.batch_page, text=args.batch_text, eye=args.batch_eye))
     meta = dict(history=[], milestones={}, wall_s=0.0, cpu_s=0.0, args=vars(args))
     if args.resume or args.export:
         if not os.path.exists(ckpt_path):
@@ -457,7 +478,8 @@ def replay_commands(summary: dict, out: str) -> list[list[str]]:
         batch = seg.get("batch") or dict(key=8, page=8, text=8)
         argv = [*shared, "--max_steps", str(end), "--threads", str(seg.get("threads", 1)), "--lr", str(seg.get("lr", 1e-3)),
                 "--advance_at", str(seg.get("advance_at", 0.9)), "--batch_key", str(batch["key"]),
-                "--batch_page", str(batch["page"]), "--batch_text", str(batch["text"])]
+                "--batch_page", str(batch["page"]), "--batch_text", str(batch["text"]),
+                "--batch_eye", str(batch.get("eye", 0))]
         if seg.get("aligned_only"):
             argv.append("--aligned_only")
         if seg.get("decay_steps"):
