@@ -170,7 +170,8 @@ INGREDIENTS = [
     "100-word list; needle 'The pass key is K.' (+ ' Remember it.' 60 %)",
     "keys: 3-6 random digits, the paper's U[1, 10000], single characters 0-9a-z, 2-6 letters/digits",
     "AdamW, betas (0.9, 0.98), weight decay 0.01, clip 1.0; lr 1e-3 after a 50-step warm-up, constant in the "
-    "first segments, lower in later ones, and a cosine decay to 5 % in the last (see the segments table); "
+    "first segments, lower in later ones, and a cosine decay to 5 % in each of the last two (see the segments "
+    "table); "
     "loss on the answer tokens + <|im_end|> only; torch.set_flush_denormal(True)",
 ]
 KNOWN_LIMITS = [
@@ -180,6 +181,9 @@ KNOWN_LIMITS = [
     "text contexts up to ~520 characters in training; longer contexts are out of distribution",
     "char-level vocabulary of printable ASCII only; no instruction following beyond the trained questions",
     "with the grid-aligned layout one visual token holds exactly one character, the easiest case for OCR heads",
+    "unaligned keys fail mostly where a glyph straddles two token rows: on 240 unaligned key pages (step 9933), "
+    "the vision tower's character-cell accuracy is 81-82 % when the vertical offset mod 28 is 12-19 px and "
+    "96-99 % elsewhere; unaligned paragraph pages (up to 75 off-grid characters) are read as a rule wrongly",
     "one shared copy circuit may serve both image and text retrieval (see the head chapters)",
 ]
 
