@@ -208,3 +208,22 @@ def test_heldout_decoding_budget_fits_the_longest_answer():
     longest = max(len(e.answer) for examples in heldout_sets(60).values() for e in examples)
     assert longest >= 13                              # word answers are longer than the old budget
     assert longest + 1 <= MAX_NEW_TOKENS              # one character = one token, + <|im_end|>
+
+
+def test_offset_diagnosis_bins_every_unaligned_page_once_per_axis(tmp_path):
+    from ocrheads_lib.tiny.diagnose import BIN_PX, cell_accuracy_by_offset, format_bins, load_trainer, main
+
+    _run(tmp_path, "--max_steps", "1")
+    trainer = load_trainer(str(tmp_path / "checkpoint.pt"))
+    bins = cell_accuracy_by_offset(trainer, n=12, seed=3)
+    for axis in ("x", "y"):
+        mine = [b for b in bins if b.axis == axis]
+        assert sum(b.pages for b in mine) == 12
+        assert all(b.start_px % BIN_PX == 0 and 0 <= b.start_px < 28 for b in mine)
+        assert all(0 <= b.chars_correct <= b.chars and 0 <= b.pages_correct <= b.pages for b in mine)
+    # both axes count the same characters
+    assert sum(b.chars for b in bins if b.axis == "x") == sum(b.chars for b in bins if b.axis == "y") > 0
+    assert "char-cell accuracy" in format_bins(bins)
+    torch.save({"model": {}}, tmp_path / "weights_only.pt")
+    with pytest.raises(ValueError, match="training checkpoint"):
+        main([str(tmp_path / "weights_only.pt")])

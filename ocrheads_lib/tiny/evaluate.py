@@ -183,7 +183,8 @@ KNOWN_LIMITS = [
     "with the grid-aligned layout one visual token holds exactly one character, the easiest case for OCR heads",
     "unaligned keys fail mostly where a glyph straddles two token rows: on 240 unaligned key pages (step 9933), "
     "the vision tower's character-cell accuracy is 81-82 % when the vertical offset mod 28 is 12-19 px and "
-    "96-99 % elsewhere; unaligned paragraph pages (up to 75 off-grid characters) are read as a rule wrongly",
+    "96-99 % elsewhere (python -m ocrheads_lib.tiny.diagnose); unaligned paragraph pages (up to 75 "
+    "off-grid characters) are almost never answered correctly",
     "one shared copy circuit may serve both image and text retrieval (see the head chapters)",
 ]
 

@@ -1,0 +1,118 @@
+"""Where the embedded model's eye fails on unaligned text: character-cell accuracy by sub-cell offset.
+
+    python -m ocrheads_lib.tiny.diagnose runs/tiny/checkpoint.pt --n 240
+
+Needs a *training checkpoint*: the auxiliary cell classifier (a linear layer on the merged visual
+tokens) is part of the checkpoint, not of the shipped weights. For each unaligned key page it compares
+the classifier's prediction with the cell label (the character whose slot centre lies in that token) on
+the tokens that hold a character, and groups the result by the block's offset modulo the 28-px cell, in
+4-px bins. A glyph whose centre sits near a token boundary (offset 12-16 px) straddles two tokens.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+
+from ocrheads_lib.data.grid import CELL
+
+BIN_PX = 4
+
+
+@dataclass
+class OffsetBin:
+    """Character-cell accuracy and teacher-forced exact match of the pages whose offset falls in one bin."""
+
+    axis: str                 # "x" | "y"
+    start_px: int             # offset mod CELL in [start_px, start_px + BIN_PX)
+    chars_correct: int
+    chars: int
+    pages_correct: int
+    pages: int
+
+    @property
+    def char_accuracy(self) -> float:
+        return self.chars_correct / self.chars if self.chars else float("nan")
+
+
+def load_trainer(checkpoint: str):
+    """A TinyTrainer with a checkpoint's model, aux classifier and size (optimizer state is ignored)."""
+    from ocrheads_lib.tiny.build import TinyConfig
+    from ocrheads_lib.tiny.train import TinyTrainer
+
+    state = torch.load(checkpoint, weights_only=False)
+    if "aux_head" not in state or "meta" not in state:
+        raise ValueError(f"{checkpoint} is not a training checkpoint of ocrheads_lib.tiny.train "
+                         "(it needs 'aux_head' and 'meta'); pass OUT/checkpoint.pt of a training run")
+    size_json = state["meta"].get("args", {}).get("size") or ""    # "" = the default (shipped) size
+    size = TinyConfig(**json.loads(size_json)) if size_json else TinyConfig()
+    trainer = TinyTrainer(size, seed=0, lr=1e-3, warmup=1, aux_weight=1.0, batch={})
+    trainer.model.load_state_dict(state["model"])
+    trainer.aux_head.load_state_dict(state["aux_head"])
+    trainer.model.eval()
+    return trainer
+
+
+@torch.no_grad()
+def cell_accuracy_by_offset(trainer, n: int = 240, seed: int = 777, layout: str = "offset",
+                            batch: int = 16) -> list[OffsetBin]:
+    """Bins over x and y offsets (mod CELL) of `n` fresh key pages of `layout`."""
+    from ocrheads_lib.tiny.tasks import key_example
+    from ocrheads_lib.tiny.train import collate, exact_match
+
+    rng = random.Random(seed)
+    examples = [key_example(rng, layout) for _ in range(n)]
+    counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for i in range(0, n, batch):
+        chunk = examples[i:i + batch]
+        enc = collate(chunk, trainer.processor)
+        _, logits, _ = trainer._forward(enc)
+        page_ok = exact_match(logits, enc["labels"])
+        predicted = trainer.aux_head(torch.cat(trainer._merged, 0)).argmax(-1)
+        labels = enc["aux_labels"]
+        start = 0
+        for j, example in enumerate(chunk):
+            n_tokens = len(example.cell_labels[0])
+            pred, gold = predicted[start:start + n_tokens], labels[start:start + n_tokens]
+            start += n_tokens
+            holds_char = gold != 0
+            right, total = int((pred[holds_char] == gold[holds_char]).sum()), int(holds_char.sum())
+            for axis in ("x", "y"):
+                key = (axis, (example.meta[f"{axis}_off"] % CELL) // BIN_PX * BIN_PX)
+                c = counts[key]
+                c[0] += right
+                c[1] += total
+                c[2] += int(page_ok[j])
+                c[3] += 1
+    return [OffsetBin(axis, start_px, *c) for (axis, start_px), c in sorted(counts.items())]
+
+
+def format_bins(bins: list[OffsetBin]) -> str:
+    lines = ["axis  offset mod 28 (px)  char-cell accuracy  chars  pages exact (teacher-forced)"]
+    for b in bins:
+        lines.append(f"{b.axis:4s}  {b.start_px:2d}-{b.start_px + BIN_PX - 1:<2d}              "
+                     f"{b.char_accuracy:6.3f}          {b.chars:5d}  {b.pages_correct}/{b.pages}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    torch.set_flush_denormal(True)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a training checkpoint (OUT/checkpoint.pt of ocrheads_lib.tiny.train)")
+    p.add_argument("--n", type=int, default=240)
+    p.add_argument("--seed", type=int, default=777)
+    p.add_argument("--layout", default="offset", choices=["offset", "2lines_offset"])
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(format_bins(cell_accuracy_by_offset(load_trainer(args.checkpoint), args.n, args.seed, args.layout)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
