@@ -6,7 +6,8 @@ Needs a *training checkpoint*: the auxiliary cell classifier (a linear layer on 
 tokens) is part of the checkpoint, not of the shipped weights. For each unaligned key page it compares
 the classifier's prediction with the cell label (the character whose slot centre lies in that token) on
 the tokens that hold a character, and groups the result by the block's offset modulo the 28-px cell, in
-4-px bins. A glyph whose centre sits near a token boundary (offset 12-16 px) straddles two tokens.
+4-px bins. An offset near half a cell (about 14 px) puts glyph centres on token boundaries: each glyph straddles
+two tokens.
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def cell_accuracy_by_offset(trainer, n: int = 240, seed: int = 777, layout: str 
         enc = collate(chunk, trainer.processor)
         _, logits, _ = trainer._forward(enc)
         page_ok = exact_match(logits, enc["labels"])
-        predicted = trainer.aux_head(torch.cat(trainer._merged, 0)).argmax(-1)
+        predicted = trainer.cell_logits().argmax(-1)
         labels = enc["aux_labels"]
         start = 0
         for j, example in enumerate(chunk):

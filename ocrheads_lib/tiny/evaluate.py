@@ -171,8 +171,7 @@ INGREDIENTS = [
     "keys: 3-6 random digits, the paper's U[1, 10000], single characters 0-9a-z, 2-6 letters/digits",
     "AdamW, betas (0.9, 0.98), weight decay 0.01, clip 1.0; lr 1e-3 after a 50-step warm-up, constant in the "
     "first segments, lower in later ones, and a cosine decay to 5 % in each of the last two (see the segments "
-    "table); "
-    "loss on the answer tokens + <|im_end|> only; torch.set_flush_denormal(True)",
+    "table); loss on the answer tokens + <|im_end|> only; torch.set_flush_denormal(True)",
 ]
 KNOWN_LIMITS = [
     "reads only the grid renderer's font (DejaVu Sans Mono Bold 26 px on 28 px cells); other fonts, sizes "

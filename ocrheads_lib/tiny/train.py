@@ -178,15 +178,18 @@ class TinyTrainer:
         out = self.model(**inputs, labels=enc["labels"])
         aux = None
         if "aux_labels" in enc:
-            merged = torch.cat(self._merged, 0)                         # (N_visual_tokens, hidden)
-            aux = F.cross_entropy(self.aux_head(merged), enc["aux_labels"])
+            aux = F.cross_entropy(self.cell_logits(), enc["aux_labels"])
         return out.loss, out.logits, aux
+
+    def cell_logits(self) -> torch.Tensor:
+        """The cell classifier on the merged visual tokens of the last forward pass: (N_visual_tokens, classes)."""
+        return self.aux_head(torch.cat(self._merged, 0))
 
     def _eye_loss(self, enc: dict) -> torch.Tensor:
         """The auxiliary cell loss from the vision tower alone (no decoder pass)."""
         self._merged.clear()
         self.model.model.visual(enc["pixel_values"], grid_thw=enc["image_grid_thw"])
-        return F.cross_entropy(self.aux_head(torch.cat(self._merged, 0)), enc["aux_labels"])
+        return F.cross_entropy(self.cell_logits(), enc["aux_labels"])
 
     def step(self) -> dict:
         self.model.train()
@@ -232,7 +235,7 @@ class TinyTrainer:
                 _, logits, _ = self._forward(enc)
                 ok += exact_match(logits, enc["labels"]).sum().item()
                 if "aux_labels" in enc:
-                    pred = self.aux_head(torch.cat(self._merged, 0)).argmax(-1)
+                    pred = self.cell_logits().argmax(-1)
                     aux_ok += (pred == enc["aux_labels"]).sum().item()
                     aux_n += len(pred)
             out[name] = round(ok / len(examples), 4)
