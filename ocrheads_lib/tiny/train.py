@@ -423,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
                 print("EVENT", json.dumps({k: v for k, v in ev.items() if k != "logged"}), flush=True)
         if trainer.step_count % 10 == 0:
             print(f"step {trainer.step_count} wall {wall:.0f}s cpu {cpu:.0f}s " + " ".join(
-                f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()), flush=True)
+                f"{k}={v:.2e}" if k == "lr" else f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in stats.items()), flush=True)
         done = wall >= args.minutes * 60 or (args.max_steps and trainer.step_count >= args.max_steps)
         if wall - last_eval >= args.eval_every or done or trainer.step_count == 1:
             t = time.time()
