@@ -182,9 +182,9 @@ KNOWN_LIMITS = [
     "with the grid-aligned layout one visual token holds exactly one character, the easiest case for OCR heads",
     "unaligned keys fail mostly where a glyph straddles two token rows: on 240 unaligned key pages (step 12633), "
     "the vision tower's character-cell accuracy is 88-89 % when the vertical offset mod 28 is 12-19 px and "
-    "97-100 % elsewhere (python -m ocrheads_lib.tiny.diagnose); the wrong answers are confusable glyphs "
-    "(Q/D, 8/0, 1/j, S/5); unaligned paragraph pages (up to 75 "
-    "off-grid characters) are almost never answered correctly",
+    "97-100 % elsewhere (python -m ocrheads_lib.tiny.diagnose); the wrong answers swap confusable glyphs "
+    "(g/9, Z/2, R/B, j/1, 3/5, 8/6 among the held-out failures below); unaligned paragraph pages "
+    "(up to 75 off-grid characters) are almost never answered correctly",
     "one shared copy circuit may serve both image and text retrieval (see the head chapters)",
 ]
 
