@@ -155,7 +155,7 @@ INGREDIENTS = [
     "(ocrheads_lib.data.grid); aligned pages first, then pixel offsets of the whole block and two lines",
     "auxiliary loss on the vision tower only: a linear classifier on each merged visual token (merger output) "
     "predicts the character in its cell (or blank), weight 1.0; it is not part of the shipped model",
-    "in the last two segments, extra pages for that loss alone (`--batch_eye`): unaligned paragraph and key "
+    "in the last three segments, extra pages for that loss alone (`--batch_eye`): unaligned paragraph and key "
     "pages through the vision tower only, no decoder pass, because the unaligned reading errors were the "
     "tower's (character-cell accuracy 85 % on unaligned key pages vs 100 % aligned at step 7133)",
     "attention is never supervised",
@@ -170,7 +170,7 @@ INGREDIENTS = [
     "100-word list; needle 'The pass key is K.' (+ ' Remember it.' 60 %)",
     "keys: 3-6 random digits, the paper's U[1, 10000], single characters 0-9a-z, 2-6 letters/digits",
     "AdamW, betas (0.9, 0.98), weight decay 0.01, clip 1.0; lr 1e-3 after a 50-step warm-up, constant in the "
-    "first segments, lower in later ones, and a cosine decay to 5 % in each of the last three (see the segments "
+    "first segments, lower in later ones, and a cosine decay to 5 % in each of the last four (see the segments "
     "table); loss on the answer tokens + <|im_end|> only; torch.set_flush_denormal(True)",
 ]
 KNOWN_LIMITS = [
@@ -180,13 +180,24 @@ KNOWN_LIMITS = [
     "text contexts up to ~520 characters in training; longer contexts are out of distribution",
     "char-level vocabulary of printable ASCII only; no instruction following beyond the trained questions",
     "with the grid-aligned layout one visual token holds exactly one character, the easiest case for OCR heads",
-    "unaligned keys fail mostly where a glyph straddles two token rows: on 240 unaligned key pages (step 12633), "
-    "the vision tower's character-cell accuracy is 88-89 % when the vertical offset mod 28 is 12-19 px and "
-    "97-100 % elsewhere (python -m ocrheads_lib.tiny.diagnose); the wrong answers swap confusable glyphs "
-    "(g/9, Z/2, R/B, j/1, 3/5, 8/6 among the held-out failures below); unaligned paragraph pages "
-    "(up to 75 off-grid characters) are almost never answered correctly",
+    "unaligned keys fail mostly where a glyph straddles two token rows: on 240 unaligned key pages (step 15633), "
+    "the vision tower's character-cell accuracy is 88 % when the vertical offset mod 28 is 12-15 px and 93 % at "
+    "16-19 px, against 98-99 % elsewhere (python -m ocrheads_lib.tiny.diagnose); the wrong answers swap "
+    "confusable glyphs (g/9, B/p, Z/2, n/h, Q/O, k/K among the held-out failures below); about 4 in 10 "
+    "unaligned paragraph pages (up to 75 off-grid characters) are still answered wrongly",
     "one shared copy circuit may serve both image and text retrieval (see the head chapters)",
 ]
+
+
+# A measured from-scratch run inside the 60-minute budget (2026-11-24, default recipe, seed 0):
+# `python -m ocrheads_lib.tiny.train --out runs/tiny_60 --minutes 55 --threads 2`, then
+# `python -m ocrheads_lib.tiny.evaluate --model runs/tiny_60/model --no-card` (200 held-out samples per set).
+SCRATCH_60_PROBE = (
+    "A from-scratch run of the default recipe stopped at 55 min (3,574 steps, 6,493 CPU-s) was still on its first "
+    "curriculum stages (aligned keys only, 60-character texts) and scored, greedy and held-out: aligned keys 77.5 %, "
+    "unaligned keys 2.5 %, 256-token text retrieval 10.0 % (the book's 320-character `passkey_text`: 14.0 %), "
+    "paragraph pages 90.0 % (the book's `passkey_images`: 98.0 %)."
+)
 
 
 def write_model_card(results: dict[str, SetResult], model_dir: str, card_path: str = MODEL_CARD,
@@ -336,7 +347,8 @@ def status_lines(card: dict) -> list[str]:
         f"{acc('c_page_unaligned')}; case-study characters {acc('c_book_case_study_chars')}.",
         f"- Training time: {minutes:.0f} min of wall time over {len(tr.get('segments') or [])} segments "
         + ("(met: <= 60 min)." if minutes <= 60 else "(**missed** the 60-minute target: the recipe needs more steps "
-           "than 60 minutes on two CPU cores give this 32-head model; see the width cost above)."),
+           "than 60 minutes on two CPU cores give this 32-head model; see the width cost above). "
+           + SCRATCH_60_PROBE),
         "- Unaligned pages are harder for this reader: with the grid-aligned layout one visual token holds exactly "
         "one character. Use `grid_offset=\"aligned\"` (the default) for the OCR-head chapters unless the "
         "unaligned accuracy above is high enough for your question.",
