@@ -468,3 +468,31 @@ def test_build_tasks_and_char_similarity():
     assert char_similarity("", "") == 1.0 and char_similarity("abc", "") == 0.0
     scores = score_prediction(" 8726.", ["8726"], ("accuracy", "em", "char_sim"))
     assert scores["accuracy"] == 1.0 and scores["em"] == 1.0 and scores["char_sim"] == pytest.approx(0.8)
+
+
+def test_first_token_mass_matches_stock_eager_attention(vl_lm):
+    """The per-head sink mass equals the stock eager weights on key 0, averaged over the answer rows."""
+    from ocrheads_lib.attention import use_probe_attention
+    from ocrheads_lib.experiments.sink import first_token_mass
+    from ocrheads_lib.inference import sample_inputs as teacher_forced_inputs
+
+    samples = [image_sample(0), image_sample(1)]
+    table = first_token_mass(vl_lm, samples)
+    expected = []
+    for sample in samples:
+        inputs = teacher_forced_inputs(vl_lm, sample, answer=sample.answer)
+        rows = list(range(inputs.prompt_len - 1, len(inputs) - 1))
+        previous = use_probe_attention(vl_lm, "eager")
+        try:
+            with torch.no_grad():
+                out = vl_lm.model(**inputs.tensors, output_attentions=True)
+        finally:
+            use_probe_attention(vl_lm, previous)
+        attentions = out.attentions["language_model"] if isinstance(out.attentions, dict) else out.attentions
+        expected.append(torch.stack([a[0, :, rows, 0].float().mean(-1) for a in attentions]))
+    expected = torch.stack(expected).mean(0)
+    assert table.shape == tuple(expected.shape)
+    assert float(expected.max()) > 1e-3      # a random model does attend to its first token: the check has teeth
+    np.testing.assert_allclose(table.to_numpy(), expected.numpy(), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="no samples"):
+        first_token_mass(vl_lm, [])

@@ -114,3 +114,34 @@ def compare_betas(table: Any, metric: str | None = None) -> Any:
                 row[f"delta@{beta:g}"] = float(value) - baseline
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def first_token_mass(lm: Any, samples: Sequence[Any]) -> Any:
+    """Mean attention mass each head puts on the sequence's first token (the default sink key), over the
+    query rows that predict each answer token (teacher-forced), averaged over `samples`.
+
+    Returns a DataFrame (rows: layer, columns: head). Sink redistribution with ``sink_key="first"`` can only
+    move what is there: a head whose mass here is ~0 is left unchanged by every beta.
+    """
+    import pandas as pd
+    import torch
+
+    from ocrheads_lib import attention
+    from ocrheads_lib.inference import sample_inputs
+
+    if not samples:
+        raise ValueError("first_token_mass: no samples given; pass a non-empty list (e.g. one task's samples)")
+    total: torch.Tensor | None = None
+    for sample in samples:
+        inputs = sample_inputs(lm, sample, answer=sample.answer)
+        rows = list(range(inputs.prompt_len - 1, len(inputs) - 1))
+        plan = attention.Plan(record="all", rows=rows, key_sets={"first": [0]})
+        with torch.no_grad(), attention.apply(lm, plan) as recorder:
+            lm.model(**inputs.tensors)
+        per_layer = recorder.mass["first"]
+        mass = torch.stack([per_layer[layer][0].float().mean(-1) for layer in sorted(per_layer)])   # (L, H)
+        total = mass if total is None else total + mass
+    assert total is not None
+    table = pd.DataFrame((total / len(samples)).numpy())
+    table.index.name, table.columns.name = "layer", "head"
+    return table
