@@ -481,7 +481,7 @@ def test_first_token_mass_matches_stock_eager_attention(vl_lm):
     expected = []
     for sample in samples:
         inputs = teacher_forced_inputs(vl_lm, sample, answer=sample.answer)
-        rows = list(range(inputs.prompt_len - 1, len(inputs) - 1))
+        rows = (inputs.answer_positions - 1).tolist()
         previous = use_probe_attention(vl_lm, "eager")
         try:
             with torch.no_grad():

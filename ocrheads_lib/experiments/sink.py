@@ -134,7 +134,7 @@ def first_token_mass(lm: Any, samples: Sequence[Any]) -> Any:
     total: torch.Tensor | None = None
     for sample in samples:
         inputs = sample_inputs(lm, sample, answer=sample.answer)
-        rows = list(range(inputs.prompt_len - 1, len(inputs) - 1))
+        rows = inputs.answer_positions - 1                        # the rows that emit each answer token
         plan = attention.Plan(record="all", rows=rows, key_sets={"first": [0]})
         with torch.no_grad(), attention.apply(lm, plan) as recorder:
             lm.model(**inputs.tensors)
