@@ -148,13 +148,15 @@ def test_replay_of_recorded_segments_reproduces_the_weights(tmp_path):
     # two segments: constant lr, then a resumed one with another lr, batch and a cosine decay
     _run(tmp_path / "orig", "--max_steps", "2")
     final = _run(tmp_path / "orig", "--resume", "--lr", "5e-4", "--decay_steps", "2", "--batch_text", "1",
-                 "--batch_eye", "2")
+                 "--batch_eye", "2", "--straddle_share", "0.5")
     assert final["step"] == 4                                # the decay set --max_steps
     summary = json.load(open(tmp_path / "orig" / "summary.json"))
     commands = replay_commands(summary, str(tmp_path / "replay"))
     assert len(commands) == 2 and "--resume" in commands[1] and "--decay_steps" in commands[1]
     assert commands[0][commands[0].index("--batch_eye") + 1] == "0"
     assert commands[1][commands[1].index("--batch_eye") + 1] == "2"
+    assert "--straddle_share" not in commands[0]
+    assert commands[1][commands[1].index("--straddle_share") + 1] == "0.5"
     assert main(["--replay", str(tmp_path / "orig" / "summary.json"), "--out", str(tmp_path / "replay")]) == 0
     replayed = torch.load(tmp_path / "replay" / "checkpoint.pt", weights_only=False)
     assert replayed["step"] == 4
@@ -162,6 +164,37 @@ def test_replay_of_recorded_segments_reproduces_the_weights(tmp_path):
         assert torch.equal(value, replayed["model"][name]), name
     with pytest.raises(ValueError, match="segment"):
         replay_commands({"steps": 3}, "x")
+
+
+def test_straddle_share_moves_offsets_into_the_band_and_leaves_share_zero_batches_unchanged():
+    from ocrheads_lib.tiny.train import STRADDLE_BAND, Curriculum, draw_batch
+
+    lo, hi = STRADDLE_BAND
+    cur = Curriculum(key_phase=1)
+
+    def in_band(example, axis):
+        return lo <= example.meta[f"{axis}_off"] % 28 < hi
+
+    def band_share(share):
+        pages = draw_batch(random.Random(1), "eye", 400, cur, straddle_share=share)
+        return sum(in_band(p, "y") for p in pages) / len(pages)
+
+    # uniform offsets put (hi - lo) / 28 = 36 % in the band; share 1 puts every eye page there
+    assert abs(band_share(0.0) - (hi - lo) / 28) < 0.08
+    assert band_share(1.0) == 1.0
+    keys = draw_batch(random.Random(2), "key", 200, cur, straddle_share=1.0)
+    unaligned = [k for k in keys if k.meta["layout"].endswith("offset")]
+    assert unaligned and all(in_band(k, "x") and in_band(k, "y") for k in unaligned)
+    assert all(k.meta["x_off"] % 28 == 0 and k.meta["y_off"] % 28 == 0 for k in keys if not k.meta["layout"].endswith("offset"))
+    for k in unaligned:   # the block still fits on its page, and the labels hold the answer's characters
+        assert k.pages[0].size == (k.meta["cols"] * 28, k.meta["rows"] * 28)
+        assert sorted(c for c in "".join(c or "" for c in k.cell_labels[0])) == sorted(k.answer.replace(" ", ""))
+    # share 0 draws no extra random number: earlier segments replay the same data
+    a = draw_batch(random.Random(5), "eye", 30, cur)
+    b = draw_batch(random.Random(5), "eye", 30, cur, straddle_share=0.0)
+    assert [(x.answer, x.meta) for x in a] == [(y.answer, y.meta) for y in b]
+    with pytest.raises(ValueError, match="band"):
+        key_example(random.Random(0), "offset", band=(20, 40))
 
 
 def test_eye_batches_train_the_vision_tower_and_cell_classifier_only():

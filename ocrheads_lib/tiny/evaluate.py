@@ -414,6 +414,9 @@ def write_markdown(card: dict, path: str = "book/model_card.md", figures: str = 
     ]
     for seg in tr.get("segments") or []:
         pages = "aligned only (`--aligned_only`)" if seg.get("aligned_only") else "per curriculum"
+        if seg.get("straddle_share"):
+            pages += (f"; {seg['straddle_share']:.0%} of unaligned key and vision-only pages at straddling "
+                      "offsets (`--straddle_share`)")
         batch = seg.get("batch") or dict(key=8, page=8, text=8)
         lr = f"{seg.get('lr', 1e-3):g}"
         if seg.get("decay_steps"):

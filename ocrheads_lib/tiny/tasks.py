@@ -104,11 +104,21 @@ def haystack_with_needle(rng: random.Random, n_chars: int, key: str) -> tuple[st
     return text, key_at
 
 
+def _in_band(rng: random.Random, band: tuple[int, int]) -> int:
+    lo, hi = band
+    if not 0 <= lo < hi <= CELL:
+        raise ValueError(f"band {band} must satisfy 0 <= lo < hi <= {CELL} (pixels within one cell)")
+    return rng.randrange(lo, hi)
+
+
 # ------------------------------------------------------------------ task: key alone on a page
-def key_example(rng: random.Random, layout: str) -> Example:
+def key_example(rng: random.Random, layout: str, band: tuple[int, int] | None = None) -> Example:
     """A pass key (or short words) alone on a small grid page.
 
-    layout: "aligned" | "offset" (1 line) | "2lines" | "2lines_offset"."""
+    layout: "aligned" | "offset" (1 line) | "2lines" | "2lines_offset".
+    band: for an offset layout, draw both offsets modulo the cell from [lo, hi) pixels instead of
+    anywhere (e.g. (10, 20): glyphs that straddle two token rows and columns); the page gets one more
+    row or column where it has no room to move the block."""
     if rng.random() < 0.25:    # read one to three short words
         words = [rng.choice(WORDS) for _ in range(rng.randint(1, 3))]
         while len(" ".join(words)) > 15:
@@ -134,7 +144,11 @@ def key_example(rng: random.Random, layout: str) -> Example:
     width = max(len(s) for s in lines)
     cols = rng.randint(min(16, width + 1), 16)
     rows = rng.randint(len(lines), 4)
-    if offset:   # any pixel position that keeps the block on the page
+    if offset and band is not None:
+        cols, rows = max(cols, width + 1), max(rows, len(lines) + 1)
+        x_off = rng.randrange(cols - width) * CELL + _in_band(rng, band)
+        y_off = rng.randrange(rows - len(lines)) * CELL + _in_band(rng, band)
+    elif offset:   # any pixel position that keeps the block on the page
         x_off = rng.randint(0, (cols - width) * CELL)
         y_off = rng.randint(0, (rows - len(lines)) * CELL)
     else:
@@ -148,8 +162,11 @@ def key_example(rng: random.Random, layout: str) -> Example:
 
 # ------------------------------------------------------------------ task: pass key in a paragraph page
 def page_example(rng: random.Random, n_lines: int | None = None, offset: bool = False,
-                 key_style: str | None = None, cols: int | None = None, rows: int | None = None) -> Example:
-    """The book's grid page: filler paragraph with the needle, wrapped, on a cols x rows page."""
+                 key_style: str | None = None, cols: int | None = None, rows: int | None = None,
+                 band: tuple[int, int] | None = None) -> Example:
+    """The book's grid page: filler paragraph with the needle, wrapped, on a cols x rows page.
+
+    band: with `offset`, draw both offsets from [lo, hi) pixels instead of the whole cell."""
     cols = cols or BOOK_PAGE["cols"]
     rows = rows or BOOK_PAGE["rows"]
     line_chars = cols - 1
@@ -179,8 +196,11 @@ def page_example(rng: random.Random, n_lines: int | None = None, offset: bool = 
         break
     else:
         raise RuntimeError("could not place the needle on the page")
-    x_off = rng.randrange(*BOOK_LAYOUT["offset_range"]) if offset else 0
-    y_off = rng.randrange(*BOOK_LAYOUT["offset_range"]) if offset else 0
+    if offset and band is not None:
+        x_off, y_off = _in_band(rng, band), _in_band(rng, band)
+    else:
+        x_off = rng.randrange(*BOOK_LAYOUT["offset_range"]) if offset else 0
+        y_off = rng.randrange(*BOOK_LAYOUT["offset_range"]) if offset else 0
     page = render_grid(window, cols, rows, x_off, y_off)
     return Example("page", [page.image], PASSKEY_QUESTION, key, [cell_labels(page)],
                    meta=dict(style=style, n_lines=len(window), offset=offset, x_off=x_off, y_off=y_off))

@@ -46,6 +46,7 @@ AUX_INDEX = {c: i for i, c in enumerate(AUX_CLASSES)}
 KEY_LAYOUTS = {0: ["aligned"], 1: ["aligned", "offset", "offset", "2lines", "2lines_offset", "2lines_offset"]}
 PAGE_STAGES = [(1, 0.0), (2, 0.0), (3, 0.0), (5, 0.0), (5, 0.5)]      # (max lines, share of unaligned pages)
 TEXT_STAGES = [60, 100, 160, 240, 320, 420, 520]                     # max context characters
+STRADDLE_BAND = (10, 20)   # offsets (mod the 28-px cell) whose glyphs straddle two tokens: the eye's weak spot
 EVAL_SEED = 1_000_003                                                # held-out eval sets (train uses --seed)
 
 
@@ -81,12 +82,23 @@ class Curriculum:
 
 
 # ------------------------------------------------------------------ batches
-def draw_batch(rng: random.Random, task: str, n: int, cur: Curriculum, aligned_only: bool = False) -> list[Example]:
+def draw_batch(rng: random.Random, task: str, n: int, cur: Curriculum, aligned_only: bool = False,
+               straddle_share: float = 0.0) -> list[Example]:
+    """`straddle_share`: the share of unaligned key pages and eye pages whose offsets are drawn from
+    STRADDLE_BAND (glyphs straddling two token rows and columns). At 0 no extra random number is drawn, so earlier
+    segments replay unchanged."""
+
+    def band() -> tuple[int, int] | None:
+        return STRADDLE_BAND if straddle_share > 0 and rng.random() < straddle_share else None
+
+    def key(layout: str) -> Example:
+        return key_example(rng, layout, band=band() if layout.endswith("offset") else None)
+
     if task == "key":
         layouts = KEY_LAYOUTS[cur.key_phase]
         if aligned_only:
             layouts = [x for x in layouts if not x.endswith("offset")]
-        return [key_example(rng, rng.choice(layouts)) for _ in range(n)]
+        return [key(rng.choice(layouts)) for _ in range(n)]
     if task == "page":
         max_lines, off_share = PAGE_STAGES[cur.page_stage]
         off_share = 0.0 if aligned_only else off_share
@@ -100,8 +112,9 @@ def draw_batch(rng: random.Random, task: str, n: int, cur: Curriculum, aligned_o
         # (up to 19 off-grid characters per line) and unaligned key pages; the decoder never sees them
         cols, rows = rng.randint(8, 20), rng.randint(2, 8)
         layouts = ["2lines", "aligned"] if aligned_only else ["offset", "2lines_offset"]
-        return [page_example(rng, n_lines=rng.randint(1, rows - 1), offset=not aligned_only, cols=cols, rows=rows)
-                if rng.random() < 0.5 else key_example(rng, rng.choice(layouts))
+        return [page_example(rng, n_lines=rng.randint(1, rows - 1), offset=not aligned_only, cols=cols, rows=rows,
+                             band=None if aligned_only else band())
+                if rng.random() < 0.5 else key(rng.choice(layouts))
                 for _ in range(n)]
     if task == "text":
         # one length band per batch (contexts in [0.85 L, L]), so the batch is not padded to the maximum
@@ -158,6 +171,7 @@ class TinyTrainer:
         self.step_count = 0
         self.events: list[dict] = []
         self.aligned_only = False   # final-segment option: train on grid-aligned pages only
+        self.straddle_share = 0.0   # segment option: oversample straddling offsets (see draw_batch)
         self.decay: tuple[int, int, float] | None = None   # (start step, steps, final lr fraction): cosine
 
     def lr_at(self, step: int) -> float:
@@ -201,7 +215,8 @@ class TinyTrainer:
         for task, n in self.batch.items():
             if n <= 0:
                 continue
-            enc = collate(draw_batch(self.rng, task, n, self.cur, self.aligned_only), self.processor)
+            enc = collate(draw_batch(self.rng, task, n, self.cur, self.aligned_only, self.straddle_share),
+                          self.processor)
             if task == "eye":
                 aux = self._eye_loss(enc)
                 total = total + self.aux_weight * aux
@@ -346,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="running train-batch exact match (20 steps) that advances a curriculum")
     p.add_argument("--aligned_only", action="store_true",
                    help="train on grid-aligned pages only (no pixel offsets), e.g. to polish the book default")
+    p.add_argument("--straddle_share", type=float, default=0.0,
+                   help="share of unaligned key pages and eye pages whose x and y offsets (mod 28 px) are drawn "
+                        f"from {STRADDLE_BAND}, where glyphs straddle two tokens")
     p.add_argument("--decay_steps", type=int, default=0,
                    help="cosine-decay the lr over this many steps from the segment's start, then stop "
                         "(sets --max_steps when it is 0); --resume without it continues a decay in progress")
@@ -384,12 +402,16 @@ def main(argv: list[str] | None = None) -> int:
 
     trainer.cur.threshold = args.advance_at
     trainer.aligned_only = args.aligned_only
+    if not 0.0 <= args.straddle_share <= 1.0:
+        raise SystemExit(f"--straddle_share must be in [0, 1], got {args.straddle_share}")
+    trainer.straddle_share = args.straddle_share
     if args.decay_steps:
         trainer.decay = (trainer.step_count, args.decay_steps, args.decay_floor)
     if trainer.decay is not None:   # a decay (new, or resumed mid-way) ends the run where it ends
         args.max_steps = args.max_steps or trainer.decay[0] + trainer.decay[1]
     meta.setdefault("segments", []).append(dict(start_step=trainer.step_count, threads=args.threads, lr=args.lr,
                                                  advance_at=args.advance_at, aligned_only=args.aligned_only,
+                                                 straddle_share=args.straddle_share,
                                                  decay_steps=args.decay_steps, decay_floor=args.decay_floor,
                                                  batch=trainer.batch,
                                                  started_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
@@ -486,6 +508,8 @@ def replay_commands(summary: dict, out: str) -> list[list[str]]:
                 "--batch_eye", str(batch.get("eye", 0))]
         if seg.get("aligned_only"):
             argv.append("--aligned_only")
+        if seg.get("straddle_share"):
+            argv += ["--straddle_share", str(seg["straddle_share"])]
         if seg.get("decay_steps"):
             argv += ["--decay_steps", str(seg["decay_steps"]), "--decay_floor", str(seg.get("decay_floor", 0.05))]
         if i:
