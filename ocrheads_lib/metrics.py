@@ -14,9 +14,12 @@ bootstrap aggregates.
 * ``match_score(gold_ids, pred_ids)`` — longest common contiguous run of ids / len(gold_ids)
   (0.0 for an empty gold), the per-example multiplier of the paper's OCR score.
 * ``aggregate(values, n_boot, seed)`` — mean with a seeded percentile-bootstrap CI.
+* ``wilson_interval(successes, n)`` — the Wilson score interval of a proportion (closed form, no
+  resampling; sensible at 0 % and 100 %, where a bootstrap interval collapses to a point).
 """
 from __future__ import annotations
 
+import math
 import random
 import re
 import string
@@ -149,6 +152,16 @@ def aggregate(values: Iterable[float], n_boot: int = 1000, seed: int = 0, level:
     lo = means[max(0, int(alpha * n_boot))]
     hi = means[min(n_boot - 1, int((1.0 - alpha) * n_boot) - 1)]
     return Aggregate(mean, lo, hi, n, level)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (default 95 %) of the proportion successes / n."""
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n > 0, got successes={successes}, n={n}")
+    p, z2 = successes / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def score_all(predictions: Sequence[str], golds: Sequence[Sequence[str]], metrics: Sequence[str] = ("anls", "em", "f1"),

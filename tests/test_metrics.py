@@ -91,3 +91,17 @@ def test_aggregate():
     assert scores["anls"].mean == 0.5 and scores["em"].mean == 0.5 and scores["accuracy"].mean == 0.5
     with pytest.raises(ValueError, match="unknown metrics"):
         m.score_all(["a"], [["a"]], metrics=("bleu",))
+
+
+def test_wilson_interval_matches_hand_computed_values():
+    # 0 of 10: lower 0, upper z^2 / (n + z^2) = 3.8416 / 13.8416
+    assert m.wilson_interval(0, 10) == pytest.approx((0.0, 3.8416 / 13.8416), abs=1e-12)
+    assert m.wilson_interval(10, 10) == pytest.approx((1 - 3.8416 / 13.8416, 1.0), abs=1e-12)
+    # 186 of 200 (the tiny model's unaligned keys): centre (0.93 + 0.009604) / 1.019208, half-width
+    # 1.96 / 1.019208 * sqrt(0.93 * 0.07 / 200 + 3.8416 / 160000)
+    centre = (0.93 + 0.009604) / 1.019208
+    half = 1.96 / 1.019208 * math.sqrt(0.93 * 0.07 / 200 + 3.8416 / 160000)
+    assert m.wilson_interval(186, 200) == pytest.approx((centre - half, centre + half), abs=1e-12)
+    assert m.wilson_interval(186, 200)[0] == pytest.approx(0.8859, abs=1e-4)
+    with pytest.raises(ValueError, match="successes"):
+        m.wilson_interval(3, 2)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ocrheads_lib.metrics import wilson_interval
 from ocrheads_lib.tiny import MODEL_CARD, WEIGHTS_DIR
 from ocrheads_lib.tiny.build import user_messages
 from ocrheads_lib.tiny.tasks import Example, key_example, page_example, text_example
@@ -438,11 +439,16 @@ def write_markdown(card: dict, path: str = "book/model_card.md", figures: str = 
     lines += ["", "First in-training evaluation (teacher-forced, 32 held-out samples per set) at or above a threshold:", ""]
     lines += _milestone_rows(card)
     lines += ["", "## Held-out accuracy (greedy `generate`, fresh seeds)", "",
-              "| set | exact match | n | prompt tokens | target |", "|---|---|---|---|---|"]
+              "| set | exact match | 95 % interval (Wilson) | n | prompt tokens | target |", "|---|---|---|---|---|---|"]
     for name, r in held.items():
         target = "" if r.get("target") is None else (f"{r['target']:.2f} " + ("met" if r["accuracy"] >= r["target"] else "**missed**"))
-        lines.append(f"| {name} | {r['accuracy']:.3f} | {r['n']} | {r['prompt_tokens'][0]}-{r['prompt_tokens'][1]} | {target} |")
-    lines += ["", "`a_*`: a key alone on a page; `b_*`: pass key in a text context; `c_*`: pass key in a paragraph",
+        lo, hi = wilson_interval(round(r["accuracy"] * r["n"]), r["n"])
+        lines.append(f"| {name} | {r['accuracy']:.3f} | {lo:.3f}-{hi:.3f} | {r['n']} "
+                     f"| {r['prompt_tokens'][0]}-{r['prompt_tokens'][1]} | {target} |")
+    lines += ["", "The interval bounds the set's true rate. With 200 samples it reaches about 2 points below "
+              "100 % and about 6 points either side of 77 %, so checkpoints a few points apart are within "
+              "the noise.", ""]
+    lines += ["`a_*`: a key alone on a page; `b_*`: pass key in a text context; `c_*`: pass key in a paragraph",
               "page; `*_book_*`: built by the book's own generators (`ocrheads_lib.data`), i.e. what the chapters score.",
               "", f"![held-out pages and the model's answers]({figures}/examples.png)", "",
               "## Status against the targets", ""]
