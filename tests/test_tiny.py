@@ -167,7 +167,7 @@ def test_replay_of_recorded_segments_reproduces_the_weights(tmp_path):
 
 
 def test_straddle_share_moves_offsets_into_the_band_and_leaves_share_zero_batches_unchanged():
-    from ocrheads_lib.tiny.train import STRADDLE_BAND, Curriculum, draw_batch
+    from ocrheads_lib.tiny.train import KEY_LAYOUTS, STRADDLE_BAND, Curriculum, draw_batch
 
     lo, hi = STRADDLE_BAND
     cur = Curriculum(key_phase=1)
@@ -189,10 +189,12 @@ def test_straddle_share_moves_offsets_into_the_band_and_leaves_share_zero_batche
     for k in unaligned:   # the block still fits on its page, and the labels hold the answer's characters
         assert k.pages[0].size == (k.meta["cols"] * 28, k.meta["rows"] * 28)
         assert sorted(c for c in "".join(c or "" for c in k.cell_labels[0])) == sorted(k.answer.replace(" ", ""))
-    # share 0 draws no extra random number: earlier segments replay the same data
-    a = draw_batch(random.Random(5), "eye", 30, cur)
-    b = draw_batch(random.Random(5), "eye", 30, cur, straddle_share=0.0)
-    assert [(x.answer, x.meta) for x in a] == [(y.answer, y.meta) for y in b]
+    # share 0 draws no extra random number: the batch equals the pre-option draw (a layout, then the page)
+    drawn = draw_batch(random.Random(5), "key", 30, cur, straddle_share=0.0)
+    r = random.Random(5)
+    reference = [key_example(r, r.choice(KEY_LAYOUTS[cur.key_phase])) for _ in range(30)]
+    assert any(x.meta["layout"].endswith("offset") for x in drawn)
+    assert [(x.answer, x.meta) for x in drawn] == [(y.answer, y.meta) for y in reference]
     with pytest.raises(ValueError, match="band"):
         key_example(random.Random(0), "offset", band=(20, 40))
 

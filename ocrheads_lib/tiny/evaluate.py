@@ -184,7 +184,7 @@ KNOWN_LIMITS = [
     "char-level vocabulary of printable ASCII only; no instruction following beyond the trained questions",
     "with the grid-aligned layout one visual token holds exactly one character, the easiest case for OCR heads",
     "unaligned keys still fail most where a glyph straddles two tokens: on 400 unaligned key pages (step 18833, "
-    "python -m ocrheads_lib.tiny.diagnose --n 400) the vision tower's character-cell accuracy is 94.9 % when the "
+    "python -m ocrheads_lib.tiny.diagnose CHECKPOINT --n 400) the vision tower's character-cell accuracy is 94.9 % when the "
     "vertical offset mod 28 is 12-15 px and 96.3 % when the horizontal one is, against 96-100 % elsewhere (it was "
     "88 % at 12-15 px before the straddle-oversampling segment); the wrong answers swap confusable glyphs (g/9, "
     "R/B, j/1, J/j, y/Y among the held-out failures below) or drop the last characters of a 12-15 character "
@@ -446,7 +446,7 @@ def write_markdown(card: dict, path: str = "book/model_card.md", figures: str = 
         lines.append(f"| {name} | {r['accuracy']:.3f} | {lo:.3f}-{hi:.3f} | {r['n']} "
                      f"| {r['prompt_tokens'][0]}-{r['prompt_tokens'][1]} | {target} |")
     lines += ["", "The interval bounds the set's true rate. With 200 samples it reaches about 2 points below "
-              "100 % and about 6 points either side of 77 %, so checkpoints a few points apart are within "
+              "100 % and about 6 points either side of 75 %, so checkpoints a few points apart are within "
               "the noise.", ""]
     lines += ["`a_*`: a key alone on a page; `b_*`: pass key in a text context; `c_*`: pass key in a paragraph",
               "page; `*_book_*`: built by the book's own generators (`ocrheads_lib.data`), i.e. what the chapters score.",
