@@ -258,7 +258,14 @@ def test_offset_diagnosis_bins_every_unaligned_page_once_per_axis(tmp_path):
         assert all(0 <= b.chars_correct <= b.chars and 0 <= b.pages_correct <= b.pages for b in mine)
     # both axes count the same characters
     assert sum(b.chars for b in bins if b.axis == "x") == sum(b.chars for b in bins if b.axis == "y") > 0
-    assert "char-cell accuracy" in format_bins(bins)
+    table = format_bins(bins)
+    assert "char-cell accuracy" in table
+    # the closing row totals one axis: every page once, its exact pages and characters summed
+    x_bins = [b for b in bins if b.axis == "x"]
+    last = table.splitlines()[-1].split()
+    assert last[0] == "all" and last[1] == "0-27"
+    assert last[3] == str(sum(b.chars for b in x_bins))
+    assert last[4] == f"{sum(b.pages_correct for b in x_bins)}/12"
     torch.save({"model": {}}, tmp_path / "weights_only.pt")
     with pytest.raises(ValueError, match="training checkpoint"):
         main([str(tmp_path / "weights_only.pt")])

@@ -98,6 +98,12 @@ def format_bins(bins: list[OffsetBin]) -> str:
     for b in bins:
         lines.append(f"{b.axis:4s}  {b.start_px:2d}-{b.start_px + BIN_PX - 1:<2d}              "
                      f"{b.char_accuracy:6.3f}          {b.chars:5d}  {b.pages_correct}/{b.pages}")
+    # every page sits in exactly one bin per axis, so one axis's bins sum to the whole set
+    x_bins = [b for b in bins if b.axis == "x"]
+    total = OffsetBin("all", 0, sum(b.chars_correct for b in x_bins), sum(b.chars for b in x_bins),
+                      sum(b.pages_correct for b in x_bins), sum(b.pages for b in x_bins))
+    lines.append(f"all    0-{CELL - 1:<2d}              {total.char_accuracy:6.3f}          {total.chars:5d}  "
+                 f"{total.pages_correct}/{total.pages}")
     return "\n".join(lines)
 
 
