@@ -29,12 +29,13 @@ BIN_PX = 4
 class OffsetBin:
     """Character-cell accuracy and teacher-forced exact match of the pages whose offset falls in one bin."""
 
-    axis: str                 # "x" | "y"
-    start_px: int             # offset mod CELL in [start_px, start_px + BIN_PX)
+    axis: str                 # "x" | "y" | "all" (the whole-set row of format_bins)
+    start_px: int             # offset mod CELL in [start_px, start_px + width_px)
     chars_correct: int
     chars: int
     pages_correct: int
     pages: int
+    width_px: int = BIN_PX    # CELL for the whole-set row
 
     @property
     def char_accuracy(self) -> float:
@@ -94,16 +95,14 @@ def cell_accuracy_by_offset(trainer, n: int = 240, seed: int = 777, layout: str 
 
 
 def format_bins(bins: list[OffsetBin]) -> str:
-    lines = ["axis  offset mod 28 (px)  char-cell accuracy  chars  pages exact (teacher-forced)"]
-    for b in bins:
-        lines.append(f"{b.axis:4s}  {b.start_px:2d}-{b.start_px + BIN_PX - 1:<2d}              "
-                     f"{b.char_accuracy:6.3f}          {b.chars:5d}  {b.pages_correct}/{b.pages}")
     # every page sits in exactly one bin per axis, so one axis's bins sum to the whole set
     x_bins = [b for b in bins if b.axis == "x"]
     total = OffsetBin("all", 0, sum(b.chars_correct for b in x_bins), sum(b.chars for b in x_bins),
-                      sum(b.pages_correct for b in x_bins), sum(b.pages for b in x_bins))
-    lines.append(f"all    0-{CELL - 1:<2d}              {total.char_accuracy:6.3f}          {total.chars:5d}  "
-                 f"{total.pages_correct}/{total.pages}")
+                      sum(b.pages_correct for b in x_bins), sum(b.pages for b in x_bins), width_px=CELL)
+    lines = ["axis  offset mod 28 (px)  char-cell accuracy  chars  pages exact (teacher-forced)"]
+    for b in [*bins, total]:
+        lines.append(f"{b.axis:4s}  {b.start_px:2d}-{b.start_px + b.width_px - 1:<2d}              "
+                     f"{b.char_accuracy:6.3f}          {b.chars:5d}  {b.pages_correct}/{b.pages}")
     return "\n".join(lines)
 
 
