@@ -99,6 +99,27 @@ def test_params_file_parses() -> None:
     assert params["results_dir"] == "../results"
 
 
+def test_hand_written_results_name_the_shipped_weights() -> None:
+    """Prose that quotes the embedded model's numbers says which weights it measured ("step-N weights",
+    "at step N)", "(step N,"); after retraining, the shipped step changes and this fails until the prose is
+    re-read."""
+    import re
+
+    from ocrheads_lib.tiny.evaluate import KNOWN_LIMITS
+
+    shipped = json.loads((ROOT / "ocrheads_lib" / "tiny" / "weights" / "training_summary.json").read_text())["steps"]
+    sources = {p.name: "".join("".join(c["source"]) for c in json.loads(p.read_text(encoding="utf-8"))["cells"])
+               for p in NOTEBOOKS}
+    sources["params.yml"] = (ROOT / "book" / "params.yml").read_text(encoding="utf-8")
+    sources["model card known limits"] = " ".join(KNOWN_LIMITS)
+    stamp = re.compile(r"step-(\d+) weights|at step (\d+)\)|\(step (\d+),")
+    stamps = {name: [int("".join(groups)) for groups in stamp.findall(text)] for name, text in sources.items()}
+    stamped = {name: steps for name, steps in stamps.items() if steps}
+    assert {"06_masking.ipynb", "07_sink.ipynb", "params.yml", "model card known limits"} <= set(stamped), stamped
+    stale = {name: steps for name, steps in stamped.items() if set(steps) != {shipped}}
+    assert not stale, f"prose measured on other weights than the shipped step {shipped}: {stale}; re-run and re-read it"
+
+
 # ------------------------------------------------------------------------------------------ build cache
 
 def _write_notebook(path: Path, body: str) -> None:

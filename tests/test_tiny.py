@@ -148,7 +148,7 @@ def test_replay_of_recorded_segments_reproduces_the_weights(tmp_path):
     # two segments: constant lr, then a resumed one with another lr, batch and a cosine decay
     _run(tmp_path / "orig", "--max_steps", "2")
     final = _run(tmp_path / "orig", "--resume", "--lr", "5e-4", "--decay_steps", "2", "--batch_text", "1",
-                 "--batch_eye", "2", "--straddle_share", "0.5")
+                 "--batch_eye", "2", "--straddle_share", "0.5", "--alnum_share", "0.3")
     assert final["step"] == 4                                # the decay set --max_steps
     summary = json.load(open(tmp_path / "orig" / "summary.json"))
     commands = replay_commands(summary, str(tmp_path / "replay"))
@@ -157,6 +157,8 @@ def test_replay_of_recorded_segments_reproduces_the_weights(tmp_path):
     assert commands[1][commands[1].index("--batch_eye") + 1] == "2"
     assert "--straddle_share" not in commands[0]
     assert commands[1][commands[1].index("--straddle_share") + 1] == "0.5"
+    assert "--alnum_share" not in commands[0]
+    assert commands[1][commands[1].index("--alnum_share") + 1] == "0.3"
     assert main(["--replay", str(tmp_path / "orig" / "summary.json"), "--out", str(tmp_path / "replay")]) == 0
     replayed = torch.load(tmp_path / "replay" / "checkpoint.pt", weights_only=False)
     assert replayed["step"] == 4
@@ -199,6 +201,25 @@ def test_straddle_share_moves_offsets_into_the_band_and_leaves_share_zero_batche
         key_example(random.Random(0), "offset", band=(20, 40))
 
 
+def test_alnum_share_draws_mixed_case_keys_and_share_zero_keeps_the_mixture():
+    from ocrheads_lib.tiny.train import Curriculum, draw_batch
+
+    cur = Curriculum(key_phase=1)
+
+    def alnum_share(task, share):
+        examples = draw_batch(random.Random(3), task, 300, cur, alnum_share=share)
+        keys = [e for e in examples if e.meta["style"] != "words"]    # a quarter of key pages hold words
+        return sum(e.meta["style"] == "alnum" for e in keys) / len(keys)
+
+    # the usual mixture draws alnum keys with weight 1 of 11 (9 %)
+    assert alnum_share("key", 0.0) < 0.16 and alnum_share("page", 0.0) < 0.16
+    for task in ("key", "page", "eye"):
+        assert alnum_share(task, 1.0) == 1.0
+    assert 0.3 < alnum_share("key", 0.4) < 0.55                 # 0.4 + 0.6 / 11 = 45 %
+    pages = draw_batch(random.Random(4), "page", 20, cur, alnum_share=1.0)
+    assert all(e.answer.isalnum() and e.answer in "".join(c or "" for c in e.cell_labels[0]) for e in pages)
+
+
 def test_eye_batches_train_the_vision_tower_and_cell_classifier_only():
     from ocrheads_lib.tiny.build import TinyConfig
     from ocrheads_lib.tiny.train import TinyTrainer, draw_batch
@@ -236,6 +257,24 @@ def test_model_card_status_says_met_or_missed_from_the_numbers():
     assert "**missed** the 60-minute target" in "\n".join(status_lines(card))
 
 
+def test_heldout_results_split_by_kind_of_key_and_the_card_tabulates_them():
+    from ocrheads_lib.tiny.evaluate import _style_rows, evaluate
+
+    results = evaluate(n=6, sets=["a_key_unaligned", "b_book_passkey_text_320"])
+    key = results["a_key_unaligned"]
+    assert sum(n for _, n in key.by_style.values()) == key.n == 6
+    assert sum(c for c, _ in key.by_style.values()) == key.correct
+    assert results["b_book_passkey_text_320"].by_style == {}      # book samples carry no key style
+    held = {"a_key_unaligned": dict(by_style={"alnum": [9, 18], "digits": [67, 67]}),
+            "a_key_aligned": dict(by_style={"alnum": [8, 9]}),
+            "c_page_book": dict(by_style={"alnum": [1, 2]})}       # only key-alone sets are tabulated
+    rows = _style_rows(held)
+    assert "| set | alnum | digits |" in rows
+    assert "| a_key_unaligned | 9/18 | 67/67 |" in rows and "| a_key_aligned | 8/9 |  |" in rows
+    assert not any(r.startswith("| c_page_book") for r in rows)
+    assert _style_rows({"a_key_aligned": dict(accuracy=1.0)}) == []    # cards written before the split
+
+
 def test_heldout_decoding_budget_fits_the_longest_answer():
     """The held-out evaluation once generated 12 tokens for answers of up to 15 characters."""
     from ocrheads_lib.tiny.evaluate import MAX_NEW_TOKENS, heldout_sets
@@ -243,6 +282,22 @@ def test_heldout_decoding_budget_fits_the_longest_answer():
     longest = max(len(e.answer) for examples in heldout_sets(60).values() for e in examples)
     assert longest >= 13                              # word answers are longer than the old budget
     assert longest + 1 <= MAX_NEW_TOKENS              # one character = one token, + <|im_end|>
+
+
+def test_style_rows_and_confusions_are_tallied_by_hand():
+    from ocrheads_lib.tiny.diagnose import PageReading, format_styles, rows_by_style, top_confusions
+
+    readings = [PageReading(dict(style="alnum"), 3, 5, False, [("S", "5"), ("g", "9")]),
+                PageReading(dict(style="alnum"), 4, 5, False, [("S", "5")]),
+                PageReading(dict(style="digits"), 4, 4, True, []),
+                PageReading(dict(style="words"), 6, 7, True, [("t", "")])]
+    rows = {r.style: r for r in rows_by_style(readings)}
+    assert (rows["alnum"].chars_correct, rows["alnum"].chars, rows["alnum"].pages_correct, rows["alnum"].pages) == (7, 10, 0, 2)
+    assert rows["alnum"].char_accuracy == pytest.approx(0.7)
+    assert rows["digits"].char_accuracy == 1.0 and rows["words"].pages_correct == 1
+    assert top_confusions(readings, k=2) == [("S", "5", 2), ("g", "9", 1)]
+    table = format_styles(list(rows.values()), top_confusions(readings))
+    assert "S->5 x2" in table and "t->blank x1" in table
 
 
 def test_offset_diagnosis_bins_every_unaligned_page_once_per_axis(tmp_path):
@@ -266,6 +321,16 @@ def test_offset_diagnosis_bins_every_unaligned_page_once_per_axis(tmp_path):
     assert last[0] == "all" and last[1] == "0-27"
     assert last[3] == str(sum(b.chars for b in x_bins))
     assert last[4] == f"{sum(b.pages_correct for b in x_bins)}/12"
+    # the style table groups the same pages: every page once, the same characters
+    from ocrheads_lib.tiny.diagnose import bins_by_offset, read_pages, rows_by_style
+    readings = read_pages(trainer, n=12, seed=3)
+    assert bins_by_offset(readings) == bins
+    rows = rows_by_style(readings)
+    assert sum(r.pages for r in rows) == 12 and sum(r.chars for r in rows) == sum(b.chars for b in x_bins)
+    assert {r.style for r in rows} <= {"digits", "paper", "char", "alnum", "words"}
+    # each misread cell is one confusion pair, and the pairs are real misreadings
+    assert sum(len(r.confusions) for r in readings) == sum(r.chars - r.chars_correct for r in readings)
+    assert all(true and true != predicted for r in readings for true, predicted in r.confusions)
     torch.save({"model": {}}, tmp_path / "weights_only.pt")
     with pytest.raises(ValueError, match="training checkpoint"):
         main([str(tmp_path / "weights_only.pt")])

@@ -7,7 +7,8 @@ tokens) is part of the checkpoint, not of the shipped weights. For each unaligne
 the classifier's prediction with the cell label (the character whose slot centre lies in that token) on
 the tokens that hold a character, and groups the result by the block's offset modulo the 28-px cell, in
 4-px bins. An offset near half a cell (about 14 px) puts glyph centres on token boundaries: each glyph straddles
-two tokens.
+two tokens. A second table groups the same pages by the kind of key (digits, numbers, one character,
+mixed-case alphanumeric, words) and lists the most frequent (true -> predicted) cell misreadings.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import argparse
 import json
 import random
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import torch
@@ -60,16 +61,41 @@ def load_trainer(checkpoint: str):
     return trainer
 
 
+@dataclass
+class PageReading:
+    """What the eye (the auxiliary cell classifier) and the decoder made of one unaligned key page."""
+
+    meta: dict                            # the example's meta: layout, style, x_off, y_off, ...
+    chars_correct: int                    # character cells the classifier got right
+    chars: int                            # cells that hold a character
+    exact: bool                           # teacher-forced exact match of the answer
+    confusions: list[tuple[str, str]]     # (true, predicted) per misread cell; "" = predicted blank
+
+
+@dataclass
+class StyleRow:
+    """Character-cell accuracy and teacher-forced exact match of the pages holding one kind of key."""
+
+    style: str                # random_key's style ("digits", "paper", "char", "alnum") or "words"
+    chars_correct: int
+    chars: int
+    pages_correct: int
+    pages: int
+
+    @property
+    def char_accuracy(self) -> float:
+        return self.chars_correct / self.chars if self.chars else float("nan")
+
+
 @torch.no_grad()
-def cell_accuracy_by_offset(trainer, n: int = 240, seed: int = 777, layout: str = "offset",
-                            batch: int = 16) -> list[OffsetBin]:
-    """Bins over x and y offsets (mod CELL) of `n` fresh key pages of `layout`."""
+def read_pages(trainer, n: int = 240, seed: int = 777, layout: str = "offset", batch: int = 16) -> list[PageReading]:
+    """The cell classifier's and the decoder's reading of `n` fresh key pages of `layout`."""
     from ocrheads_lib.tiny.tasks import key_example
-    from ocrheads_lib.tiny.train import collate, exact_match
+    from ocrheads_lib.tiny.train import AUX_CLASSES, collate, exact_match
 
     rng = random.Random(seed)
     examples = [key_example(rng, layout) for _ in range(n)]
-    counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    readings: list[PageReading] = []
     for i in range(0, n, batch):
         chunk = examples[i:i + batch]
         enc = collate(chunk, trainer.processor)
@@ -83,15 +109,57 @@ def cell_accuracy_by_offset(trainer, n: int = 240, seed: int = 777, layout: str 
             pred, gold = predicted[start:start + n_tokens], labels[start:start + n_tokens]
             start += n_tokens
             holds_char = gold != 0
-            right, total = int((pred[holds_char] == gold[holds_char]).sum()), int(holds_char.sum())
-            for axis in ("x", "y"):
-                key = (axis, (example.meta[f"{axis}_off"] % CELL) // BIN_PX * BIN_PX)
-                c = counts[key]
-                c[0] += right
-                c[1] += total
-                c[2] += int(page_ok[j])
-                c[3] += 1
+            wrong = holds_char & (pred != gold)
+            readings.append(PageReading(
+                example.meta, int((pred[holds_char] == gold[holds_char]).sum()), int(holds_char.sum()),
+                bool(page_ok[j]), [(AUX_CLASSES[g], AUX_CLASSES[p]) for g, p in zip(gold[wrong].tolist(), pred[wrong].tolist())]))
+    return readings
+
+
+def bins_by_offset(readings: list[PageReading]) -> list[OffsetBin]:
+    """Bins over the x and y offsets (mod CELL): every page falls in one bin per axis."""
+    counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for r in readings:
+        for axis in ("x", "y"):
+            c = counts[(axis, (r.meta[f"{axis}_off"] % CELL) // BIN_PX * BIN_PX)]
+            c[0] += r.chars_correct
+            c[1] += r.chars
+            c[2] += int(r.exact)
+            c[3] += 1
     return [OffsetBin(axis, start_px, *c) for (axis, start_px), c in sorted(counts.items())]
+
+
+def cell_accuracy_by_offset(trainer, n: int = 240, seed: int = 777, layout: str = "offset",
+                            batch: int = 16) -> list[OffsetBin]:
+    """Bins over x and y offsets (mod CELL) of `n` fresh key pages of `layout`."""
+    return bins_by_offset(read_pages(trainer, n, seed, layout, batch))
+
+
+def rows_by_style(readings: list[PageReading]) -> list[StyleRow]:
+    """One row per kind of key (digits, the paper's numbers, one character, mixed-case alnum, words)."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for r in readings:
+        c = counts[r.meta["style"]]
+        c[0] += r.chars_correct
+        c[1] += r.chars
+        c[2] += int(r.exact)
+        c[3] += 1
+    return [StyleRow(style, *c) for style, c in sorted(counts.items())]
+
+
+def top_confusions(readings: list[PageReading], k: int = 12) -> list[tuple[str, str, int]]:
+    """The `k` most frequent (true, predicted) cell misreadings, most frequent first."""
+    counter = Counter(pair for r in readings for pair in r.confusions)
+    return [(true, predicted, count) for (true, predicted), count in counter.most_common(k)]
+
+
+def format_styles(rows: list[StyleRow], confusions: list[tuple[str, str, int]]) -> str:
+    lines = ["key style  char-cell accuracy  chars  pages exact (teacher-forced)"]
+    for r in rows:
+        lines.append(f"{r.style:9s}  {r.char_accuracy:6.3f}              {r.chars:5d}  {r.pages_correct}/{r.pages}")
+    pairs = ", ".join(f"{true}->{predicted or 'blank'} x{count}" for true, predicted, count in confusions)
+    lines.append(f"most frequent cell misreadings: {pairs or 'none'}")
+    return "\n".join(lines)
 
 
 def format_bins(bins: list[OffsetBin]) -> str:
@@ -116,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(format_bins(cell_accuracy_by_offset(load_trainer(args.checkpoint), args.n, args.seed, args.layout)))
+    readings = read_pages(load_trainer(args.checkpoint), args.n, args.seed, args.layout)
+    print(format_bins(bins_by_offset(readings)))
+    print()
+    print(format_styles(rows_by_style(readings), top_confusions(readings)))
     return 0
 
 

@@ -21,7 +21,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -46,6 +46,7 @@ class SetResult:
     failures: list[dict]            # first few wrong answers: gold, predicted, meta
     min_tokens: int                 # prompt length range (tokens) of the set
     max_tokens: int
+    by_style: dict[str, list[int]] = field(default_factory=dict)   # key style -> [correct, n]
 
     @property
     def accuracy(self) -> float:
@@ -143,8 +144,15 @@ def evaluate(model_dir: str = WEIGHTS_DIR, n: int = 200, seed: int = HELDOUT_SEE
         preds, lengths = generate_answers(model, processor, examples)
         wrong = [dict(gold=e.answer, pred=p, **{k: v for k, v in e.meta.items()})
                  for e, p in zip(examples, preds) if p != e.answer]
+        by_style: dict[str, list[int]] = {}
+        for e, p in zip(examples, preds):
+            if "style" not in e.meta:     # the book's own samples do not record the kind of key
+                continue
+            tally = by_style.setdefault(e.meta["style"], [0, 0])
+            tally[0] += int(p == e.answer)
+            tally[1] += 1
         out[name] = SetResult(name, len(examples), len(examples) - len(wrong), wrong[:10],
-                              min(lengths), max(lengths))
+                              min(lengths), max(lengths), dict(sorted(by_style.items())))
     return out
 
 
@@ -236,7 +244,8 @@ def write_model_card(results: dict[str, SetResult], model_dir: str, card_path: s
         heldout=dict(decoding=f"greedy generate, max_new_tokens {MAX_NEW_TOKENS}, exact match after strip()",
                      eval_wall_s=round(eval_wall_s, 1),
                      sets={k: dict(accuracy=round(r.accuracy, 4), n=r.n, prompt_tokens=[r.min_tokens, r.max_tokens],
-                                   target=TARGETS.get(k), failures=r.failures) for k, r in results.items()}),
+                                   target=TARGETS.get(k), by_style=r.by_style, failures=r.failures)
+                               for k, r in results.items()}),
         ingredients=INGREDIENTS,
         known_limits=KNOWN_LIMITS,
     )
@@ -359,6 +368,22 @@ def status_lines(card: dict) -> list[str]:
     ]
 
 
+def _style_rows(held: dict) -> list[str]:
+    """Held-out exact match of the key-alone sets split by the kind of key (cards before it have no split)."""
+    names = [name for name, r in held.items() if name.startswith("a_") and r.get("by_style")]
+    if not names:
+        return []
+    styles = sorted({style for name in names for style in held[name]["by_style"]})
+    lines = ["Key-alone sets by kind of key (correct/n): `digits` 3-6 digits, `paper` U[1, 10000], `char` one "
+             "character, `alnum` 2-6 mixed-case letters and digits, `words` 1-3 short words.", "",
+             "| set | " + " | ".join(styles) + " |", "|---" * (len(styles) + 1) + "|"]
+    for name in names:
+        cells = [("{}/{}".format(*held[name]["by_style"][style]) if style in held[name]["by_style"] else "")
+                 for style in styles]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def write_markdown(card: dict, path: str = "book/model_card.md", figures: str = "figures/tiny") -> None:
     """The model card page (prose + numbers from the JSON card)."""
     cfg, tr, held = card["config"], card["training"], card["heldout"]["sets"]
@@ -421,6 +446,8 @@ def write_markdown(card: dict, path: str = "book/model_card.md", figures: str = 
         if seg.get("straddle_share"):
             pages += (f"; {seg['straddle_share']:.0%} of unaligned key and vision-only pages at straddling "
                       "offsets (`--straddle_share`)")
+        if seg.get("alnum_share"):
+            pages += (f"; {seg['alnum_share']:.0%} of pass keys mixed-case letters and digits (`--alnum_share`)")
         batch = seg.get("batch") or dict(key=8, page=8, text=8)
         lr = f"{seg.get('lr', 1e-3):g}"
         if seg.get("decay_steps"):
@@ -448,6 +475,7 @@ def write_markdown(card: dict, path: str = "book/model_card.md", figures: str = 
     lines += ["", "The interval bounds the set's true rate. With 200 samples it reaches about 2 points below "
               "100 % and about 6 points either side of 75 %, so checkpoints a few points apart are within "
               "the noise.", ""]
+    lines += _style_rows(held)
     lines += ["`a_*`: a key alone on a page; `b_*`: pass key in a text context; `c_*`: pass key in a paragraph",
               "page; `*_book_*`: built by the book's own generators (`ocrheads_lib.data`), i.e. what the chapters score.",
               "", f"![held-out pages and the model's answers]({figures}/examples.png)", "",

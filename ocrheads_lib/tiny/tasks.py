@@ -112,20 +112,23 @@ def _in_band(rng: random.Random, band: tuple[int, int]) -> int:
 
 
 # ------------------------------------------------------------------ task: key alone on a page
-def key_example(rng: random.Random, layout: str, band: tuple[int, int] | None = None) -> Example:
+def key_example(rng: random.Random, layout: str, band: tuple[int, int] | None = None,
+                key_style: str | None = None) -> Example:
     """A pass key (or short words) alone on a small grid page.
 
     layout: "aligned" | "offset" (1 line) | "2lines" | "2lines_offset".
     band: for an offset layout, draw both offsets modulo the cell from [lo, hi) pixels instead of
     anywhere (e.g. (10, 20): glyphs that straddle two token rows and columns); the page gets one more
-    row or column where it has no room to move the block."""
+    row or column where it has no room to move the block.
+    key_style: the pass-key style when the page holds a key (see `random_key`; None = the usual mixture);
+    a quarter of the pages hold words whatever the style."""
     if rng.random() < 0.25:    # read one to three short words
         words = [rng.choice(WORDS) for _ in range(rng.randint(1, 3))]
         while len(" ".join(words)) > 15:
             words.pop()
         text, question, style = " ".join(words), READ_QUESTION, "words"
     else:
-        text, style = random_key(rng)
+        text, style = random_key(rng, key_style)
         question = PASSKEY_QUESTION
     two = layout.startswith("2lines")
     offset = layout.endswith("offset")

@@ -83,16 +83,21 @@ class Curriculum:
 
 # ------------------------------------------------------------------ batches
 def draw_batch(rng: random.Random, task: str, n: int, cur: Curriculum, aligned_only: bool = False,
-               straddle_share: float = 0.0) -> list[Example]:
+               straddle_share: float = 0.0, alnum_share: float = 0.0) -> list[Example]:
     """`straddle_share`: the share of unaligned key pages and eye pages whose offsets are drawn from
-    STRADDLE_BAND (glyphs straddling two token rows and columns). At 0 no extra random number is drawn, so earlier
-    segments replay unchanged."""
+    STRADDLE_BAND (glyphs straddling two token rows and columns).
+    `alnum_share`: the share of pass keys on key, page and eye pages drawn in the "alnum" style (mixed-case
+    letters and digits: the confusable glyphs g/9, S/5, B/6, j/1, J/j), on top of the usual mixture.
+    At 0 neither option draws an extra random number, so earlier segments replay unchanged."""
 
     def band() -> tuple[int, int] | None:
         return STRADDLE_BAND if straddle_share > 0 and rng.random() < straddle_share else None
 
+    def style() -> str | None:
+        return "alnum" if alnum_share > 0 and rng.random() < alnum_share else None
+
     def key(layout: str) -> Example:
-        return key_example(rng, layout, band=band() if layout.endswith("offset") else None)
+        return key_example(rng, layout, band=band() if layout.endswith("offset") else None, key_style=style())
 
     if task == "key":
         layouts = KEY_LAYOUTS[cur.key_phase]
@@ -106,14 +111,15 @@ def draw_batch(rng: random.Random, task: str, n: int, cur: Curriculum, aligned_o
         # reader is not tied to it
         cols, rows = (None, None) if rng.random() < 0.8 else (rng.randint(10, 20), rng.randint(3, 8))
         return [page_example(rng, n_lines=rng.randint(1, min(max_lines, (rows or 6) - 1)),
-                             offset=rng.random() < off_share, cols=cols, rows=rows) for _ in range(n)]
+                             offset=rng.random() < off_share, cols=cols, rows=rows, key_style=style())
+                for _ in range(n)]
     if task == "eye":
         # vision-tower-only pages for the auxiliary cell loss: unaligned paragraph pages of random size
         # (up to 19 off-grid characters per line) and unaligned key pages; the decoder never sees them
         cols, rows = rng.randint(8, 20), rng.randint(2, 8)
         layouts = ["2lines", "aligned"] if aligned_only else ["offset", "2lines_offset"]
         return [page_example(rng, n_lines=rng.randint(1, rows - 1), offset=not aligned_only, cols=cols, rows=rows,
-                             band=None if aligned_only else band())
+                             band=None if aligned_only else band(), key_style=style())
                 if rng.random() < 0.5 else key(rng.choice(layouts))
                 for _ in range(n)]
     if task == "text":
@@ -172,6 +178,7 @@ class TinyTrainer:
         self.events: list[dict] = []
         self.aligned_only = False   # final-segment option: train on grid-aligned pages only
         self.straddle_share = 0.0   # segment option: oversample straddling offsets (see draw_batch)
+        self.alnum_share = 0.0      # segment option: oversample mixed-case alphanumeric keys (see draw_batch)
         self.decay: tuple[int, int, float] | None = None   # (start step, steps, final lr fraction): cosine
 
     def lr_at(self, step: int) -> float:
@@ -215,7 +222,8 @@ class TinyTrainer:
         for task, n in self.batch.items():
             if n <= 0:
                 continue
-            enc = collate(draw_batch(self.rng, task, n, self.cur, self.aligned_only, self.straddle_share),
+            enc = collate(draw_batch(self.rng, task, n, self.cur, self.aligned_only, self.straddle_share,
+                                      self.alnum_share),
                           self.processor)
             if task == "eye":
                 aux = self._eye_loss(enc)
@@ -364,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--straddle_share", type=float, default=0.0,
                    help="share of unaligned key pages and eye pages whose x and y offsets (mod 28 px) are drawn "
                         f"from {STRADDLE_BAND}, where glyphs straddle two tokens")
+    p.add_argument("--alnum_share", type=float, default=0.0,
+                   help="share of pass keys drawn as mixed-case letters and digits (the confusable glyphs), "
+                        "in key, page and vision-only pages; 0 = the usual mixture")
     p.add_argument("--decay_steps", type=int, default=0,
                    help="cosine-decay the lr over this many steps from the segment's start, then stop "
                         "(sets --max_steps when it is 0); --resume without it continues a decay in progress")
@@ -405,13 +416,16 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 <= args.straddle_share <= 1.0:
         raise SystemExit(f"--straddle_share must be in [0, 1], got {args.straddle_share}")
     trainer.straddle_share = args.straddle_share
+    if not 0.0 <= args.alnum_share <= 1.0:
+        raise SystemExit(f"--alnum_share must be in [0, 1], got {args.alnum_share}")
+    trainer.alnum_share = args.alnum_share
     if args.decay_steps:
         trainer.decay = (trainer.step_count, args.decay_steps, args.decay_floor)
     if trainer.decay is not None:   # a decay (new, or resumed mid-way) ends the run where it ends
         args.max_steps = args.max_steps or trainer.decay[0] + trainer.decay[1]
     meta.setdefault("segments", []).append(dict(start_step=trainer.step_count, threads=args.threads, lr=args.lr,
                                                  advance_at=args.advance_at, aligned_only=args.aligned_only,
-                                                 straddle_share=args.straddle_share,
+                                                 straddle_share=args.straddle_share, alnum_share=args.alnum_share,
                                                  decay_steps=args.decay_steps, decay_floor=args.decay_floor,
                                                  batch=trainer.batch,
                                                  started_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
@@ -510,6 +524,8 @@ def replay_commands(summary: dict, out: str) -> list[list[str]]:
             argv.append("--aligned_only")
         if seg.get("straddle_share"):
             argv += ["--straddle_share", str(seg["straddle_share"])]
+        if seg.get("alnum_share"):
+            argv += ["--alnum_share", str(seg["alnum_share"])]
         if seg.get("decay_steps"):
             argv += ["--decay_steps", str(seg["decay_steps"]), "--decay_floor", str(seg.get("decay_floor", 0.05))]
         if i:
