@@ -86,7 +86,7 @@ def resolve_source(model_id: str) -> tuple[str, bool]:
                 f"the embedded tiny model is missing: {TINY_WEIGHTS_DIR} has no config.json or no *.safetensors "
                 f"weights. Reinstall the package (the weights ship with it), or retrain them with `python -m "
                 f"ocrheads_lib.tiny.train --replay <repository>/ocrheads_lib/tiny/weights/training_summary.json "
-                f"--out runs/tiny` and `--export {TINY_WEIGHTS_DIR}` (about 12 hours on 2 CPU cores; the book's model card gives the exact cost).")
+                f"--out runs/tiny` and `--export {TINY_WEIGHTS_DIR}` (about 13 hours on 2 CPU cores; the book's model card gives the exact cost).")
         return str(TINY_WEIGHTS_DIR), True
     if Path(model_id).expanduser().is_dir():
         return str(Path(model_id).expanduser()), True
