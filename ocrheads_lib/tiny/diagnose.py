@@ -26,8 +26,19 @@ from ocrheads_lib.data.grid import CELL
 BIN_PX = 4
 
 
+class _CellAccuracy:
+    """Mixin of the row dataclasses below: character-cell accuracy from their counts."""
+
+    chars_correct: int
+    chars: int
+
+    @property
+    def char_accuracy(self) -> float:
+        return self.chars_correct / self.chars if self.chars else float("nan")
+
+
 @dataclass
-class OffsetBin:
+class OffsetBin(_CellAccuracy):
     """Character-cell accuracy and teacher-forced exact match of the pages whose offset falls in one bin."""
 
     axis: str                 # "x" | "y" | "all" (the whole-set row of format_bins)
@@ -37,10 +48,6 @@ class OffsetBin:
     pages_correct: int
     pages: int
     width_px: int = BIN_PX    # CELL for the whole-set row
-
-    @property
-    def char_accuracy(self) -> float:
-        return self.chars_correct / self.chars if self.chars else float("nan")
 
 
 def load_trainer(checkpoint: str):
@@ -73,7 +80,7 @@ class PageReading:
 
 
 @dataclass
-class StyleRow:
+class StyleRow(_CellAccuracy):
     """Character-cell accuracy and teacher-forced exact match of the pages holding one kind of key."""
 
     style: str                # random_key's style ("digits", "paper", "char", "alnum") or "words"
@@ -81,10 +88,6 @@ class StyleRow:
     chars: int
     pages_correct: int
     pages: int
-
-    @property
-    def char_accuracy(self) -> float:
-        return self.chars_correct / self.chars if self.chars else float("nan")
 
 
 @torch.no_grad()
@@ -116,17 +119,23 @@ def read_pages(trainer, n: int = 240, seed: int = 777, layout: str = "offset", b
     return readings
 
 
-def bins_by_offset(readings: list[PageReading]) -> list[OffsetBin]:
-    """Bins over the x and y offsets (mod CELL): every page falls in one bin per axis."""
-    counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+def _tally(readings: list[PageReading], groups_of) -> dict:
+    """[chars correct, chars, pages exact, pages] per group; `groups_of(reading)` names the reading's groups."""
+    counts: dict = defaultdict(lambda: [0, 0, 0, 0])
     for r in readings:
-        for axis in ("x", "y"):
-            c = counts[(axis, (r.meta[f"{axis}_off"] % CELL) // BIN_PX * BIN_PX)]
+        for group in groups_of(r):
+            c = counts[group]
             c[0] += r.chars_correct
             c[1] += r.chars
             c[2] += int(r.exact)
             c[3] += 1
-    return [OffsetBin(axis, start_px, *c) for (axis, start_px), c in sorted(counts.items())]
+    return dict(sorted(counts.items()))
+
+
+def bins_by_offset(readings: list[PageReading]) -> list[OffsetBin]:
+    """Bins over the x and y offsets (mod CELL): every page falls in one bin per axis."""
+    counts = _tally(readings, lambda r: [(axis, (r.meta[f"{axis}_off"] % CELL) // BIN_PX * BIN_PX) for axis in ("x", "y")])
+    return [OffsetBin(axis, start_px, *c) for (axis, start_px), c in counts.items()]
 
 
 def cell_accuracy_by_offset(trainer, n: int = 240, seed: int = 777, layout: str = "offset",
@@ -137,14 +146,7 @@ def cell_accuracy_by_offset(trainer, n: int = 240, seed: int = 777, layout: str 
 
 def rows_by_style(readings: list[PageReading]) -> list[StyleRow]:
     """One row per kind of key (digits, the paper's numbers, one character, mixed-case alnum, words)."""
-    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    for r in readings:
-        c = counts[r.meta["style"]]
-        c[0] += r.chars_correct
-        c[1] += r.chars
-        c[2] += int(r.exact)
-        c[3] += 1
-    return [StyleRow(style, *c) for style, c in sorted(counts.items())]
+    return [StyleRow(style, *c) for style, c in _tally(readings, lambda r: [r.meta["style"]]).items()]
 
 
 def top_confusions(readings: list[PageReading], k: int = 12) -> list[tuple[str, str, int]]:

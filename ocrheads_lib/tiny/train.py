@@ -413,12 +413,10 @@ def main(argv: list[str] | None = None) -> int:
 
     trainer.cur.threshold = args.advance_at
     trainer.aligned_only = args.aligned_only
-    if not 0.0 <= args.straddle_share <= 1.0:
-        raise SystemExit(f"--straddle_share must be in [0, 1], got {args.straddle_share}")
-    trainer.straddle_share = args.straddle_share
-    if not 0.0 <= args.alnum_share <= 1.0:
-        raise SystemExit(f"--alnum_share must be in [0, 1], got {args.alnum_share}")
-    trainer.alnum_share = args.alnum_share
+    for share in ("straddle_share", "alnum_share"):
+        if not 0.0 <= getattr(args, share) <= 1.0:
+            raise SystemExit(f"--{share} must be in [0, 1], got {getattr(args, share)}")
+    trainer.straddle_share, trainer.alnum_share = args.straddle_share, args.alnum_share
     if args.decay_steps:
         trainer.decay = (trainer.step_count, args.decay_steps, args.decay_floor)
     if trainer.decay is not None:   # a decay (new, or resumed mid-way) ends the run where it ends
