@@ -127,6 +127,17 @@ def test_training_smoke_run_resumes_exactly(tmp_path):
     assert summary["steps"] == 3 and summary["history"]
 
 
+def test_export_records_the_training_arguments_not_its_own(tmp_path):
+    from ocrheads_lib.tiny.train import main, replay_commands
+
+    _run(tmp_path, "--max_steps", "2", "--seed", "5", "--warmup", "3", "--lr", "7e-4")
+    assert main(["--out", str(tmp_path), "--size", json.dumps(MICRO), "--export", str(tmp_path / "shipped")]) == 0
+    summary = json.load(open(tmp_path / "shipped" / "training_summary.json"))
+    assert summary["args"]["seed"] == 5 and summary["args"]["lr"] == 7e-4 and not summary["args"]["export"]
+    replay = replay_commands(summary, str(tmp_path / "replay"))[0]
+    assert replay[replay.index("--seed") + 1] == "5" and replay[replay.index("--warmup") + 1] == "3"
+
+
 def test_learning_rate_warms_up_then_follows_the_cosine_decay():
     from ocrheads_lib.tiny.train import TinyTrainer
 

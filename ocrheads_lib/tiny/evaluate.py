@@ -164,14 +164,14 @@ INGREDIENTS = [
     "(ocrheads_lib.data.grid); aligned pages first, then pixel offsets of the whole block and two lines",
     "auxiliary loss on the vision tower only: a linear classifier on each merged visual token (merger output) "
     "predicts the character in its cell (or blank), weight 1.0; it is not part of the shipped model",
-    "in the last six segments, extra pages for that loss alone (`--batch_eye`): unaligned paragraph and key "
+    "in the last seven segments, extra pages for that loss alone (`--batch_eye`): unaligned paragraph and key "
     "pages through the vision tower only, no decoder pass, because the unaligned reading errors were the "
     "tower's (character-cell accuracy 85 % on unaligned key pages vs 100 % aligned at step 7133)",
-    "in the last three segments, half of the unaligned key pages and of those vision-only pages had both offsets drawn "
+    "in the last four segments, half of the unaligned key pages and of those vision-only pages had both offsets drawn "
     "from 10-19 px mod 28 (`--straddle_share 0.5`), where glyphs straddle two tokens and the tower read worst",
-    "in the last segment, 30 % of the pass keys on key, page and vision-only pages were drawn as 2-6 mixed-case "
-    "letters and digits (`--alnum_share 0.3`; 9 % in the usual mixture), because at step 21933 nearly every "
-    "unaligned key failure was such a key (tower cell accuracy 84.8 % on them, 98-100 % on the other kinds)",
+    "in the last two segments, 30 % and then 40 % of the pass keys on key, page and vision-only pages were drawn as "
+    "2-6 mixed-case letters and digits (`--alnum_share 0.3`, `0.4`; 9 % in the usual mixture), because at step "
+    "21933 nearly every unaligned key failure was such a key (tower cell accuracy 84.8 % on them, 98-100 % on the other kinds)",
     "attention is never supervised",
     "three tasks per step, data generated inline from seed 0: key alone on a page (also 1-3 short words, "
     "'What is written in the image?'), pass key in a paragraph page (16x6 grid page, 1-5 lines), "
@@ -184,7 +184,7 @@ INGREDIENTS = [
     "100-word list; needle 'The pass key is K.' (+ ' Remember it.' 60 %)",
     "keys: 3-6 random digits, the paper's U[1, 10000], single characters 0-9a-z, 2-6 letters/digits",
     "AdamW, betas (0.9, 0.98), weight decay 0.01, clip 1.0; lr 1e-3 after a 50-step warm-up, constant in the "
-    "first segments, lower in later ones, and a cosine decay to 5 % in each of the last seven (see the segments "
+    "first segments, lower in later ones, and a cosine decay to 5 % in each of the last eight (see the segments "
     "table); loss on the answer tokens + <|im_end|> only; torch.set_flush_denormal(True)",
 ]
 KNOWN_LIMITS = [
@@ -194,13 +194,13 @@ KNOWN_LIMITS = [
     "text contexts up to ~520 characters in training; longer contexts are out of distribution",
     "char-level vocabulary of printable ASCII only; no instruction following beyond the trained questions",
     "with the grid-aligned layout one visual token holds exactly one character, the easiest case for OCR heads",
-    "unaligned keys still fail most where a glyph straddles two tokens: on 400 unaligned key pages (step 24733, "
-    "python -m ocrheads_lib.tiny.diagnose CHECKPOINT --n 400) the vision tower's character-cell accuracy is 96.9 % when the "
-    "horizontal offset mod 28 is 12-15 px and 97.7-98.3 % for vertical offsets of 12-15 and 20-27 px, against 99.1-100 % "
+    "unaligned keys still fail most where a glyph straddles two tokens: on 400 unaligned key pages (step 27333, "
+    "python -m ocrheads_lib.tiny.diagnose CHECKPOINT --n 400) the vision tower's character-cell accuracy is 98.8 % when the "
+    "horizontal offset mod 28 is 4-7 or 12-15 px and 98.1 % for vertical offsets of 12-15 px, against 99.0-100 % "
     "elsewhere (it was 88 % at 12-15 px before the straddle-oversampling segments); mixed-case alphanumeric keys are "
-    "still the weakest kind (cell accuracy 92.8 %, 20 of 28 pages exact teacher-forced, against 98-100 % for digits, "
-    "numbers, single characters and words; it was 84.8 % and 17/28 before the `--alnum_share` segment): the tower "
-    "confuses 1/I/j, Y/y, Q/O and S/5; about 1 in 9 unaligned paragraph pages (up to 75 off-grid characters) is "
+    "still the weakest kind (cell accuracy 95.2 %, 24 of 28 pages exact teacher-forced, against 99.0-100 % for digits, "
+    "numbers, single characters and words; it was 84.8 % and 17/28 before the two `--alnum_share` segments): the tower "
+    "confuses 1/j, Y/y, v/y, D/O and S/5; about 1 in 10 unaligned paragraph pages (up to 75 off-grid characters) is "
     "answered wrongly",
     "one shared copy circuit may serve both image and text retrieval (see the head chapters)",
 ]

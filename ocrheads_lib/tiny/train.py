@@ -403,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         st = torch.load(ckpt_path, weights_only=False)
         trainer.load_state(st)
         meta = st["meta"]
-        meta["args"] = vars(args)
+        if not args.export:     # an export keeps the arguments the weights were trained with
+            meta["args"] = vars(args)
         print(f"resumed at step {trainer.step_count}, wall {meta['wall_s']:.0f} s", flush=True)
     if args.export:
         trainer.export(args.export)
