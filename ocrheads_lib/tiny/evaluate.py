@@ -171,7 +171,8 @@ INGREDIENTS = [
     "from 10-19 px mod 28 (`--straddle_share 0.5`), where glyphs straddle two tokens and the tower read worst",
     "in the last two segments, 30 % and then 40 % of the pass keys on key, page and vision-only pages were drawn as "
     "2-6 mixed-case letters and digits (`--alnum_share 0.3`, `0.4`; 9 % in the usual mixture), because at step "
-    "21933 nearly every unaligned key failure was such a key (tower cell accuracy 84.8 % on them, 98-100 % on the other kinds)",
+    "21933 nearly every unaligned key failure was such a key (tower cell accuracy 84.8 % on them, 98-100 % on the "
+    "other kinds)",
     "attention is never supervised",
     "three tasks per step, data generated inline from seed 0: key alone on a page (also 1-3 short words, "
     "'What is written in the image?'), pass key in a paragraph page (16x6 grid page, 1-5 lines), "
@@ -196,7 +197,7 @@ KNOWN_LIMITS = [
     "with the grid-aligned layout one visual token holds exactly one character, the easiest case for OCR heads",
     "unaligned keys still fail most where a glyph straddles two tokens: on 400 unaligned key pages (step 27333, "
     "python -m ocrheads_lib.tiny.diagnose CHECKPOINT --n 400) the vision tower's character-cell accuracy is 98.8 % when the "
-    "horizontal offset mod 28 is 4-7 or 12-15 px and 98.1 % for vertical offsets of 12-15 px, against 99.0-100 % "
+    "horizontal offset mod 28 is 4-7 or 12-15 px and 98.1 % for vertical offsets of 12-15 px, against 98.9-100 % "
     "elsewhere (it was 88 % at 12-15 px before the straddle-oversampling segments); mixed-case alphanumeric keys are "
     "still the weakest kind (cell accuracy 95.2 %, 24 of 28 pages exact teacher-forced, against 99.0-100 % for digits, "
     "numbers, single characters and words; it was 84.8 % and 17/28 before the two `--alnum_share` segments): the tower "
