@@ -142,7 +142,7 @@ def test_learning_rate_warms_up_then_follows_the_cosine_decay():
     from ocrheads_lib.tiny.train import TinyTrainer
 
     trainer = TinyTrainer.__new__(TinyTrainer)      # the schedule needs no model
-    trainer.lr, trainer.warmup, trainer.decay = 1e-3, 50, None
+    trainer.lr, trainer.warmup, trainer.decay, trainer.warmup_from = 1e-3, 50, None, 0
     assert trainer.lr_at(0) == pytest.approx(2e-5)          # 1/50 of the peak
     assert trainer.lr_at(49) == pytest.approx(1e-3)
     assert trainer.lr_at(5000) == pytest.approx(1e-3)       # constant without a decay
@@ -338,6 +338,15 @@ def test_offset_diagnosis_bins_every_unaligned_page_once_per_axis(tmp_path):
     assert bins_by_offset(readings) == bins
     rows = rows_by_style(readings)
     assert sum(r.pages for r in rows) == 12 and sum(r.chars for r in rows) == sum(b.chars for b in x_bins)
+    # an exported folder carries the cell classifier: the same readings as from the checkpoint
+    from ocrheads_lib.tiny.train import CELL_CLASSIFIER
+    from ocrheads_lib.tiny.train import main as train_main
+
+    assert train_main(["--out", str(tmp_path), "--size", json.dumps(MICRO), "--export", str(tmp_path / "w")]) == 0
+    assert read_pages(load_trainer(str(tmp_path / "w")), n=12, seed=3) == readings
+    os.remove(tmp_path / "w" / CELL_CLASSIFIER)
+    with pytest.raises(ValueError, match="cell_classifier"):
+        load_trainer(str(tmp_path / "w"))
     assert {r.style for r in rows} <= {"digits", "paper", "char", "alnum", "words"}
     # each misread cell is one confusion pair, and the pairs are real misreadings
     assert sum(len(r.confusions) for r in readings) == sum(r.chars - r.chars_correct for r in readings)
@@ -345,3 +354,50 @@ def test_offset_diagnosis_bins_every_unaligned_page_once_per_axis(tmp_path):
     torch.save({"model": {}}, tmp_path / "weights_only.pt")
     with pytest.raises(ValueError, match="training checkpoint"):
         main([str(tmp_path / "weights_only.pt")])
+
+
+def test_a_segment_can_start_from_an_exported_folder_and_replays(tmp_path):
+    """Checkpoints are not shipped: --from_weights continues from the exported folder (weights, cell
+    classifier, step count, curriculum, history), with a fresh optimizer that warms up again; replay
+    re-creates such a segment by exporting the replayed run where it started."""
+    from safetensors.torch import load_file
+
+    from ocrheads_lib.tiny.train import CELL_CLASSIFIER, main, replay_commands
+
+    first = _run(tmp_path / "orig", "--max_steps", "2", "--batch_eye", "2")
+    shipped = tmp_path / "shipped"
+    assert main(["--out", str(tmp_path / "orig"), "--size", json.dumps(MICRO), "--export", str(shipped)]) == 0
+    classifier = load_file(shipped / CELL_CLASSIFIER)
+    assert torch.equal(classifier["weight"], first["aux_head"]["weight"])
+    # the folder without its classifier: refused unless a refit is asked for
+    (shipped / CELL_CLASSIFIER).rename(tmp_path / "kept.safetensors")
+    with pytest.raises(SystemExit, match="refit_cells"):
+        _run(tmp_path / "cont", "--from_weights", str(shipped), "--max_steps", "3")
+    cont = _run(tmp_path / "cont", "--from_weights", str(shipped), "--refit_cells", "2", "--max_steps", "4",
+                "--lr", "5e-4", "--warmup", "4")
+    assert cont["step"] == 4 and cont["warmup_from"] == 2
+    assert cont["opt"]["state"][0]["step"] == 2          # the optimizer took this segment's two steps only
+    summary = json.load(open(tmp_path / "cont" / "summary.json"))
+    assert [s["start_step"] for s in summary["segments"]] == [0, 2]
+    assert summary["segments"][1]["from_weights"] and summary["segments"][1]["cell_classifier"] == "refit 2 steps"
+    assert summary["history"][0]["step"] == 1 and summary["history"][-1]["step"] == 4   # history carried on
+    commands = replay_commands(summary, str(tmp_path / "replay"))
+    assert len(commands) == 3 and "--export" in commands[1]
+    assert commands[2][commands[2].index("--from_weights") + 1] == commands[1][commands[1].index("--export") + 1]
+    assert commands[2][commands[2].index("--refit_cells") + 1] == "2" and "--resume" not in commands[2]
+    # each segment replays with its own warm-up
+    assert commands[0][commands[0].index("--warmup") + 1] == "2" and commands[2][commands[2].index("--warmup") + 1] == "4"
+    assert main(["--replay", str(tmp_path / "cont" / "summary.json"), "--out", str(tmp_path / "replay")]) == 0
+    replayed = torch.load(tmp_path / "replay" / "checkpoint.pt", weights_only=False)
+    for name, value in cont["model"].items():
+        assert torch.equal(value, replayed["model"][name]), name
+    assert torch.equal(cont["aux_head"]["weight"], replayed["aux_head"]["weight"])
+
+
+def test_warm_up_restarts_where_a_fresh_optimizer_started():
+    from ocrheads_lib.tiny.train import TinyTrainer
+
+    trainer = TinyTrainer.__new__(TinyTrainer)
+    trainer.lr, trainer.warmup, trainer.decay, trainer.warmup_from = 1e-3, 50, None, 1000
+    assert trainer.lr_at(1000) == pytest.approx(2e-5)
+    assert trainer.lr_at(1049) == pytest.approx(1e-3)

@@ -1,9 +1,11 @@
 """Where the embedded model's eye fails on unaligned text: character-cell accuracy by sub-cell offset.
 
-    python -m ocrheads_lib.tiny.diagnose runs/tiny/checkpoint.pt --n 240
+    python -m ocrheads_lib.tiny.diagnose ocrheads_lib/tiny/weights --n 240     # the shipped weights
+    python -m ocrheads_lib.tiny.diagnose runs/tiny/checkpoint.pt --n 240       # a training run
 
-Needs a *training checkpoint*: the auxiliary cell classifier (a linear layer on the merged visual
-tokens) is part of the checkpoint, not of the shipped weights. For each unaligned key page it compares
+Needs the auxiliary cell classifier (a linear layer on the merged visual tokens) that trained with the
+weights: a training checkpoint holds it, and so does an exported folder (`cell_classifier.safetensors`,
+shipped with the weights since step 29733). For each unaligned key page it compares
 the classifier's prediction with the cell label (the character whose slot centre lies in that token) on
 the tokens that hold a character, and groups the result by the block's offset modulo the 28-px cell, in
 4-px bins. An offset near half a cell (about 14 px) puts glyph centres on token boundaries: each glyph straddles
@@ -51,10 +53,21 @@ class OffsetBin(_CellAccuracy):
 
 
 def load_trainer(checkpoint: str):
-    """A TinyTrainer with a checkpoint's model, aux classifier and size (optimizer state is ignored)."""
-    from ocrheads_lib.tiny.build import TinyConfig
-    from ocrheads_lib.tiny.train import TinyTrainer
+    """A TinyTrainer with the model, aux classifier and size of a training checkpoint (optimizer state is
+    ignored) or of an exported folder that holds the classifier."""
+    import os
 
+    from ocrheads_lib.tiny.build import TinyConfig
+    from ocrheads_lib.tiny.train import CELL_CLASSIFIER, TinyTrainer
+
+    if os.path.isdir(checkpoint):
+        summary = json.load(open(os.path.join(checkpoint, "training_summary.json")))
+        trainer = TinyTrainer(TinyConfig(**summary["size"]), seed=0, lr=1e-3, warmup=1, aux_weight=1.0, batch={})
+        if not trainer.load_weights(checkpoint):
+            raise ValueError(f"{checkpoint} has no {CELL_CLASSIFIER}: export it again with "
+                             "python -m ocrheads_lib.tiny.train --export, or pass a training checkpoint")
+        trainer.model.eval()
+        return trainer
     state = torch.load(checkpoint, weights_only=False)
     if "aux_head" not in state or "meta" not in state:
         raise ValueError(f"{checkpoint} is not a training checkpoint of ocrheads_lib.tiny.train "
@@ -179,7 +192,8 @@ def format_bins(bins: list[OffsetBin]) -> str:
 def main(argv: list[str] | None = None) -> int:
     torch.set_flush_denormal(True)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a training checkpoint (OUT/checkpoint.pt of ocrheads_lib.tiny.train)")
+    p.add_argument("checkpoint", help="an exported folder with its cell classifier (e.g. ocrheads_lib/tiny/weights) "
+                                      "or a training checkpoint (OUT/checkpoint.pt of ocrheads_lib.tiny.train)")
     p.add_argument("--n", type=int, default=240)
     p.add_argument("--seed", type=int, default=777)
     p.add_argument("--layout", default="offset", choices=["offset", "2lines_offset"])

@@ -163,14 +163,15 @@ INGREDIENTS = [
     "text on the 28-px token grid: DejaVu Sans Mono Bold 26 px, one character centred per 28x28 cell "
     "(ocrheads_lib.data.grid); aligned pages first, then pixel offsets of the whole block and two lines",
     "auxiliary loss on the vision tower only: a linear classifier on each merged visual token (merger output) "
-    "predicts the character in its cell (or blank), weight 1.0; it is not part of the shipped model",
-    "in the last seven segments, extra pages for that loss alone (`--batch_eye`): unaligned paragraph and key "
+    "predicts the character in its cell (or blank), weight 1.0; it ships beside the model "
+    "(`cell_classifier.safetensors`, for diagnose and further training) and plays no part in answering",
+    "in the last eight segments, extra pages for that loss alone (`--batch_eye`): unaligned paragraph and key "
     "pages through the vision tower only, no decoder pass, because the unaligned reading errors were the "
     "tower's (character-cell accuracy 85 % on unaligned key pages vs 100 % aligned at step 7133)",
-    "in the last four segments, half of the unaligned key pages and of those vision-only pages had both offsets drawn "
+    "in the last five segments, half of the unaligned key pages and of those vision-only pages had both offsets drawn "
     "from 10-19 px mod 28 (`--straddle_share 0.5`), where glyphs straddle two tokens and the tower read worst",
-    "in the last two segments, 30 % and then 40 % of the pass keys on key, page and vision-only pages were drawn as "
-    "2-6 mixed-case letters and digits (`--alnum_share 0.3`, `0.4`; 9 % in the usual mixture), because at step "
+    "in the last three segments, 30 %, 40 % and then 50 % of the pass keys on key, page and vision-only pages "
+    "were drawn as 2-6 mixed-case letters and digits (`--alnum_share 0.3`, `0.4`, `0.5`; 9 % in the usual mixture), because at step "
     "21933 nearly every unaligned key failure was such a key (tower cell accuracy 84.8 % on them, 98-100 % on the "
     "other kinds)",
     "attention is never supervised",
@@ -185,7 +186,7 @@ INGREDIENTS = [
     "100-word list; needle 'The pass key is K.' (+ ' Remember it.' 60 %)",
     "keys: 3-6 random digits, the paper's U[1, 10000], single characters 0-9a-z, 2-6 letters/digits",
     "AdamW, betas (0.9, 0.98), weight decay 0.01, clip 1.0; lr 1e-3 after a 50-step warm-up, constant in the "
-    "first segments, lower in later ones, and a cosine decay to 5 % in each of the last eight (see the segments "
+    "first segments, lower in later ones, and a cosine decay to 5 % in each of the last nine (see the segments "
     "table); loss on the answer tokens + <|im_end|> only; torch.set_flush_denormal(True)",
 ]
 KNOWN_LIMITS = [
@@ -195,14 +196,14 @@ KNOWN_LIMITS = [
     "text contexts up to ~520 characters in training; longer contexts are out of distribution",
     "char-level vocabulary of printable ASCII only; no instruction following beyond the trained questions",
     "with the grid-aligned layout one visual token holds exactly one character, the easiest case for OCR heads",
-    "unaligned keys still fail most where a glyph straddles two tokens: on 400 unaligned key pages (step 27333, "
-    "python -m ocrheads_lib.tiny.diagnose CHECKPOINT --n 400) the vision tower's character-cell accuracy is 98.8 % when the "
-    "horizontal offset mod 28 is 4-7 or 12-15 px and 98.1 % for vertical offsets of 12-15 px, against 98.9-100 % "
-    "elsewhere (it was 88 % at 12-15 px before the straddle-oversampling segments); mixed-case alphanumeric keys are "
-    "still the weakest kind (cell accuracy 95.2 %, 24 of 28 pages exact teacher-forced, against 99.0-100 % for digits, "
-    "numbers, single characters and words; it was 84.8 % and 17/28 before the two `--alnum_share` segments): the tower "
-    "confuses 1/j, Y/y, v/y, D/O and S/5; about 1 in 10 unaligned paragraph pages (up to 75 off-grid characters) is "
-    "answered wrongly",
+    "unaligned keys still fail most on glyphs that straddle two tokens: on 400 unaligned key pages (step 29733, "
+    "python -m ocrheads_lib.tiny.diagnose ocrheads_lib/tiny/weights --n 400) the vision tower's character-cell "
+    "accuracy is 98.1 % when the horizontal offset mod 28 is 12-15 px and 98.3 % for vertical offsets of 20-23 px, "
+    "against 99.1-100 % elsewhere (it was 88 % at 12-15 px before the straddle-oversampling segments); mixed-case "
+    "alphanumeric keys are still the weakest kind (cell accuracy 96.8 %, 23 of 28 pages exact teacher-forced, "
+    "against 98.0-99.7 % for digits, numbers, single characters and words; it was 84.8 % and 17/28 before the three "
+    "`--alnum_share` segments): the tower confuses 1/j, 1/l, i/1, v/y and 9/g; about 1 in 12 unaligned paragraph "
+    "pages (up to 75 off-grid characters) is answered wrongly",
     "one shared copy circuit may serve both image and text retrieval (see the head chapters)",
 ]
 
@@ -215,6 +216,15 @@ SCRATCH_60_PROBE = (
     "curriculum stages (aligned keys only, 60-character texts) and scored, greedy and held-out: aligned keys 77.5 %, "
     "unaligned keys 2.5 %, 256-token text retrieval 10.0 % (the book's 320-character `passkey_text`: 14.0 %), "
     "paragraph pages 90.0 % (the book's `passkey_images`: 98.0 %)."
+)
+
+
+# The unaligned-key target measured on five times the card's sample, for the shipped weights (2026-11-25):
+# `python -m ocrheads_lib.tiny.evaluate --no-card --n 1000 --sets a_key_unaligned,a_key_2lines_unaligned`.
+LARGER_KEY_CHECK = (
+    "On 1,000 held-out samples per set (`--n 1000`), step 29733 reads 98.1 % of unaligned keys (Wilson 0.971-0.988) "
+    "and 97.6 % of two unaligned lines, against 97.0 % and 97.0 % for step 27333: the target is met by the estimate, "
+    "and its interval still reaches below it."
 )
 
 
@@ -358,7 +368,8 @@ def status_lines(card: dict) -> list[str]:
     minutes = (tr.get("wall_s") or 0) / 60
     return [
         f"- (a) a key alone on a page: aligned {acc('a_key_aligned')}{verdict('a_key_aligned')}, unaligned "
-        f"{acc('a_key_unaligned')}{verdict('a_key_unaligned')}, two unaligned lines {acc('a_key_2lines_unaligned')}.",
+        f"{acc('a_key_unaligned')}{verdict('a_key_unaligned')}, two unaligned lines {acc('a_key_2lines_unaligned')}. "
+        + LARGER_KEY_CHECK,
         f"- (b) text retrieval, >= 256-token contexts: {acc('b_text_256')}{verdict('b_text_256')}; the book's own "
         f"`passkey_text` (320 characters): {acc('b_book_passkey_text_320')}{verdict('b_book_passkey_text_320')}.",
         f"- (c) the pass key in a paragraph page at the book's grid default: {acc('c_page_book')}{verdict('c_page_book')}; "
@@ -427,7 +438,8 @@ def write_markdown(card: dict, path: str = "book/model_card.md", figures: str = 
         "## Training",
         "",
         "Reproduce the weights: `--replay` re-runs the shipped weights' recorded training segments in order",
-        "(seeded; `--resume` continues an interrupted segment from `runs/tiny/checkpoint.pt`):",
+        "(seeded; `--resume` continues an interrupted segment from `runs/tiny/checkpoint.pt`, and",
+        "`--from_weights ocrheads_lib/tiny/weights` starts a further segment from the shipped folder itself):",
         "",
         "```bash",
         tr["command"],
@@ -440,7 +452,11 @@ def write_markdown(card: dict, path: str = "book/model_card.md", figures: str = 
         "OpenMP thread in the early segments: on the crowded cores two threads burned ~4x more CPU per step).",
         "",
         "The run was stopped and resumed from its checkpoint between segments (exact: model, optimizer, data rng",
-        "and curriculum state are restored). Each segment is `python -m ocrheads_lib.tiny.train --out runs/tiny`",
+        "and curriculum state are restored), except where the table says `--from_weights`: such a segment started",
+        "from the exported folder, with the weights, step count, curriculum and history carried on, a fresh",
+        "optimizer that warmed up again, data rng streams reseeded from (seed, step) and, where the folder had no",
+        "cell classifier, one fitted first on the frozen tower (`--refit_cells`). `--replay` re-creates it by",
+        "exporting the replayed run at that step. Each segment is `python -m ocrheads_lib.tiny.train --out runs/tiny`",
         "with:",
         "",
         "| from step | threads | learning rate | curriculum advance threshold | examples per step (key/page/text) "
@@ -454,6 +470,9 @@ def write_markdown(card: dict, path: str = "book/model_card.md", figures: str = 
                       "offsets (`--straddle_share`)")
         if seg.get("alnum_share"):
             pages += (f"; {seg['alnum_share']:.0%} of pass keys mixed-case letters and digits (`--alnum_share`)")
+        if seg.get("from_weights"):
+            pages += f"; from the exported weights, fresh optimizer, cell classifier {seg.get('cell_classifier')} " \
+                     "(`--from_weights`)"
         batch = seg.get("batch") or dict(key=8, page=8, text=8)
         lr = f"{seg.get('lr', 1e-3):g}"
         if seg.get("decay_steps"):

@@ -48,6 +48,7 @@ PAGE_STAGES = [(1, 0.0), (2, 0.0), (3, 0.0), (5, 0.0), (5, 0.5)]      # (max lin
 TEXT_STAGES = [60, 100, 160, 240, 320, 420, 520]                     # max context characters
 STRADDLE_BAND = (10, 20)   # offsets (mod the 28-px cell) whose glyphs straddle two tokens: the eye's weak spot
 EVAL_SEED = 1_000_003                                                # held-out eval sets (train uses --seed)
+CELL_CLASSIFIER = "cell_classifier.safetensors"   # the auxiliary cell classifier, in exported folders
 
 
 @dataclass
@@ -180,10 +181,12 @@ class TinyTrainer:
         self.straddle_share = 0.0   # segment option: oversample straddling offsets (see draw_batch)
         self.alnum_share = 0.0      # segment option: oversample mixed-case alphanumeric keys (see draw_batch)
         self.decay: tuple[int, int, float] | None = None   # (start step, steps, final lr fraction): cosine
+        self.warmup_from = 0        # the step a fresh optimizer started at (--from_weights): warm up from there
 
     def lr_at(self, step: int) -> float:
-        """Linear warm-up from step 0, then constant, or a cosine decay over a segment when `decay` is set."""
-        lr = self.lr * min(1.0, (step + 1) / self.warmup)
+        """Linear warm-up from step 0 (or from the step a fresh optimizer started at), then constant, or a
+        cosine decay over a segment when `decay` is set."""
+        lr = self.lr * min(1.0, (step - self.warmup_from + 1) / self.warmup)
         if self.decay is not None:
             start, steps, floor = self.decay
             done = min(1.0, max(0.0, (step - start) / steps))
@@ -271,7 +274,8 @@ class TinyTrainer:
     def state(self) -> dict:
         return dict(model=self.model.state_dict(), aux_head=self.aux_head.state_dict(),
                     opt=self.opt.state_dict(), rng=self.rng.getstate(), torch_rng=torch.get_rng_state(),
-                    curriculum=asdict(self.cur), step=self.step_count, events=self.events, decay=self.decay)
+                    curriculum=asdict(self.cur), step=self.step_count, events=self.events, decay=self.decay,
+                    warmup_from=self.warmup_from)
 
     def load_state(self, st: dict) -> None:
         self.model.load_state_dict(st["model"])
@@ -282,18 +286,73 @@ class TinyTrainer:
         self.cur = Curriculum(**st["curriculum"])
         self.step_count = st["step"]
         self.events = st["events"]
+        self.warmup_from = st.get("warmup_from", 0)
         decay = st.get("decay")
         # an interrupted decay continues; a finished one does not bind the next segment
         self.decay = tuple(decay) if decay and self.step_count < decay[0] + decay[1] else None
 
     def export(self, out_dir: str, dtype: torch.dtype = torch.float32) -> None:
-        """Write a loadable folder: model.safetensors + config + generation_config + processor files."""
-        export_model_folder(self.model, self.processor, out_dir, dtype)
+        """Write a loadable folder: model.safetensors + config + generation_config + processor files, and
+        the auxiliary cell classifier (CELL_CLASSIFIER, 100 KB), so training can continue from the folder."""
+        export_model_folder(self.model, self.processor, out_dir, dtype,
+                            extra_tensors={CELL_CLASSIFIER: self.aux_head.state_dict()})
+
+    def load_weights(self, folder: str) -> bool:
+        """Load an exported folder's model weights, and its cell classifier when it has one (returned)."""
+        from safetensors.torch import load_file
+
+        if not os.path.exists(os.path.join(folder, "model.safetensors")):
+            raise SystemExit(f"{folder} has no model.safetensors; pass a folder written by --export "
+                             "(e.g. ocrheads_lib/tiny/weights)")
+        src = Qwen2VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+        self.model.load_state_dict(src.state_dict())
+        classifier = os.path.join(folder, CELL_CLASSIFIER)
+        if os.path.exists(classifier):
+            self.aux_head.load_state_dict(load_file(classifier))
+        return os.path.exists(classifier)
+
+    def fit_cell_classifier(self, steps: int, batch: int = 24, seed: int = 0, lr: float = 3e-3) -> float:
+        """Fit the auxiliary cell classifier from scratch on the frozen vision tower (a linear probe on the
+        merged tokens), e.g. for weights exported without one. Returns the cell accuracy of the last batch."""
+        rng = random.Random(seed)
+        torch.manual_seed(seed)
+        self.aux_head.reset_parameters()      # from scratch, whatever the folder held
+        head_opt = torch.optim.Adam(self.aux_head.parameters(), lr=lr)
+        self.model.eval()
+        acc = 0.0
+        for _ in range(steps):
+            enc = collate(draw_batch(rng, "eye", batch, self.cur, straddle_share=self.straddle_share,
+                                     alnum_share=self.alnum_share), self.processor)
+            with torch.no_grad():
+                self._merged.clear()
+                self.model.model.visual(enc["pixel_values"], grid_thw=enc["image_grid_thw"])
+            logits = self.cell_logits()
+            loss = F.cross_entropy(logits, enc["aux_labels"])
+            head_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            head_opt.step()
+            acc = (logits.argmax(-1) == enc["aux_labels"]).float().mean().item()
+        self.model.train()
+        return acc
 
 
-def export_model_folder(model, processor, out_dir: str, dtype: torch.dtype = torch.float32) -> None:
-    """save_pretrained into a temp folder, then swap it in (readers never see a half-written folder)."""
+def curriculum_from(described: dict) -> Curriculum:
+    """The curriculum stages that `Curriculum.describe()` wrote (running windows start empty)."""
+    try:
+        return Curriculum(key_phase=int(len(described["key_layouts"]) > 1),
+                          page_stage=PAGE_STAGES.index((described["page_max_lines"], described["page_unaligned_share"])),
+                          text_stage=TEXT_STAGES.index(described["text_max_chars"]))
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"unknown curriculum {described}: {err}") from err
+
+
+def export_model_folder(model, processor, out_dir: str, dtype: torch.dtype = torch.float32,
+                        extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
+    """save_pretrained into a temp folder, then swap it in (readers never see a half-written folder).
+    `extra_tensors`: more safetensors files to write into the folder, {file name: state dict}."""
     import shutil
+
+    from safetensors.torch import save_file
 
     tmp = out_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -301,6 +360,8 @@ def export_model_folder(model, processor, out_dir: str, dtype: torch.dtype = tor
     src = model if dtype == torch.float32 else _copy_as(model, dtype)
     src.save_pretrained(tmp)
     processor.save_pretrained(tmp)
+    for name, tensors in (extra_tensors or {}).items():
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, os.path.join(tmp, name))
     keep = {"model_card.json"} & set(os.listdir(out_dir)) if os.path.isdir(out_dir) else set()
     for name in keep:   # files owned by others in the folder survive (none by default)
         shutil.copy2(os.path.join(out_dir, name), os.path.join(tmp, name))
@@ -380,6 +441,13 @@ def main(argv: list[str] | None = None) -> int:
                         "(sets --max_steps when it is 0); --resume without it continues a decay in progress")
     p.add_argument("--decay_floor", type=float, default=0.05, help="final lr as a fraction of --lr")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--from_weights", default="",
+                   help="start a new segment from an exported folder (e.g. ocrheads_lib/tiny/weights) instead of "
+                        "a checkpoint: its weights, step count, curriculum and history carry on; the optimizer "
+                        "starts fresh and warms up again")
+    p.add_argument("--refit_cells", type=int, default=0,
+                   help="with --from_weights: first fit the cell classifier alone for this many steps on the "
+                        "frozen tower (needed when the folder has no cell_classifier.safetensors)")
     p.add_argument("--export", default="", help="only export OUT/checkpoint.pt to this folder and exit")
     p.add_argument("--replay", default="",
                    help="a training_summary.json: re-run its recorded segments in order into OUT, then exit")
@@ -397,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     trainer = TinyTrainer(size, args.seed, args.lr, args.warmup, args.aux,
                           dict(key=args.batch_key, page=args.batch_page, text=args.batch_text, eye=args.batch_eye))
     meta = dict(history=[], milestones={}, wall_s=0.0, cpu_s=0.0, args=vars(args))
+    if args.from_weights and (args.resume or args.export):
+        raise SystemExit("--from_weights starts a segment from an exported folder; do not combine it with "
+                         "--resume or --export")
     if args.resume or args.export:
         if not os.path.exists(ckpt_path):
             raise SystemExit(f"no checkpoint at {ckpt_path}; start without --resume or point --out at the run")
@@ -418,15 +489,21 @@ def main(argv: list[str] | None = None) -> int:
         if not 0.0 <= getattr(args, share) <= 1.0:
             raise SystemExit(f"--{share} must be in [0, 1], got {getattr(args, share)}")
     trainer.straddle_share, trainer.alnum_share = args.straddle_share, args.alnum_share
+    cell_classifier = ""
+    if args.from_weights:
+        meta, cell_classifier = _start_from_weights(trainer, args)
     if args.decay_steps:
         trainer.decay = (trainer.step_count, args.decay_steps, args.decay_floor)
     if trainer.decay is not None:   # a decay (new, or resumed mid-way) ends the run where it ends
         args.max_steps = args.max_steps or trainer.decay[0] + trainer.decay[1]
     meta.setdefault("segments", []).append(dict(start_step=trainer.step_count, threads=args.threads, lr=args.lr,
+                                                 warmup=args.warmup, aux=args.aux,
                                                  advance_at=args.advance_at, aligned_only=args.aligned_only,
                                                  straddle_share=args.straddle_share, alnum_share=args.alnum_share,
                                                  decay_steps=args.decay_steps, decay_floor=args.decay_floor,
                                                  batch=trainer.batch,
+                                                 **(dict(from_weights=True, cell_classifier=cell_classifier)
+                                                    if args.from_weights else {}),
                                                  started_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
     sets = eval_sets(args.eval_n)
     log = open(os.path.join(args.out, "log.jsonl"), "a")
@@ -493,6 +570,47 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _start_from_weights(trainer: TinyTrainer, args) -> tuple[dict, str]:
+    """Load an exported folder into a fresh trainer: weights, cell classifier (loaded or refit), step count,
+    curriculum, events and the recorded history. The rng streams are reseeded from (seed, step) and the
+    optimizer warms up again from this step. Returns the run metadata and how the classifier was obtained."""
+    folder = args.from_weights
+    summary_path = os.path.join(folder, "training_summary.json")
+    if not os.path.exists(summary_path):
+        raise SystemExit(f"{folder} has no training_summary.json; pass a folder written by --export")
+    summary = json.load(open(summary_path))
+    if summary.get("size") and summary["size"] != trainer.size.to_dict():
+        raise SystemExit(f"{folder} holds a model of size {summary['size']}; pass it with --size '<that JSON>'")
+    has_classifier = trainer.load_weights(folder)
+    trainer.step_count = summary["steps"]
+    trainer.cur = curriculum_from(summary["curriculum"])
+    trainer.cur.threshold = args.advance_at
+    trainer.events = summary.get("events", [])
+    for ev in trainer.events:
+        ev["logged"] = True
+    trainer.warmup_from = trainer.step_count
+    stream_seed = args.seed * 1_000_003 + trainer.step_count
+    trainer.rng = random.Random(stream_seed)
+    torch.manual_seed(stream_seed)
+    fit_wall, fit_cpu = time.time(), time.process_time()
+    if args.refit_cells > 0:
+        acc = trainer.fit_cell_classifier(args.refit_cells, seed=stream_seed)
+        how = f"refit {args.refit_cells} steps"
+        print(f"cell classifier refit on the frozen tower: {args.refit_cells} steps, last batch cell accuracy "
+              f"{acc:.3f}", flush=True)
+    elif has_classifier:
+        how = "loaded"
+    else:
+        raise SystemExit(f"{folder} has no {CELL_CLASSIFIER} (weights exported before it was shipped); "
+                         "pass --refit_cells 300 to fit one on the frozen tower first")
+    meta = dict(history=summary.get("history", []), milestones=summary.get("milestones", {}),
+                wall_s=summary.get("wall_s", 0.0) + time.time() - fit_wall,      # the refit counts as training
+                cpu_s=summary.get("cpu_s", 0.0) + time.process_time() - fit_cpu, args=vars(args),
+                segments=summary.get("segments", []))
+    print(f"starting from {folder} at step {trainer.step_count} (fresh optimizer, cell classifier {how})", flush=True)
+    return meta, how
+
+
 def replay_commands(summary: dict, out: str) -> list[list[str]]:
     """The argument lists that re-run a summary's training segments, in order.
 
@@ -507,15 +625,21 @@ def replay_commands(summary: dict, out: str) -> list[list[str]]:
                          "(segments are recorded by this trainer since the embedded model's first run)")
     last_args = summary.get("args") or {}
     shared = ["--out", out, "--seed", str(last_args.get("seed", 0)), "--minutes", "1e9", "--stop_at", "2",
-              "--warmup", str(last_args.get("warmup", 50)), "--aux", str(last_args.get("aux", 1.0)),
               "--eval_n", str(last_args.get("eval_n", 32))]
     if summary.get("size"):
         shared += ["--size", json.dumps(summary["size"])]
     commands = []
     for i, seg in enumerate(segments):
+        if i and seg.get("from_weights"):   # export the replayed run where this segment started, then go on
+            start_folder = os.path.join(out, f"weights_at_step{seg['start_step']}")
+            commands.append(["--out", out, "--export", start_folder]
+                            + (["--size", json.dumps(summary["size"])] if summary.get("size") else []))
         end = segments[i + 1]["start_step"] if i + 1 < len(segments) else summary["steps"]
         batch = seg.get("batch") or dict(key=8, page=8, text=8)
-        argv = [*shared, "--max_steps", str(end), "--threads", str(seg.get("threads", 1)), "--lr", str(seg.get("lr", 1e-3)),
+        # warm-up and aux weight: per segment since they were recorded there, else the last arguments'
+        argv = [*shared, "--warmup", str(seg.get("warmup", last_args.get("warmup", 50))),
+                "--aux", str(seg.get("aux", last_args.get("aux", 1.0))),
+                "--max_steps", str(end), "--threads", str(seg.get("threads", 1)), "--lr", str(seg.get("lr", 1e-3)),
                 "--advance_at", str(seg.get("advance_at", 0.9)), "--batch_key", str(batch["key"]),
                 "--batch_page", str(batch["page"]), "--batch_text", str(batch["text"]),
                 "--batch_eye", str(batch.get("eye", 0))]
@@ -527,7 +651,12 @@ def replay_commands(summary: dict, out: str) -> list[list[str]]:
             argv += ["--alnum_share", str(seg["alnum_share"])]
         if seg.get("decay_steps"):
             argv += ["--decay_steps", str(seg["decay_steps"]), "--decay_floor", str(seg.get("decay_floor", 0.05))]
-        if i:
+        if i and seg.get("from_weights"):
+            argv += ["--from_weights", start_folder]
+            refit = seg.get("cell_classifier", "").removeprefix("refit ").removesuffix(" steps")
+            if refit.isdigit():
+                argv += ["--refit_cells", refit]
+        elif i:
             argv.append("--resume")
         commands.append(argv)
     return commands
