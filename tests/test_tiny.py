@@ -401,3 +401,113 @@ def test_warm_up_restarts_where_a_fresh_optimizer_started():
     trainer.lr, trainer.warmup, trainer.decay, trainer.warmup_from = 1e-3, 50, None, 1000
     assert trainer.lr_at(1000) == pytest.approx(2e-5)
     assert trainer.lr_at(1049) == pytest.approx(1e-3)
+
+
+def test_dense_and_reading_pages_label_every_glyph_and_are_seeded():
+    from ocrheads_lib.tiny.tasks import dense_page_example, read_page_example
+
+    for make in (dense_page_example, lambda r: read_page_example(r, random_share=0.5)):
+        first = [make(random.Random(s)) for s in range(30)]
+        again = [make(random.Random(s)) for s in range(30)]
+        assert [e.cell_labels for e in first] == [e.cell_labels for e in again]
+        for e in first:
+            cols, rows = e.pages[0].width // 28, e.pages[0].height // 28
+            assert len(e.cell_labels[0]) == cols * rows
+            glyphs = sorted(c for c in e.cell_labels[0] if c)
+            # the page shows exactly the non-space characters of its lines (for reading: of the answer)
+            shown = e.answer if e.kind == "read" else "".join(e.meta["lines"])
+            assert glyphs == sorted(c for c in shown if c not in " \n")
+            assert e.kind == "read" or (e.kind == "eye" and e.answer == "")
+    offsets = [dense_page_example(random.Random(s)).meta["x_off"] for s in range(200)]
+    assert 0.7 < sum(o > 0 for o in offsets) / 200 < 0.9      # 80 % unaligned (x offset 0 only on the grid)
+    repeats = [read_page_example(random.Random(s), random_share=1.0).answer for s in range(200)]
+    pairs = [(a, b) for line in repeats for part in line.split("\n") for a, b in zip(part, part[1:])]
+    assert sum(a == b for a, b in pairs) / len(pairs) > 0.15   # adjacent repeats are planted (~20 %)
+
+
+def _budget_plan(**kw):
+    from ocrheads_lib.tiny.budget import BudgetPlan
+
+    return BudgetPlan(eye_steps=3, eye_batch=4, joint_steps=4, batch=dict(key=2, page=2, text=2, read=2),
+                      eval_every=2, eval_n=2, size=dict(MICRO), **kw)
+
+
+def test_budget_run_trains_the_tower_then_only_the_decoder_and_resumes_exactly(tmp_path):
+    from ocrheads_lib.tiny.budget import BudgetRun
+
+    full = BudgetRun(_budget_plan(heldout_n=1), str(tmp_path / "full"))
+    start = {n: p.detach().clone() for n, p in full.trainer.model.named_parameters()}
+    for _ in range(full.plan.eye_steps):
+        full.eye_step()
+    after_eye = {n: p.detach().clone() for n, p in full.trainer.model.named_parameters()}
+    changed = {n for n in start if not torch.equal(start[n], after_eye[n])}
+    assert changed and all(n.startswith("model.visual.") for n in changed)
+    result = full.run(progress=False)      # continues the eye phase's step count, then the joint phase
+    final = dict(full.trainer.model.named_parameters())
+    assert all(torch.equal(final[n], after_eye[n]) for n in after_eye if n.startswith("model.visual."))
+    assert any(not torch.equal(final[n], after_eye[n]) for n in after_eye if not n.startswith("model.visual."))
+    assert [h["phase"] for h in result["history"]] == ["eye", "joint", "joint"]
+    assert {"a_key_unaligned", "b_text_256", "c_page_book"} <= set(result["heldout"])
+    assert json.load(open(tmp_path / "full" / "budget.json"))["plan"]["joint_steps"] == 4
+    assert os.path.exists(tmp_path / "full" / "model" / "model.safetensors")
+    from ocrheads_lib.tiny.diagnose import load_trainer     # the exported folder is diagnosable
+    diagnosed = load_trainer(str(tmp_path / "full" / "model"))
+    assert torch.equal(diagnosed.aux_head.weight, full.trainer.aux_head.weight)
+    assert json.load(open(tmp_path / "full" / "model" / "training_summary.json"))["steps"] == 3 + 4
+
+    # the same plan, interrupted after the joint checkpoint at step 2, then resumed: identical weights
+    plan = _budget_plan(heldout_n=0)
+    reference = BudgetRun(plan, str(tmp_path / "ref"))
+    reference.run(progress=False)
+    broken = BudgetRun(plan, str(tmp_path / "resumed"))
+    step = broken.joint_step
+
+    def interrupt():
+        if broken.step == 2:
+            raise KeyboardInterrupt
+        return step()
+
+    broken.joint_step = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        broken.run(progress=False)
+    resumed = BudgetRun(plan, str(tmp_path / "resumed"))
+    resumed.load()
+    assert (resumed.phase, resumed.step) == ("joint", 2)
+    resumed.run(progress=False)
+    ref_state, res_state = reference.trainer.model.state_dict(), resumed.trainer.model.state_dict()
+    assert all(torch.equal(ref_state[k], res_state[k]) for k in ref_state)
+    with pytest.raises(ValueError, match="another plan"):
+        BudgetRun(_budget_plan(heldout_n=0, joint_lr=5e-4), str(tmp_path / "resumed")).load()
+
+
+def test_the_card_reports_the_60_minute_run_against_targets_and_keeps_it_when_its_file_is_gone(tmp_path):
+    from types import SimpleNamespace
+
+    from ocrheads_lib.tiny.evaluate import _with_measurements, scratch_lines, scratch_summary, status_lines
+
+    budget = dict(plan=dict(eye_steps=2400, joint_steps=2200, eval_n=64), threads=2, total_wall_min=59.5,
+                  wall_s=dict(eye=900.0, joint=2670.0), cpu_s=dict(eye=1700.0, joint=5200.0),
+                  history=[dict(phase="eye", step=2400, wall_s=900.0, key_offset=0.0, key_offset_cell_acc=0.993,
+                                curriculum={}),
+                           dict(phase="joint", step=2200, wall_s=3570.0, key_offset=0.72, text_40_150=0.9,
+                                key_offset_cell_acc=0.993, curriculum=dict(page_max_lines=2))],
+                  heldout=dict(a_key_unaligned=dict(accuracy=0.7, n=200), b_text_256=dict(accuracy=0.96, n=200)))
+    scratch = scratch_summary(budget)
+    assert scratch["eye_cell_acc"] == {"key_offset": 0.993}
+    assert scratch["teacher_forced_final"] == {"key_offset": 0.72, "text_40_150": 0.9}
+    assert scratch["curriculum_final"] == {"page_max_lines": 2}
+    rows = scratch_lines(scratch, {"a_key_unaligned": 0.981})
+    assert "| a_key_unaligned | 0.700 | 200 | 0.98 **missed** | 0.981 |" in rows
+    assert "| b_text_256 | 0.960 | 200 | 0.95 met |  |" in rows
+    assert any("key_offset 99.3 %" in r for r in rows)
+    card = dict(heldout=dict(sets={}), training=dict(wall_s=900 * 60, segments=[{}]), scratch_60=scratch)
+    status = "\n".join(status_lines(card))
+    assert "reaches in 59.5 min: unaligned keys 70.0 %, 256-token text retrieval 96.0 %" in status
+
+    args = SimpleNamespace(width_cost=str(tmp_path / "absent.json"), scratch_run=str(tmp_path / "budget.json"))
+    json.dump(budget, open(tmp_path / "budget.json", "w"))
+    fresh = _with_measurements({}, {"width_cost": [{"name": "prototype"}]}, args)
+    assert fresh["scratch_60"] == scratch and fresh["width_cost"] == [{"name": "prototype"}]
+    os.remove(tmp_path / "budget.json")
+    assert _with_measurements({}, fresh, args)["scratch_60"] == scratch     # kept from the previous card
+    assert "scratch_60" not in _with_measurements({}, {}, args)

@@ -224,6 +224,76 @@ SCRATCH_60_PROBE = (
 )
 
 
+# Why the 60-minute target is missed, from measurements on this machine (2 cores, 2026-11-29/30). The budget
+# run's own numbers come from its budget.json (`scratch_summary`), the width cost from the benchmark; the
+# character-cell and error figures quoted here are from
+# `python -m ocrheads_lib.tiny.diagnose runs/budget60/model --n 400` (and on the shipped weights) and from the
+# budget model's greedy answers on the first 200 held-out keys of each key set.
+SCRATCH_60_WHY = [
+    "Most of the shipped run's time went into the vision tower's reading of unaligned glyphs: unaligned keys "
+    "reached 90 % after 360 min and 95 % after 684 min, aligned keys 95 % after 148 min (milestones table). "
+    "Pretraining the tower alone on dense random-character pages removes that cost: after 13.4 min (2,400 "
+    "steps) it reads 99.9 % of the character cells on 400 unaligned key pages (one error in 1,834 characters; "
+    "100 % on mixed-case keys), against 99.5 % (96.8 % on mixed-case keys) for the shipped tower after 16 hours.",
+    "The decoder is what does not fit. In the remaining 46 min (2,400 steps) it learns text retrieval (target "
+    "(b) met) but copies poorly what the tower sees: teacher-forced, 261 of those 400 key pages are exact "
+    "although their characters are read at 99.9 %. Greedy, it fails 45 of 200 aligned and 69 of 200 unaligned "
+    "held-out keys; most failures drop one character (24 and 36), and keys holding a repeated character fail "
+    "more often (aligned 35 % against 13 %, unaligned 41 % against 28 %): the copy over image tokens loses its "
+    "place. Paragraph pages stay far from target: the page curriculum had reached only 2 lines, and some answers "
+    "run on into reading the page aloud, the habit of the reading task. One step of 16 key + 8 page + 8 text + "
+    "8 reading examples costs 1.0-1.5 s (bf16, two threads).",
+    "The default recipe spends the same hour differently: at 55 min it met (c) but not (a) or (b) (above). No "
+    "recipe we measured met (a), (b) and (c) within 60 minutes; the shipped weights needed ~30,000 steps, and "
+    "the width makes each step dearer (width table above).",
+    "Tried in exploratory runs and not kept (2026-11-29): a cell classifier tied to the decoder's input "
+    "embeddings (the tower reached 97.8 % and keys stayed at 0 % after 10 min of joint training); lr 3e-3 for "
+    "the decoder (text retrieval did not learn in 10 min); narrower decoders (hidden 128, 8 heads of dim 16 or 4 of "
+    "dim 32) take about half the time per text-only step but did not learn text retrieval faster in wall time.",
+]
+
+
+def scratch_summary(budget: dict) -> dict:
+    """The model card's record of a `python -m ocrheads_lib.tiny.budget` run (from its budget.json)."""
+    history = budget.get("history") or []
+    eye = next((h for h in history if h.get("phase") == "eye"), {})
+    last = history[-1] if history else {}
+    return dict(command="OMP_NUM_THREADS=2 python -m ocrheads_lib.tiny.budget --out runs/budget60",
+                plan=budget.get("plan"), threads=budget.get("threads"), wall_s=budget.get("wall_s"),
+                cpu_s=budget.get("cpu_s"), total_wall_min=budget.get("total_wall_min"),
+                eye_cell_acc={k[: -len("_cell_acc")]: v for k, v in eye.items() if k.endswith("_cell_acc")},
+                teacher_forced_final={k: v for k, v in last.items() if isinstance(v, float) and not k.endswith("_cell_acc")
+                                      and k not in ("wall_s", "cpu_s")},
+                curve=[{k: v for k, v in h.items() if k != "curriculum" and not k.endswith("_cell_acc")} for h in history],
+                curriculum_final=last.get("curriculum"), heldout=budget.get("heldout"))
+
+
+def scratch_lines(scratch: dict, shipped: dict[str, float] | None = None) -> list[str]:
+    """Markdown for the budget run: what 60 minutes bought, set by set, against the targets and (`shipped`,
+    accuracy by set) the shipped weights."""
+    shipped = shipped or {}
+    plan, held = scratch.get("plan") or {}, scratch.get("heldout") or {}
+    wall = scratch.get("wall_s") or {}
+    lines = [f"The budget recipe trains from scratch in two phases (`{scratch['command']}`, "
+             f"module `ocrheads_lib.tiny.budget`): {plan.get('eye_steps')} steps of the vision tower alone "
+             f"({wall.get('eye', 0) / 60:.1f} min), then {plan.get('joint_steps')} steps of the decoder with the "
+             f"tower frozen ({wall.get('joint', 0) / 60:.1f} min): {scratch.get('total_wall_min')} min of training on "
+             f"{scratch.get('threads')} threads, evaluations excluded.", ""]
+    if scratch.get("eye_cell_acc"):
+        cells = ", ".join(f"{k} {100 * v:.1f} %" for k, v in scratch["eye_cell_acc"].items())
+        lines += [f"Tower cell accuracy when the decoder starts (every cell of the in-training eval pages, blanks "
+                  f"included, {plan.get('eval_n')} pages per set): {cells}.", ""]
+    if held:
+        lines += ["| held-out set (greedy) | exact match | n | target | shipped weights |", "|---|---|---|---|---|"]
+        for name, r in held.items():
+            target = TARGETS.get(name)
+            verdict = "" if target is None else f"{target:.2f} " + ("met" if r["accuracy"] >= target else "**missed**")
+            ref = f"{shipped[name]:.3f}" if name in shipped else ""
+            lines.append(f"| {name} | {r['accuracy']:.3f} | {r['n']} | {verdict} | {ref} |")
+        lines.append("")
+    return lines
+
+
 # The same unaligned-key sets on earlier weights (2026-11-25, `--no-card --n 1000 --sets ...`), for comparison.
 LARGER_KEY_CHECK = (
     "On the same 1,000 samples the earlier weights read 97.0 % of unaligned keys and 97.0 % of two unaligned lines "
@@ -381,11 +451,24 @@ def status_lines(card: dict) -> list[str]:
         f"- Training time: {minutes:.0f} min of wall time over {len(tr.get('segments') or [])} segments "
         + ("(met: <= 60 min)." if minutes <= 60 else "(**missed** the 60-minute target: the recipe needs more steps "
            "than 60 minutes on two CPU cores give this 32-head model; see the width cost above). "
-           + SCRATCH_60_PROBE),
+           + SCRATCH_60_PROBE + _scratch_status(card.get("scratch_60"))),
         "- Unaligned pages are harder for this reader: with the grid-aligned layout one visual token holds exactly "
         "one character. Use `grid_offset=\"aligned\"` (the default) for the OCR-head chapters unless the "
         "unaligned accuracy above is high enough for your question.",
     ]
+
+
+def _scratch_status(scratch: dict | None) -> str:
+    if not scratch or not scratch.get("heldout"):
+        return ""
+    held = scratch["heldout"]
+    pick = [(name, label) for name, label in (("a_key_aligned", "aligned keys"), ("a_key_unaligned", "unaligned keys"),
+                                              ("b_text_256", "256-token text retrieval"),
+                                              ("c_page_book", "paragraph pages")) if name in held]
+    scores = ", ".join(f"{label} {100 * held[name]['accuracy']:.1f} %" for name, label in pick)
+    return (f" A two-phase recipe that pretrains the vision tower first (`python -m ocrheads_lib.tiny.budget`) "
+            f"reaches in {scratch.get('total_wall_min')} min: {scores} (greedy, held-out; see \"The 60-minute "
+            "target\" below).")
 
 
 def _style_rows(held: dict) -> list[str]:
@@ -407,7 +490,7 @@ def _style_rows(held: dict) -> list[str]:
 def write_markdown(card: dict, path: str = "book/model_card.md", figures: str = "figures/tiny") -> None:
     """The model card page (prose + numbers from the JSON card)."""
     cfg, tr, held = card["config"], card["training"], card["heldout"]["sets"]
-    width = card.get("width_cost") or {}
+    width = card.get("width_cost") or []
     lines = [
         "# The embedded model: a tiny Qwen2-VL trained here",
         "",
@@ -432,10 +515,18 @@ def write_markdown(card: dict, path: str = "book/model_card.md", figures: str = 
         "",
     ]
     if width:
-        lines += ["What the width cost (CPU-seconds per training step, one thread, batch 8+8+8 at the final",
-                  "curriculum stage, measured on this machine):", "",
-                  "| configuration | parameters | CPU-s / step |", "|---|---|---|"]
-        lines += [f"| {k} | {v['params'] / 1e6:.2f} M | {v['cpu_s_per_step']} |" for k, v in width.items()]
+        ref = next((r["cpu_s_per_step"] for r in width if r["name"].startswith("prototype")), None)
+        lines += ["What the width cost: CPU-seconds per training step by decoder width, everything else equal (one",
+                  "thread, 8 key + 8 page + 8 text examples at the final curriculum stage, the same seeded batches;",
+                  "`python benchmarks/tiny_width_cost.py`). The shipped model has twice the heads of the prototype",
+                  "(../shared/prototypes/tiny_vlm) and twice its hidden size:", "",
+                  "| decoder | heads | parameters | CPU-s / step | x prototype |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['name']} | {r['heads']} | {r['params'] / 1e6:.2f} M | {r['cpu_s_per_step']:.2f} | "
+                  + (f"{r['cpu_s_per_step'] / ref:.2f}x |" if ref else " |") for r in width]
+        shipped = next((r["cpu_s_per_step"] for r in width if r["name"].startswith("shipped:")), None)
+        if ref and shipped:
+            lines += ["", f"So each training step of the shipped width costs {shipped / ref:.2f}x the prototype's; "
+                      "most of the 16 hours is the number of steps, not the width (see \"The 60-minute target\")."]
         lines += [""]
     lines += [
         "## Training",
@@ -512,6 +603,12 @@ def write_markdown(card: dict, path: str = "book/model_card.md", figures: str = 
               "", f"![held-out pages and the model's answers]({figures}/examples.png)", "",
               "## Status against the targets", ""]
     lines += status_lines(card)
+    lines += ["", "## The 60-minute target", "",
+              "The issue asks for training from scratch in at most 60 minutes on two CPU cores. The shipped weights "
+              "took far longer; this is what we measured about why.", ""]
+    lines += [f"- {x}" for x in SCRATCH_60_WHY] + [""]
+    if card.get("scratch_60"):
+        lines += scratch_lines(card["scratch_60"], {name: r["accuracy"] for name, r in held.items()})
     lines += [
               "", "## Known limits", ""]
     lines += [f"- {x}" for x in card["known_limits"]]
@@ -536,10 +633,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figures", default="book/figures/tiny")
     p.add_argument("--markdown", default="book/model_card.md")
     p.add_argument("--card", default=MODEL_CARD, help="where to write the JSON model card")
-    p.add_argument("--width_cost", default="runs/tiny/width_cost.json",
-                   help="optional JSON of measured CPU-s per step by model width (see the card)")
+    p.add_argument("--width_cost", default="benchmarks/results/tiny_width_cost.json",
+                   help="CPU-s per step by decoder width (python benchmarks/tiny_width_cost.py); "
+                        "the card keeps its previous table when the file is absent")
+    p.add_argument("--scratch_run", default="runs/budget60/budget.json",
+                   help="budget.json of `python -m ocrheads_lib.tiny.budget` (the 60-minute recipe); "
+                        "the card keeps its previous record when the file is absent")
+    p.add_argument("--render_only", action="store_true",
+                   help="no evaluation: re-read the JSON card, add --width_cost/--scratch_run, rewrite the page")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    previous = json.load(open(args.card)) if os.path.exists(args.card) else {}
+    if args.render_only:
+        if not previous:
+            raise SystemExit(f"--render_only needs an existing card at {args.card}; run without it first")
+        _write_card_files(_with_measurements(previous, previous, args), args)
+        return 0
     t0 = time.time()
     results = evaluate(args.model, args.n, args.seed, [s for s in args.sets.split(",") if s] or None)
     for r in results.values():
@@ -553,15 +662,31 @@ def main(argv: list[str] | None = None) -> int:
                                 eval_wall_s=time.time() - t0)
         model, processor = load(args.model)
         card["examples"] = plot_examples(model, processor, os.path.join(args.figures, "examples.png"))
-        if os.path.exists(args.width_cost):
-            card["width_cost"] = json.load(open(args.width_cost))
-        tmp = args.card + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(card, f, indent=1)
-        os.replace(tmp, args.card)
-        write_markdown(card, args.markdown)
-        print("model card:", args.card, args.markdown)
+        _write_card_files(_with_measurements(card, previous, args), args)
     return 0
+
+
+def _with_measurements(card: dict, previous: dict, args) -> dict:
+    """Add the width-cost benchmark and the 60-minute run to the card, from their files when present, else
+    as the previous card recorded them (so re-evaluating on a fresh clone does not drop them)."""
+    if os.path.exists(args.width_cost):
+        card["width_cost"] = json.load(open(args.width_cost))
+    elif previous.get("width_cost"):
+        card["width_cost"] = previous["width_cost"]
+    if os.path.exists(args.scratch_run):
+        card["scratch_60"] = scratch_summary(json.load(open(args.scratch_run)))
+    elif previous.get("scratch_60"):
+        card["scratch_60"] = previous["scratch_60"]
+    return card
+
+
+def _write_card_files(card: dict, args) -> None:
+    tmp = args.card + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(card, f, indent=1)
+    os.replace(tmp, args.card)
+    write_markdown(card, args.markdown)
+    print("model card:", args.card, args.markdown)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ SINGLE_CHARS = string.digits + string.ascii_lowercase      # the case study's si
 class Example:
     """One training/eval example: pages + user text -> answer."""
 
-    kind: str                          # "key" | "page" | "text"
+    kind: str                          # "key" | "page" | "text" | "read" | "eye"
     pages: list[Image.Image]
     prompt: str                        # user text after the images
     answer: str
@@ -215,3 +215,62 @@ def text_example(rng: random.Random, min_chars: int, max_chars: int, key_style: 
     n_chars = rng.randint(min_chars, max_chars)
     text, _ = haystack_with_needle(rng, n_chars, key)
     return Example("text", [], f"{text}\n\n{PASSKEY_QUESTION}", key, [], meta=dict(style=style, n_chars=len(text)))
+
+
+# ------------------------------------------------------------------ pages for the 60-minute recipe (budget.py)
+PRINTABLE_GLYPHS = "".join(c for c in string.printable if c not in string.whitespace)   # 94 visible characters
+ALNUM = string.ascii_letters + string.digits
+
+
+def _random_offsets(rng: random.Random, unaligned_share: float) -> tuple[int, int]:
+    """Pixel offsets of a text block: anywhere within one cell with `unaligned_share`, else on the grid."""
+    if rng.random() < unaligned_share:
+        return rng.randrange(CELL), rng.randrange(CELL)
+    return 0, 0
+
+
+def dense_page_example(rng: random.Random) -> Example:
+    """A page of random characters for the vision tower alone (no question, no answer).
+
+    5-10 x 2-4 cells; each line 1 to cols-1 characters, drawn from letters and digits (70 % of the lines) or
+    all 94 visible ASCII characters, with 12 % spaces; 80 % of the pages at random pixel offsets. Every glyph
+    is equally likely wherever it sits, unlike on key and paragraph pages (mostly digits and filler letters),
+    so the cell classifier learns the whole alphabet at every offset."""
+    cols, rows = rng.randint(5, 10), rng.randint(2, 4)
+    lines = []
+    for _ in range(rows - 1):
+        pool = ALNUM if rng.random() < 0.7 else PRINTABLE_GLYPHS
+        lines.append("".join(" " if rng.random() < 0.12 else rng.choice(pool) for _ in range(rng.randint(1, cols - 1))))
+    x_off, y_off = _random_offsets(rng, 0.8)
+    page = render_grid(lines, cols, rows, x_off, y_off)
+    return Example("eye", [page.image], "", "", [cell_labels(page)], meta=dict(lines=lines, x_off=x_off, y_off=y_off))
+
+
+def _random_line(rng: random.Random, n: int, repeat: float = 0.2) -> str:
+    """n random characters (digits 40 %, else letters and digits) in which each character repeats the one
+    before it with probability `repeat`: adjacent repeats are where a copying decoder slips."""
+    pool = string.digits if rng.random() < 0.4 else ALNUM
+    out: list[str] = []
+    for _ in range(n):
+        out.append(out[-1] if out and rng.random() < repeat else rng.choice(pool))
+    return "".join(out)
+
+
+def read_page_example(rng: random.Random, random_share: float = 0.0) -> Example:
+    """'What is written in the image?' about a whole page; the answer is every line, joined by newlines.
+
+    With probability `random_share` the lines are random strings with adjacent repeats (`_random_line`);
+    otherwise filler prose, half the time opened by a pass-key sentence. 60 % of pages are unaligned."""
+    if rng.random() < random_share:
+        cols, rows = rng.randint(4, 12), rng.randint(2, 4)
+        lines = [_random_line(rng, rng.randint(1, cols - 1)) for _ in range(rng.randint(1, rows - 1))]
+    else:
+        cols, rows = rng.randint(6, 16), rng.randint(2, 6)
+        text = " ".join(filler_sentences(rng, (cols - 1) * (rows - 1) + 20, rng.random() < 0.3))
+        if rng.random() < 0.5:
+            text = needle_sentence(rng, random_key(rng)[0]) + " " + text
+        lines = wrap_words(text, cols - 1)[: rng.randint(1, rows - 1)]
+    x_off, y_off = _random_offsets(rng, 0.6)
+    page = render_grid(lines, cols, rows, x_off, y_off)
+    return Example("read", [page.image], READ_QUESTION, "\n".join(lines), [cell_labels(page)],
+                   meta=dict(x_off=x_off, y_off=y_off, n_lines=len(lines)))
