@@ -476,6 +476,8 @@ def test_budget_run_trains_the_tower_then_only_the_decoder_and_resumes_exactly(t
     resumed.run(progress=False)
     ref_state, res_state = reference.trainer.model.state_dict(), resumed.trainer.model.state_dict()
     assert all(torch.equal(ref_state[k], res_state[k]) for k in ref_state)
+    with pytest.raises(FileNotFoundError, match="run without --resume"):
+        BudgetRun(plan, str(tmp_path / "never_ran")).load()
     with pytest.raises(ValueError, match="another plan"):
         BudgetRun(_budget_plan(heldout_n=0, joint_lr=5e-4), str(tmp_path / "resumed")).load()
 

@@ -211,7 +211,10 @@ class BudgetRun:
         os.replace(path + ".tmp", path)
 
     def load(self) -> None:
-        state = torch.load(os.path.join(self.out, CHECKPOINT), weights_only=False)
+        path = os.path.join(self.out, CHECKPOINT)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no {CHECKPOINT} in {self.out} to resume from; run without --resume to start")
+        state = torch.load(path, weights_only=False)
         if state["plan"] != asdict(self.plan):
             raise ValueError(f"the checkpoint in {self.out} was made with another plan ({state['plan']}); "
                              "resume with the same options or choose a new --out")
