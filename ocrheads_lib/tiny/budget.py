@@ -7,16 +7,17 @@
 Issue 4 asks for training from scratch in <= 60 min on two CPU cores. The shipped weights took ~16 h
 (`train.py`, see the model card), and a 55-minute run of that recipe was still on its first curriculum
 stages. This module keeps the two-phase recipe we measured for a 60-minute budget, so that the card's numbers
-about it can be re-measured. In 59.5 min it met the text-retrieval target but not the image ones; the card
-says by how much and why (the eye is solved in 13 minutes, the decoder's copying is not). Two phases:
+about it can be re-measured. It comes close but does not meet the image targets within the hour; the card
+says by how much and why (the eye is solved in 13 minutes, the decoder takes the rest). Two phases:
 
 1. eye (~13 min): the vision tower and the linear cell classifier alone, no decoder, on dense
    random-character pages (`dense_page_example`, 75 %) and the trainer's vision-only key and paragraph
    pages (25 %, 30 % at straddling offsets, 30 % mixed-case keys); bf16 autocast, lr 3e-3, cosine to 5 %.
    The shipped recipe spent most of its ~16 h teaching the tower to read unaligned glyphs.
 2. joint (~46 min): the tower frozen; the decoder learns from 16 key + 8 paragraph + 8 text examples per
-   step plus 8 whole-page reading examples (`read_page_example`), with a language-model loss of weight
-   0.5 on the context characters of the text task (it speeds up text retrieval); bf16 autocast, lr 1e-3.
+   step plus 8 whole-page reading examples (`read_page_example`; half of them random strings with
+   adjacent repeats, where the copy slipped most), with a language-model loss of weight 0.5 on the context
+   characters of the text task (it speeds up text retrieval); bf16 autocast, lr 1e-3 with a cosine decay.
 
 Attention is never supervised, as in `train.py`. Budgets are in steps, so a run is reproducible from its
 seed; `budget.json` records the wall and CPU time the steps took on the machine that ran them.
@@ -59,10 +60,10 @@ class BudgetPlan:
     dense_share: float = 0.75      # share of dense random-character pages among the eye pages
     joint_steps: int = 2400        # ~45 min at 2 threads (~1.1 s per step)
     joint_lr: float = 1e-3
-    joint_decay: bool = False      # cosine decay to 5 % over the joint phase (else constant after warm-up)
+    joint_decay: bool = True       # cosine decay to 5 % over the joint phase (else constant after warm-up)
     batch: dict = field(default_factory=lambda: dict(key=16, page=8, text=8, read=8))
     context_lm: float = 0.5        # weight of the language-model loss on the text task's context characters
-    read_random_share: float = 0.0  # share of reading pages with random strings (adjacent repeats)
+    read_random_share: float = 0.5  # share of reading pages with random strings (adjacent repeats)
     warmup: int = 50
     bf16: bool = True
     eval_every: int = 300          # steps between checkpoints (and, in the joint phase, teacher-forced evals)
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("seed", "eye_steps", "eye_batch", "eye_lr", "dense_share", "joint_steps", "joint_lr", "context_lm",
                  "read_random_share", "warmup", "eval_every", "eval_n", "heldout_n"):
         p.add_argument(f"--{name}", type=type(getattr(defaults, name)), default=getattr(defaults, name))
-    p.add_argument("--joint_decay", action="store_true")
+    p.add_argument("--joint_decay", action=argparse.BooleanOptionalAction, default=defaults.joint_decay)
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     p.add_argument("--batch", default="key=16,page=8,text=8,read=8", help="examples per joint step, by task")
     p.add_argument("--size", default="", help="TinyConfig overrides as JSON (default: the shipped size)")
