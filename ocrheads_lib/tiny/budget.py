@@ -172,33 +172,15 @@ class BudgetRun:
             p.requires_grad_(False)
 
     # ---------------------------------------------------------- evaluation, persistence
-    @torch.no_grad()
     def evaluate(self) -> dict:
-        """Teacher-forced exact match on the in-training eval sets, and on image sets the cell classifier's
-        accuracy over every visual token (blank cells included; `diagnose` counts character cells only)."""
-        self.trainer.model.eval()
-        out = {}
+        """The trainer's teacher-forced evaluation (exact match; on image sets the cell classifier's accuracy over
+        every visual token, blanks included, where `diagnose` counts character cells only), under bf16 autocast."""
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.plan.bf16):
-            for name, examples in self.sets.items():
-                ok = cells_ok = cells = 0
-                for i in range(0, len(examples), 32):
-                    enc = collate(examples[i:i + 32], self.trainer.processor)
-                    labels, aux = enc.pop("labels"), enc.pop("aux_labels", None)
-                    self.trainer._merged.clear()
-                    logits = self.trainer.model(**enc).logits
-                    ok += exact_match(logits, labels).sum().item()
-                    if aux is not None:
-                        cells_ok += (self.trainer.cell_logits().argmax(-1) == aux).sum().item()
-                        cells += len(aux)
-                out[name] = round(ok / len(examples), 4)
-                if cells:
-                    out[name + "_cell_acc"] = round(cells_ok / cells, 4)
-        self.trainer.model.train()
-        return out
+            return self.trainer.evaluate_teacher_forced(self.sets)
 
-    def record(self, extra: dict | None = None) -> None:
+    def record(self) -> None:
         row = dict(phase=self.phase, step=self.step, wall_s=round(sum(self.wall_s.values()), 1),
-                   cpu_s=round(sum(self.cpu_s.values()), 1), curriculum=self.cur.describe(), **(extra or {}))
+                   cpu_s=round(sum(self.cpu_s.values()), 1), curriculum=self.cur.describe())
         row.update(self.evaluate())
         self.history.append(row)
 
@@ -284,14 +266,17 @@ class BudgetRun:
         return result
 
 
+SCALAR_OPTIONS = ("seed", "eye_steps", "eye_batch", "eye_lr", "dense_share", "joint_steps", "joint_lr", "context_lm",
+                  "read_random_share", "warmup", "eval_every", "eval_n", "heldout_n")   # BudgetPlan fields on the CLI
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/budget60")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt (same options)")
     p.add_argument("--threads", type=int, default=2)
     defaults = BudgetPlan()
-    for name in ("seed", "eye_steps", "eye_batch", "eye_lr", "dense_share", "joint_steps", "joint_lr", "context_lm",
-                 "read_random_share", "warmup", "eval_every", "eval_n", "heldout_n"):
+    for name in SCALAR_OPTIONS:
         p.add_argument(f"--{name}", type=type(getattr(defaults, name)), default=getattr(defaults, name))
     p.add_argument("--joint_decay", action=argparse.BooleanOptionalAction, default=defaults.joint_decay)
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
@@ -305,10 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(batch) - {"key", "page", "text", "read"}
     if unknown:
         raise SystemExit(f"--batch: unknown tasks {sorted(unknown)}; use key, page, text and read")
-    plan = BudgetPlan(**{name: getattr(args, name) for name in (
-        "seed", "eye_steps", "eye_batch", "eye_lr", "dense_share", "joint_steps", "joint_lr", "context_lm",
-        "read_random_share", "warmup", "eval_every", "eval_n", "heldout_n", "joint_decay")},
-        batch=batch, bf16=not args.fp32, size=json.loads(args.size) if args.size else {})
+    plan = BudgetPlan(**{name: getattr(args, name) for name in SCALAR_OPTIONS + ("joint_decay",)},
+                      batch=batch, bf16=not args.fp32, size=json.loads(args.size) if args.size else {})
     torch.set_num_threads(args.threads)
     run = BudgetRun(plan, args.out)
     if args.resume:
