@@ -1,4 +1,6 @@
-"""OCR-scoring throughput and peak memory: our probe vs the paper's approach, at 1, 2, 4, 8 pages.
+"""Scoring throughput and peak memory: our probe vs the paper's approach — OCR scoring on the tiny
+random Qwen2-VL at 1, 2, 4, 8 pages, and text retrieval scoring on the real SmolLM2-135M-Instruct
+(`load_model("smollm2")`, 30 layers x 9 heads) at ~500, 1,000 and 2,000 context tokens.
 
 * ours, 2 passes — greedy generation with the model's fast attention (sdpa), then ONE teacher-forced
   forward under the probe recording every head's argmax at the answer rows only
@@ -14,8 +16,9 @@ barely disturb, unlike wall time. Both generate the same number of new tokens (a
 own subprocess so that the peak resident memory (ru_maxrss) is that cell's; "peak MB" is the peak
 minus the resident size after loading the model and one warm-up sample.
 
-    python benchmarks/scoring_throughput.py            # ~2-4 min on 2 CPU cores
-    -> prints a markdown table and writes benchmarks/results/scoring_throughput.md
+    python benchmarks/scoring_throughput.py            # ~10 min on 2 CPU cores
+    python benchmarks/scoring_throughput.py --only smollm2
+    -> prints markdown tables and writes benchmarks/results/scoring_throughput.md
 """
 from __future__ import annotations
 
@@ -36,8 +39,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PAGES = (1, 2, 4, 8)
+TEXT_TOKENS = (500, 1000, 2000)        # SmolLM2 context sizes (approximate prompt tokens)
+CHARS_PER_TOKEN = 4.4                  # the classic filler in SmolLM2's BPE (measured)
 SAMPLES_PER_CELL = 6
+TEXT_SAMPLES_PER_CELL = 3
 REPEATS = 3
+TEXT_REPEATS = 1
 
 
 def rss_mb() -> float:
@@ -57,11 +64,11 @@ def multipage_samples(n: int, pages: int, seed: int = 0):
     return passkey_images(n, seed=seed, pages=pages, layout="grid")
 
 
-def paper_score(lm, sample, new_tokens: int):
+def paper_score(lm, sample, new_tokens: int, text: bool = False):
     """The paper's pipeline for one sample (argmax per head at the consuming answer rows)."""
     import torch
 
-    inputs = lm.build_inputs(sample.pages, sample.question)
+    inputs = lm.build_inputs([], sample.prompt) if text else lm.build_inputs(sample.pages, sample.question)
     config = lm.greedy_config(new_tokens)
     config.min_new_tokens = new_tokens
     with torch.no_grad():
@@ -82,6 +89,38 @@ def paper_score(lm, sample, new_tokens: int):
         argmax = full[:, rows, : prompt_len - 1].argmax(dim=-1)  # (H, R) columns 0..L-2 as in the paper
         hits.append(argmax)
     return torch.stack(hits)                                   # (L, H, R)
+
+
+def text_worker(method: str, tokens: int, n: int) -> dict:
+    """One (method, context size) cell of the SmolLM2 text-retrieval table. The model answers the pass keys
+    itself, so "ours" is score_retrieval_sample as the library runs it (generate, then one probe pass)."""
+    import torch
+
+    torch.set_flush_denormal(True)
+    torch.set_num_threads(1)
+    from ocrheads_lib.data import passkey_text
+    from ocrheads_lib.models.loading import load_model, set_language_attention
+    from ocrheads_lib.scoring.retrieval import score_retrieval_sample
+
+    lm = load_model("smollm2")
+    samples = passkey_text(n + 1, seed=7, context_chars=int(tokens * CHARS_PER_TOKEN))
+    new_tokens = 12
+    if method == "paper":
+        set_language_attention(lm.model, "eager")
+        run = lambda s: paper_score(lm, s, new_tokens, text=True)  # noqa: E731
+    else:
+        run = lambda s: score_retrieval_sample(lm, s, max_new_tokens=new_tokens)  # noqa: E731
+    run(samples[0])                                            # warm-up
+    base = rss_mb()
+    elapsed = float("inf")
+    for _ in range(TEXT_REPEATS):
+        start = time.process_time()
+        for sample in samples[1:]:
+            run(sample)
+        elapsed = min(elapsed, time.process_time() - start)
+    n_tokens = len(lm.build_inputs([], samples[1].prompt))
+    return {"method": method, "tokens": n_tokens, "model": lm.model_id, "samples_per_min": 60.0 * n / elapsed,
+            "peak_mb": max(0.0, peak_mb() - base)}
 
 
 def worker(method: str, pages: int, n: int) -> dict:
@@ -115,7 +154,7 @@ def worker(method: str, pages: int, n: int) -> dict:
     def ours_one_pass(sample):
         # passes=1: the rows are recorded during greedy generation (no teacher-forced pass)
         inputs = lm.build_inputs(sample.pages, sample.question)
-        forced, recorded = generate_recording(lm, inputs, sample.answer, new_tokens)
+        forced, recorded = generate_recording(lm, inputs, new_tokens)
         return recorded.argmax
 
     if method == "ours1":
@@ -141,23 +180,69 @@ def worker(method: str, pages: int, n: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker", nargs=3, metavar=("METHOD", "PAGES", "N"))
+    parser.add_argument("--text-worker", nargs=3, metavar=("METHOD", "TOKENS", "N"))
     parser.add_argument("--n", type=int, default=SAMPLES_PER_CELL)
+    parser.add_argument("--only", choices=("tiny", "smollm2"), help="run one of the two tables")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scoring_throughput.md"))
     args = parser.parse_args()
     if args.worker:
         method, pages, n = args.worker
         print(json.dumps(worker(method, int(pages), int(n))))
         return
+    if args.text_worker:
+        method, tokens, n = args.text_worker
+        print(json.dumps(text_worker(method, int(tokens), int(n))))
+        return
+    out = Path(args.out)
+    previous = out.read_text().split(TEXT_HEADING)[0] if out.is_file() else ""
+    tiny_table = previous.rstrip() + "\n" if args.only == "smollm2" and previous else tiny_tables(args.n)
+    text_table = "" if args.only == "tiny" else smollm2_table()
+    table = tiny_table + ("\n" + text_table if text_table else "")
+    print(table)
+    from ocrheads_lib.paths import atomic_write_text
+
+    atomic_write_text(out, table)
+
+
+TEXT_HEADING = "## Text retrieval scoring on the real SmolLM2-135M-Instruct"
+
+
+def smollm2_table() -> str:
+    results = {}
+    for tokens in TEXT_TOKENS:
+        for method in ("ours", "paper"):
+            proc = subprocess.run([sys.executable, __file__, "--text-worker", method, str(tokens),
+                                   str(TEXT_SAMPLES_PER_CELL)], capture_output=True, text=True, check=True,
+                                  env=dict(os.environ))
+            results[(method, tokens)] = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(results[(method, tokens)], file=sys.stderr)
+    lines = [TEXT_HEADING, "",
+             f"`score_retrieval_sample` (greedy generation with sdpa, then one probe pass over the answer rows) "
+             f"against the paper's `generate(output_attentions=True)` with eager attention and full maps, on "
+             f"passkey_text samples, {TEXT_SAMPLES_PER_CELL} samples per cell, 12 new tokens, samples per CPU-minute "
+             f"(1 thread); peak MB = peak RSS above the loaded model.", "",
+             "| context tokens | ours (samples/min) | paper (samples/min) | ours / paper | peak MB ours | "
+             "peak MB paper | memory paper / ours |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for tokens in TEXT_TOKENS:
+        ours, paper = results[("ours", tokens)], results[("paper", tokens)]
+        lines.append(f"| {ours['tokens']} | {ours['samples_per_min']:.1f} | {paper['samples_per_min']:.1f} | "
+                     f"{ours['samples_per_min'] / paper['samples_per_min']:.2f}× | {ours['peak_mb']:.0f} | "
+                     f"{paper['peak_mb']:.0f} | {paper['peak_mb'] / max(ours['peak_mb'], 1.0):.1f}× |")
+    return "\n".join(lines) + "\n"
+
+
+def tiny_tables(n: int) -> str:
     results = {}
     for pages in PAGES:
         for method in ("ours", "ours1", "paper"):
-            proc = subprocess.run([sys.executable, __file__, "--worker", method, str(pages), str(args.n)],
+            proc = subprocess.run([sys.executable, __file__, "--worker", method, str(pages), str(n)],
                                   capture_output=True, text=True, check=True, env=dict(os.environ))
             results[(method, pages)] = json.loads(proc.stdout.strip().splitlines()[-1])
             print(results[(method, pages)], file=sys.stderr)
     model = results[("ours", 1)]["model"]
     lines = [f"Scoring throughput on `{model}`: samples per CPU-minute (process CPU time, 1 thread, so the other "
-             f"jobs on the machine do not distort it), {args.n} samples per cell, best of {REPEATS}, answer length + 1 "
+             f"jobs on the machine do not distort it), {n} samples per cell, best of {REPEATS}, answer length + 1 "
              "new tokens; peak MB = peak RSS above the loaded model", "",
              "| pages | tokens | ours, 2 passes (samples/min) | ours, 1 pass | paper | 2-pass / paper | "
              "1-pass / paper | peak MB ours 2p / 1p / paper |",
@@ -177,13 +262,7 @@ def main() -> None:
         paper_gb = 28 * 28 * keys * keys * 2 / 2**30
         probe_mb = 28 * 28 * 6 * (1 + 2 * 5) * 8 / 2**20       # 6 answer rows, argmax + top-5 idx/weights
         lines.append(f"| {pages} | {keys} | {paper_gb:.1f} | {probe_mb:.2f} |")
-    table = "\n".join(lines) + "\n"
-    print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from ocrheads_lib.paths import atomic_write_text
-
-    atomic_write_text(out, table)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from PIL import Image
 from ocrheads_lib.data.samples import ImageSample, TextSample
 from ocrheads_lib.models.testing import tiny_random
 from ocrheads_lib.scoring import load_scores, score_ocr, score_retrieval
-from ocrheads_lib.scoring.align import align_answer, lcs_run_score, locate_in_prompt, unit_char_spans
+from ocrheads_lib.scoring.align import align_answer, locate_in_prompt, unit_char_spans
 from ocrheads_lib.scoring.planted import ocr_targets, plant
 
 PLANTED = (1, 2)          # layer 1, query head 2 (shares KV head 1 with head 3)
@@ -138,8 +138,6 @@ def test_alignment_handles_spaces_and_multichar_tokens() -> None:
     assert unit_char_spans("Blue Whale", ["blue", "whale"]) == [(0, 4), (5, 10)]
     with pytest.raises(ValueError, match="not found"):
         unit_char_spans("4817", ["4", "9"])
-    assert lcs_run_score([1, 2, 3, 4], [9, 2, 3, 4, 1]) == 0.75
-    assert lcs_run_score([], [1]) == 0.0
 
 
 # --------------------------------------------------------------------------- retrieval
@@ -217,12 +215,13 @@ def test_probe_argmax_matches_eager_attention(lm) -> None:
 
 def test_one_pass_scoring_equals_two_passes(lm) -> None:
     """passes=1 records the rows during greedy generation; it must equal generate + teacher-forced pass.
-    The random model cannot answer a pass key, so the sample's gold answer is set to what it generates."""
+    The random model cannot answer a pass key, so the sample's gold answer is set to the first word it
+    generates (a whole word: the alignment does not match an answer inside a longer word)."""
     sample = image_sample(6)
     generated = lm.decode(lm.generate(lm.build_inputs(sample.pages, sample.question), max_new_tokens=8))
-    answer = "".join(ch for ch in generated if not ch.isspace())[:4]
-    assert len(answer) == 4, generated
-    sample = image_sample(6, answer=answer)
+    answer = generated.split()[0]
+    assert 2 <= len(answer) <= 9, generated        # one 28-px box per character, from column 1 of 10
+    sample = image_sample(4, answer=answer)
     for row in ("emit", "consume"):
         two = score_ocr(lm, [sample], row=row, max_new_tokens=8)
         one = score_ocr(lm, [sample], row=row, max_new_tokens=8, passes=1)
@@ -236,7 +235,7 @@ def test_one_pass_scoring_equals_two_passes(lm) -> None:
     from ocrheads_lib.scoring.common import forced_inputs, generate_recording, probe_rows
 
     inputs = lm.build_inputs(sample.pages, sample.question)
-    forced, recorded = generate_recording(lm, inputs, sample.answer, max_new_tokens=8)
+    forced, recorded = generate_recording(lm, inputs, max_new_tokens=8)
     rows = list(range(inputs.prompt_len - 1, inputs.prompt_len + len(forced.ids) - 1))
     during = recorded.take(rows)
     after, _ = probe_rows(lm, forced_inputs(inputs, forced.ids), rows)

@@ -7,9 +7,18 @@ from typing import Any, Sequence
 import torch
 
 from ocrheads_lib.attention import Plan, apply
+from ocrheads_lib.metrics import match_score
+from ocrheads_lib.models.base import append_tokens
+from ocrheads_lib.scoring.align import AnswerAlignment
 
 ROWS = ("emit", "consume")
 ANSWER_SOURCES = ("generate", "gold")
+# How a generated answer is weighted against the gold one:
+#   "chars"     - the share of the gold's non-space characters that the generation wrote as a word
+#                 (AnswerAlignment.weight; a leading space or other casing costs nothing);
+#   "paper-ids" - the paper's code: longest common run of token ids / gold ids, with the gold tokenized
+#                 alone (no leading space), so " hello" against "hello" weighs 0 in a byte-level BPE.
+WEIGHTINGS = ("chars", "paper-ids")
 
 
 class SampleFailure(Exception):
@@ -27,6 +36,13 @@ def check_answer_source(source: str) -> str:
     if source not in ANSWER_SOURCES:
         raise ValueError(f"answer_source must be one of {ANSWER_SOURCES}, got {source!r}")
     return source
+
+
+def check_weighting(weighting: str) -> str:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}: 'chars' = share of the gold characters "
+                         f"generated (default), 'paper-ids' = the paper's token-id match score; got {weighting!r}")
+    return weighting
 
 
 def query_row(answer_position: int, row: str) -> int:
@@ -50,26 +66,35 @@ class ForcedAnswer:
 
     ids: list[int]                  # answer token ids appended after the prompt
     source: str                     # "generate" | "gold"
-    weight: float                   # match score of the generated ids vs the gold ids (1.0 for gold)
     text: str                       # decoded answer (special tokens kept, for the record)
 
 
-def answer_ids(lm: Any, inputs: Any, gold: str, source: str, max_new_tokens: int) -> ForcedAnswer:
-    """Generate the answer greedily (the model's own attention; no probe work) or take the gold answer."""
-    from ocrheads_lib.scoring.align import match_score
-
-    gold_ids = lm.tokenizer(gold, add_special_tokens=False)["input_ids"]
+def answer_ids(lm: Any, inputs: Any, gold: str, source: str, max_new_tokens: int,
+               gold_ids: Sequence[int] | None = None) -> ForcedAnswer:
+    """Generate the answer greedily (the model's own attention; no probe work) or take the gold answer:
+    `gold_ids` when given (e.g. the needle's own tokens), else the gold tokenized alone."""
     if source == "gold":
-        return ForcedAnswer(ids=list(gold_ids), source="gold", weight=1.0, text=gold)
+        ids = list(gold_ids) if gold_ids is not None else lm.tokenizer(gold, add_special_tokens=False)["input_ids"]
+        return ForcedAnswer(ids=[int(i) for i in ids], source="gold", text=_decode(lm, ids))
     generated = strip_special(lm, lm.generate(inputs, max_new_tokens=max_new_tokens).tolist())
-    text = lm.tokenizer.decode(generated, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    return ForcedAnswer(ids=generated, source="generate", weight=match_score(gold_ids, generated), text=text)
+    return ForcedAnswer(ids=generated, source="generate", text=_decode(lm, generated))
+
+
+def _decode(lm: Any, ids: Sequence[int]) -> str:
+    return lm.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def match_weight(lm: Any, forced: ForcedAnswer, alignment: AnswerAlignment | None, gold: str, weighting: str) -> float:
+    """The sample weight of a forced answer: 1.0 for the gold answer; otherwise by `weighting` (WEIGHTINGS)."""
+    if forced.source == "gold":
+        return 1.0
+    if weighting == "paper-ids":
+        return float(match_score(lm.tokenizer(gold, add_special_tokens=False)["input_ids"], forced.ids))
+    return alignment.weight if alignment is not None else 0.0
 
 
 def forced_inputs(inputs: Any, ids: Sequence[int]) -> dict[str, torch.Tensor]:
     """The prompt tensors with `ids` appended (teacher forcing of exactly these ids)."""
-    from ocrheads_lib.models.base import append_tokens
-
     tensors = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in inputs.tensors.items()}
     device = inputs.tensors["input_ids"].device
     extended = append_tokens(tensors, torch.tensor(list(ids), dtype=torch.long))
@@ -112,13 +137,11 @@ class RecordedRows:
 
 
 @torch.no_grad()
-def generate_recording(lm: Any, inputs: Any, gold: str, max_new_tokens: int) -> tuple[ForcedAnswer, RecordedRows]:
+def generate_recording(lm: Any, inputs: Any, max_new_tokens: int) -> tuple[ForcedAnswer, RecordedRows]:
     """Greedy generation under the probe, recording every head's argmax at every row an answer token can be
     scored on (emit rows P-1 … P+K-2 and consume rows P … P+K-1, P = prompt length, K = max_new_tokens).
     The probe leaves the attention outputs untouched (recorded rows are computed beside sdpa), so the
     generated ids are the ones plain generation gives. One pass instead of generate + teacher forcing."""
-    from ocrheads_lib.scoring.align import match_score
-
     prompt_len = inputs.prompt_len
     rows = list(range(prompt_len - 1, prompt_len + max_new_tokens))
     with apply(lm, Plan(record="all", rows=rows, topk=1)) as rec:
@@ -128,7 +151,5 @@ def generate_recording(lm: Any, inputs: Any, gold: str, max_new_tokens: int) -> 
                           torch.full((lm.n_heads, n_rows), -1, dtype=torch.long)
                           for layer in range(lm.n_layers)])  # (L, H, R)
     ids = strip_special(lm, generated)
-    gold_ids = lm.tokenizer(gold, add_special_tokens=False)["input_ids"]
-    text = lm.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    forced = ForcedAnswer(ids=ids, source="generate", weight=match_score(gold_ids, ids), text=text)
+    forced = ForcedAnswer(ids=ids, source="generate", text=_decode(lm, ids))
     return forced, RecordedRows(rows=rows, argmax=argmax)

@@ -4,10 +4,11 @@ For one image sample:
 
 1. the answer: generated greedily with the model's fast attention (``answer_source="generate"``), or
    the gold answer (``"gold"``: teacher forcing for untrained models and tests; weight 1);
-2. the sample weight: the match score of the generated ids against the gold ids (longest common
-   contiguous run / gold length, PAPER.md §6); a weight of 0 is a failure ("answer not generated");
-3. answer tokens -> answer units by character offsets (:mod:`ocrheads_lib.scoring.align`); tokens that
-   cover no unit are not scored;
+2. answer tokens -> answer units by character offsets (:mod:`ocrheads_lib.scoring.align`: the answer
+   is placed where the generation wrote it as a word); tokens that cover no unit are not scored;
+3. the sample weight (``weighting``): by default the share of the gold's characters that the generation
+   wrote (``"chars"``), or the paper's token-id match score (``"paper-ids"``: longest common run of ids /
+   gold ids, PAPER.md §6); a weight of 0 is a failure ("answer not generated");
 4. one teacher-forced forward pass under the probe records every head's argmax key at the scored
    rows; ``row="emit"`` uses the query that predicts the answer token (position p-1), ``"consume"`` the
    query at the answer token itself (position p, what the paper's code does, PAPER.md §2.5);
@@ -38,9 +39,11 @@ from ocrheads_lib.scoring.common import (
     answer_ids,
     check_answer_source,
     check_row,
+    check_weighting,
     exception_reason,
     forced_inputs,
     generate_recording,
+    match_weight,
     probe_rows,
     query_row,
 )
@@ -66,7 +69,7 @@ def _evidence_sets(inputs: Any, sample: ImageSample, mode: str, min_overlap: flo
 
 def score_ocr_sample(lm: Any, sample: ImageSample, *, mode: str = "fine", row: str = "emit",
                      min_overlap: float = 0.001, answer_source: str = "generate",
-                     max_new_tokens: int = 32, passes: int = 2) -> SampleScore | Failure:
+                     max_new_tokens: int = 32, passes: int = 2, weighting: str = "chars") -> SampleScore | Failure:
     """Score one image sample for every head; returns its SampleScore or a Failure with the reason.
 
     passes: 2 = generate, then one teacher-forced probe pass (default); 1 = record the rows while
@@ -77,21 +80,23 @@ def score_ocr_sample(lm: Any, sample: ImageSample, *, mode: str = "fine", row: s
     check_row(row)
     check_answer_source(answer_source)
     check_passes(passes, answer_source)
+    check_weighting(weighting)
     try:
         inputs = lm.build_inputs(sample.pages, sample.question)
         evidence = _evidence_sets(inputs, sample, mode, min_overlap)
         recorded = None
         if passes == 1:
-            forced, recorded = generate_recording(lm, inputs, sample.answer, max_new_tokens)
+            forced, recorded = generate_recording(lm, inputs, max_new_tokens)
         else:
             forced = answer_ids(lm, inputs, sample.answer, answer_source, max_new_tokens)
-        if forced.weight <= 0:
-            raise SampleFailure(f"answer not generated: match score 0 (generated {forced.text[:80]!r}, "
-                                f"gold {sample.answer!r})")
         try:
             alignment = align_answer(lm.tokenizer, forced.ids, sample.answer, sample.units)
         except ValueError as error:
             raise SampleFailure(f"units do not spell the answer: {error}") from error
+        weight = match_weight(lm, forced, alignment, sample.answer, weighting)
+        if weight <= 0:
+            raise SampleFailure(f"answer not generated: match weight 0 ({weighting}; generated "
+                                f"{forced.text[:80]!r}, gold {sample.answer!r})")
         if alignment is None or not alignment.scored_tokens:
             raise SampleFailure(f"answer not generated: no answer character in {forced.text[:80]!r}")
         scored = alignment.scored_tokens                                  # token indices within the answer
@@ -109,7 +114,7 @@ def score_ocr_sample(lm: Any, sample: ImageSample, *, mode: str = "fine", row: s
             hits += torch.isin(argmax[:, :, slot[r]], target_t).long()    # (L, H)
         info = {"answer": forced.text, "answer_source": forced.source, "found": alignment.found,
                 "rows": rows, "units": [alignment.token_units[k] for k in scored]}
-        return SampleScore(id=sample.id, weight=float(forced.weight), n_rows=len(scored),
+        return SampleScore(id=sample.id, weight=float(weight), n_rows=len(scored),
                            hits=hits.numpy().astype(np.int64), info=info)
     except SampleFailure as failure:
         return Failure(sample.id, str(failure))
@@ -125,30 +130,32 @@ def check_passes(passes: int, answer_source: str) -> None:
 
 
 def ocr_meta(lm: Any, *, mode: str, row: str, min_overlap: float, answer_source: str, max_new_tokens: int,
-             dataset: str = "", seed: int | None = None, n: int | None = None) -> ScoreMeta:
+             dataset: str = "", seed: int | None = None, n: int | None = None, weighting: str = "chars") -> ScoreMeta:
     return ScoreMeta(model_id=str(lm.model_id), kind="ocr", n_layers=int(lm.n_layers), n_heads=int(lm.n_heads),
                      dataset=dataset, seed=seed, n=n, revision=getattr(lm, "revision", None), row=row,
                      options={"mode": mode, "min_overlap": min_overlap, "answer_source": answer_source,
-                              "max_new_tokens": max_new_tokens})
+                              "max_new_tokens": max_new_tokens, "weighting": weighting})
 
 
 def score_ocr(lm: Any, samples: Iterable[ImageSample], mode: str = "fine", row: str = "emit",
               min_overlap: float = 0.001, *, answer_source: str = "generate", max_new_tokens: int = 32,
-              passes: int = 2, dataset: str = "", seed: int | None = None, progress: bool = False) -> HeadScores:
+              passes: int = 2, dataset: str = "", seed: int | None = None, progress: bool = False,
+              weighting: str = "chars") -> HeadScores:
     """OCR scores of every head of `lm` over `samples` (see the module docstring; `passes` as in
     :func:`score_ocr_sample` — the scores do not depend on it, so it is not part of the metadata)."""
     samples = list(samples)
     meta = ocr_meta(lm, mode=mode, row=row, min_overlap=min_overlap, answer_source=answer_source,
-                    max_new_tokens=max_new_tokens, dataset=dataset, seed=seed, n=len(samples))
+                    max_new_tokens=max_new_tokens, dataset=dataset, seed=seed, n=len(samples), weighting=weighting)
     scores = HeadScores(meta=meta)
-    for sample in _maybe_progress(samples, progress, "OCR scores"):
+    for sample in maybe_progress(samples, progress, "OCR scores"):
         result = score_ocr_sample(lm, sample, mode=mode, row=row, min_overlap=min_overlap,
-                                  answer_source=answer_source, max_new_tokens=max_new_tokens, passes=passes)
+                                  answer_source=answer_source, max_new_tokens=max_new_tokens, passes=passes,
+                                  weighting=weighting)
         (scores.samples if isinstance(result, SampleScore) else scores.failures).append(result)
     return scores
 
 
-def _maybe_progress(items: Sequence[Any], enabled: bool, label: str) -> Iterable[Any]:
+def maybe_progress(items: Sequence[Any], enabled: bool, label: str) -> Iterable[Any]:
     if not enabled:
         return items
     from tqdm.auto import tqdm

@@ -1,11 +1,15 @@
 """The text retrieval score of every head (Wu et al. 2024; PAPER.md §3 for the paper's variant).
 
 ``variant="wu"`` (default) — Wu et al.'s copy-paste test, per answer token:
-the answer is generated greedily (or forced, ``answer_source="gold"``); the scored tokens are the
-generated tokens that spell the gold answer (character alignment); for each, head (l, h) hits when the
-argmax key of its row (``row="emit"``: the query that predicts the token, default; ``"consume"``: the
-query at the token) lies inside the needle span AND holds the same token id as the emitted token.
-Entry = hits / scored tokens (weight 1; the match score of the generation is kept in ``info``).
+the answer is generated greedily, or forced (``answer_source="gold"``) as the needle spells it: the
+needle's own tokens that cover the answer (" lynx" -> ' lyn', 'x' in a byte-level BPE), so that a copy
+can hit; an answer whose characters do not coincide with whole needle tokens is a recorded failure.
+The scored tokens are the generated tokens that spell the gold answer (character alignment, see
+``ocrheads_lib.scoring.align.find_answer``); for each, head (l, h) hits when the argmax key of its row
+(``row="emit"``: the query that predicts the token, default; ``"consume"``: the query at the token)
+lies inside the needle span AND holds the same token id as the emitted token.
+Entry = hits / scored tokens (weight 1; the match weight of the generation, ``weighting``, is kept in
+``info`` and a weight of 0 is a failure).
 
 ``variant="paper-code"`` — what ``step2_text_retrieval_head.py`` computes (PAPER.md §3):
 the scored positions are EVERY position of prompt + answer whose id belongs to the set of the gold
@@ -30,13 +34,15 @@ from ocrheads_lib.scoring.common import (
     answer_ids,
     check_answer_source,
     check_row,
+    check_weighting,
     exception_reason,
     forced_inputs,
     generate_recording,
+    match_weight,
     probe_rows,
     query_row,
 )
-from ocrheads_lib.scoring.ocr import _maybe_progress, check_passes
+from ocrheads_lib.scoring.ocr import check_passes, maybe_progress
 from ocrheads_lib.scoring.store import Failure, HeadScores, SampleScore, ScoreMeta
 
 VARIANTS = ("wu", "paper-code")
@@ -48,8 +54,24 @@ def default_row(variant: str) -> str:
     return "consume" if variant == "paper-code" else "emit"
 
 
+def needle_answer_ids(lm: Any, prompt_ids: list[int], sample: TextSample) -> list[int]:
+    """The answer's token ids as the needle spells them: the prompt tokens that cover the answer's
+    characters. SampleFailure when those tokens also carry other characters (e.g. one token "7."), since
+    then no token sequence is both the answer and a copy of the needle."""
+    try:
+        positions = locate_in_prompt(lm.tokenizer, prompt_ids, sample.prompt, sample.answer_span)
+    except ValueError as error:
+        raise SampleFailure(f"answer not aligned to the needle: {error}") from error
+    ids = [prompt_ids[p] for p in positions]
+    spelled = lm.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    if not positions or spelled.strip() != sample.answer.strip():
+        raise SampleFailure(f"answer not aligned to the needle: its tokens spell {spelled!r}, not the answer "
+                            f"{sample.answer!r} alone")
+    return ids
+
+
 def _score_wu(lm: Any, sample: TextSample, row: str, answer_source: str, max_new_tokens: int,
-              passes: int = 2) -> SampleScore:
+              passes: int = 2, weighting: str = "chars") -> SampleScore:
     inputs = lm.build_inputs([], sample.prompt)
     prompt_ids = inputs.input_ids[: inputs.prompt_len].tolist()
     try:
@@ -60,12 +82,15 @@ def _score_wu(lm: Any, sample: TextSample, row: str, answer_source: str, max_new
         raise SampleFailure(f"needle not located: span {sample.needle_span} covers no prompt token")
     recorded = None
     if passes == 1:
-        forced, recorded = generate_recording(lm, inputs, sample.answer, max_new_tokens)
+        forced, recorded = generate_recording(lm, inputs, max_new_tokens)
     else:
-        forced = answer_ids(lm, inputs, sample.answer, answer_source, max_new_tokens)
+        gold_ids = needle_answer_ids(lm, prompt_ids, sample) if answer_source == "gold" else None
+        forced = answer_ids(lm, inputs, sample.answer, answer_source, max_new_tokens, gold_ids=gold_ids)
     alignment = align_answer(lm.tokenizer, forced.ids, sample.answer)
-    if forced.weight <= 0 or alignment is None or not alignment.scored_tokens:
-        raise SampleFailure(f"answer not generated: {forced.text[:80]!r} (gold {sample.answer!r})")
+    weight = match_weight(lm, forced, alignment, sample.answer, weighting)
+    if weight <= 0 or alignment is None or not alignment.scored_tokens:
+        raise SampleFailure(f"answer not generated: {forced.text[:80]!r} (gold {sample.answer!r}; {weighting} "
+                            f"weight {weight:g})")
     scored = alignment.scored_tokens
     rows = [query_row(inputs.prompt_len + k, row) for k in scored]
     unique_rows = sorted(set(rows))
@@ -81,7 +106,7 @@ def _score_wu(lm: Any, sample: TextSample, row: str, answer_source: str, max_new
         keys = argmax[:, :, slot[r]]  # (L, H)
         same_token = sequence[keys] == forced.ids[k]  # (L, H)
         hits += (torch.isin(keys, needle_t) & same_token).long()
-    info = {"answer": forced.text, "answer_source": forced.source, "match": float(forced.weight), "rows": rows,
+    info = {"answer": forced.text, "answer_source": forced.source, "match": float(weight), "rows": rows,
             "needle_tokens": len(needle)}
     return SampleScore(id=sample.id, weight=1.0, n_rows=len(scored), hits=hits.numpy().astype(np.int64), info=info)
 
@@ -120,7 +145,7 @@ def _score_paper_code(lm: Any, sample: TextSample, row: str, answer_source: str,
 
 def score_retrieval_sample(lm: Any, sample: TextSample, *, variant: str = "wu", row: str | None = None,
                            answer_source: str = "generate", max_new_tokens: int = 32,
-                           passes: int = 2) -> SampleScore | Failure:
+                           passes: int = 2, weighting: str = "chars") -> SampleScore | Failure:
     """Score one text sample for every head; returns its SampleScore or a Failure with the reason.
     passes=1 (variant "wu" only) records the rows while generating, as in score_ocr_sample."""
     if variant not in VARIANTS:
@@ -128,11 +153,12 @@ def score_retrieval_sample(lm: Any, sample: TextSample, *, variant: str = "wu", 
     row = check_row(row or default_row(variant))
     check_answer_source(answer_source)
     check_passes(passes, answer_source)
+    check_weighting(weighting)
     if passes == 1 and variant != "wu":
         raise ValueError("passes=1 is available for variant='wu' only (paper-code also scores prompt rows)")
     try:
         if variant == "wu":
-            return _score_wu(lm, sample, row, answer_source, max_new_tokens, passes)
+            return _score_wu(lm, sample, row, answer_source, max_new_tokens, passes, weighting)
         return _score_paper_code(lm, sample, row, answer_source, max_new_tokens)
     except SampleFailure as failure:
         return Failure(sample.id, str(failure))
@@ -141,24 +167,26 @@ def score_retrieval_sample(lm: Any, sample: TextSample, *, variant: str = "wu", 
 
 
 def retrieval_meta(lm: Any, *, variant: str, row: str, answer_source: str, max_new_tokens: int,
-                   dataset: str = "", seed: int | None = None, n: int | None = None) -> ScoreMeta:
+                   dataset: str = "", seed: int | None = None, n: int | None = None,
+                   weighting: str = "chars") -> ScoreMeta:
     return ScoreMeta(model_id=str(lm.model_id), kind="retrieval", n_layers=int(lm.n_layers),
                      n_heads=int(lm.n_heads), dataset=dataset, seed=seed, n=n,
                      revision=getattr(lm, "revision", None), row=row,
-                     options={"variant": variant, "answer_source": answer_source, "max_new_tokens": max_new_tokens})
+                     options={"variant": variant, "answer_source": answer_source, "max_new_tokens": max_new_tokens,
+                              "weighting": weighting})
 
 
 def score_retrieval(lm: Any, text_samples: Iterable[TextSample], variant: str = "wu", row: str | None = None, *,
                     answer_source: str = "generate", max_new_tokens: int = 32, passes: int = 2, dataset: str = "",
-                    seed: int | None = None, progress: bool = False) -> HeadScores:
+                    seed: int | None = None, progress: bool = False, weighting: str = "chars") -> HeadScores:
     """Text retrieval scores of every head of `lm` over `text_samples` (see the module docstring)."""
     samples = list(text_samples)
     row = check_row(row or default_row(variant))
     meta = retrieval_meta(lm, variant=variant, row=row, answer_source=answer_source, max_new_tokens=max_new_tokens,
-                          dataset=dataset, seed=seed, n=len(samples))
+                          dataset=dataset, seed=seed, n=len(samples), weighting=weighting)
     scores = HeadScores(meta=meta)
-    for sample in _maybe_progress(samples, progress, "retrieval scores"):
+    for sample in maybe_progress(samples, progress, "retrieval scores"):
         result = score_retrieval_sample(lm, sample, variant=variant, row=row, answer_source=answer_source,
-                                        max_new_tokens=max_new_tokens, passes=passes)
+                                        max_new_tokens=max_new_tokens, passes=passes, weighting=weighting)
         (scores.samples if isinstance(result, SampleScore) else scores.failures).append(result)
     return scores
