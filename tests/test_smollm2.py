@@ -64,3 +64,32 @@ def test_changed_file_is_reconverted_only_when_its_hash_differs(tmp_path, monkey
     (folder / smollm2.SOURCE_RECORD).write_text(json.dumps({"gguf_sha256": "0" * 64, "gguf_stamp": "old"}))
     smollm2.ensure_smollm2(verbose=False)
     assert len(calls) == 1
+
+
+def test_cli_scores_retrieval_on_smollm2(tmp_path):
+    from ocrheads_lib.cli import main
+    from ocrheads_lib.scoring import load_scores
+
+    out = tmp_path / "scores.json"
+    assert main(["score", "--model", "smollm2", "--task", "retrieval", "--dataset", "passkey-text", "--n", "2",
+                 "--seed", "3", "--max-new-tokens", "12", "--out", str(out)]) == 0
+    scores = load_scores(out)
+    assert scores.shape == (30, 9) and len(scores.samples) + len(scores.failures) == 2
+    assert scores.meta.model_id == "smollm2" and scores.meta.revision == smollm2.GGUF_SHA256[:16]
+
+
+def test_masking_runner_and_sink_mass_on_smollm2(lm):
+    """The experiment runners take the real model: masking its top retrieval head changes nothing structural,
+    and the first-token (sink) mass is a real distribution (the model has sinks: some head puts > 0.5 there)."""
+    from ocrheads_lib.data import passkey_text
+    from ocrheads_lib.experiments.masking import run_masking
+    from ocrheads_lib.experiments.sink import first_token_mass
+
+    samples = passkey_text(2, seed=5)
+    table = run_masking(lm, {"passkey_text": samples}, {"retrieval": [(18, 6), (17, 4)]}, ks=[2], seeds=(0,),
+                        layer_matched_to="retrieval", max_new_tokens=10)
+    assert set(table.head_set) == {"none", "retrieval", "random", "random_layer_matched"}
+    assert (table.n + table.n_failed == 2).all()
+    mass = first_token_mass(lm, samples[:1])
+    assert mass.shape == (30, 9) and ((mass.values >= 0) & (mass.values <= 1 + 1e-5)).all()
+    assert mass.values.max() > 0.5
