@@ -151,11 +151,6 @@ def load_lm(model: str, device: str = "auto", dtype: str | None = None, seed: in
     return load_model(model, device=device, dtype=dtype, attn="probe")
 
 
-def model_facts(lm: Any) -> dict[str, str]:
-    """The dtype and device kind a loaded model runs in, as recorded in score metadata."""
-    return {"dtype": str(lm.dtype).replace("torch.", ""), "device": str(lm.device.type)}
-
-
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
@@ -198,6 +193,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from ocrheads_lib.scoring import batch
     from ocrheads_lib.scoring.ocr import ocr_meta, score_ocr_sample
     from ocrheads_lib.scoring.retrieval import default_row, retrieval_meta, score_retrieval_sample
+    from ocrheads_lib.scoring.runs import model_facts
 
     samples = load_dataset(args.dataset, args.n, args.seed, args.dataset_arg)
     check_task_samples(args.task, args.dataset, samples)

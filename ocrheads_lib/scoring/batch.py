@@ -168,8 +168,9 @@ def _mismatch(where: Path, state: str, diffs: Sequence[str]) -> RunMismatchError
                             "use a new --out, or pass --overwrite (overwrite=True) to discard it")
 
 
-def _check_run(out: Path, meta: ScoreMeta, ids: Sequence[str], write: bool) -> None:
-    """Write run.json on a fresh run; refuse a folder or file that holds a run with another fingerprint."""
+def _check_run(out: Path, meta: ScoreMeta, ids: Sequence[str], write: bool) -> bool:
+    """Write run.json on a fresh run; refuse a folder or file that holds a run with another fingerprint.
+    Returns True when `out` is a finished score file of this very run without a parts folder (reuse it)."""
     folder = parts_dir(out)
     run_file = folder / "run.json"
     wanted = meta.identity()
@@ -179,7 +180,7 @@ def _check_run(out: Path, meta: ScoreMeta, ids: Sequence[str], write: bool) -> N
         if diffs:
             state = "a finished" if out.exists() else "an unfinished"
             raise _mismatch(folder, state, diffs)
-        return
+        return False
     if out.exists():
         try:
             payload = json.loads(out.read_text(encoding="utf-8"))
@@ -196,9 +197,11 @@ def _check_run(out: Path, meta: ScoreMeta, ids: Sequence[str], write: bool) -> N
             diffs.append(f"sample ids: the file holds {len(file_ids)} ids, this run has {len(ids)}")
         if diffs:
             raise _mismatch(out, "a finished", diffs)
+        return True
     if write:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_file, {"meta": json.loads(json.dumps(_meta_dict(meta), default=str)), "ids": list(ids)})
+    return False
 
 
 def _meta_dict(meta: ScoreMeta) -> dict[str, Any]:
@@ -312,14 +315,18 @@ def run(samples: Sequence[Any], scorer: Scorer, meta: ScoreMeta, out: str | os.P
     if state is not None:
         state.wait_for_everyone()
     # with explicit shards there is no coordination: every shard may write the (identical) run.json
-    _check_run(out, meta, ids, is_main or shard is not None)
+    finished_file = _check_run(out, meta, ids, is_main or shard is not None)
     if state is not None:
         state.wait_for_everyone()
     done = read_done(folder)
     if retry_failures:
         done = {key: record for key, record in done.items() if not _is_failure(record)}
     pending = [i for i, sample_id in enumerate(ids) if sample_id not in done]
-    if not pending and is_main and shard is None and out.exists():
+    if finished_file and retry_failures:
+        raise ValueError(f"{out} has no parts folder to rescore failures in; pass --overwrite to score it again")
+    if finished_file or (not pending and out.exists()):
+        if not is_main or shard is not None:
+            return None
         if log is not None:
             log(f"{out}: a finished run with the same options (fingerprint {meta.fingerprint}) is already there; "
                 "reused, nothing recomputed (pass --overwrite to score again)")
