@@ -29,7 +29,10 @@ PAPER_CODE_MIN_ZEROS = 0.10     # step3: keep the mean only if > 10 % of entries
 
 
 def filtered_mean(scores: HeadScores) -> np.ndarray:
-    """(L, H) the paper code's filtered mean: the raw mean where > 10 % of entries are zero, else 0."""
+    """(L, H) the paper code's filtered mean: the raw mean where > 10 % of entries are zero, else 0
+    (NaN everywhere for scores without any scored sample, as the mean)."""
+    if not scores.has_entries():
+        return scores.mean()
     keep = scores.zero_fraction() > PAPER_CODE_MIN_ZEROS  # (L, H) bool
     return np.where(keep, scores.mean(), 0.0)
 
@@ -81,12 +84,14 @@ def top_k(scores: HeadScores, k: int, rule: str = "readme") -> list[Head]:
     (The paper's exp_masking/exp_sink take the first k of the paper-code selection.) Scores without any
     scored sample raise ValueError (there is no ranking)."""
     k = check_k(k, scores)
+    scores.require_entries("top_k")
     values = head_values(scores, rule)
     return _rank(values, np.ones_like(values, dtype=bool))[:k]
 
 
 def ranked(scores: HeadScores, rule: str = "readme") -> list[tuple[Head, float]]:
-    """Every head with its value, best first."""
+    """Every head with its value, best first (values NaN, in layer-major order, for scores without any
+    scored sample)."""
     values = head_values(scores, rule)
     return [(head, float(values[head])) for head in _rank(values, np.ones_like(values, dtype=bool))]
 

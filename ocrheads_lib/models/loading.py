@@ -55,7 +55,7 @@ class CorruptCheckpointError(ValueError):
     """A checkpoint file is unreadable (truncated or invalid JSON / safetensors) or lacks weights."""
 
 
-class DeviceUnavailableError(RuntimeError):
+class DeviceUnavailableError(ValueError):
     """The requested device does not exist on this machine."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ocrheads_lib.paths import results_dir as _results_dir
+from ocrheads_lib.scoring.batch import FaultError, is_fault_reason
 from ocrheads_lib.scoring.store import HeadScores, load_scores
 
 # --------------------------------------------------------------------------- models
@@ -103,6 +104,10 @@ def get_scores(lm: Any, kind: str, samples: Sequence[Any], results_dir: str | Pa
         scores = score_retrieval(lm, samples, row=row, answer_source=source, dataset=dataset, seed=seed, **options)
     else:
         raise ValueError(f"kind must be 'ocr' or 'retrieval', got {kind!r}")
+    faults = [f for f in scores.failures if is_fault_reason(f.reason)]
+    if faults:  # out of memory or a device error is the machine's, not the samples': never saved as results
+        raise FaultError(f"{len(faults)} of {len(ids)} samples hit a fault (first: {faults[0].id}: {faults[0].reason}); "
+                         f"nothing was saved to {path}. Free memory or the device, then call again")
     scores.meta = replace(scores.meta, **facts)
     scores.save(path)
     return scores

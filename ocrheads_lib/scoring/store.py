@@ -257,33 +257,41 @@ class HeadScores:
                                  "mixes models: re-score it")
         return self
 
-    def _require_entries(self) -> None:
-        if not any(len(values) for values in self.head_entries().values()):
+    def has_entries(self) -> bool:
+        """True when at least one head has an entry (a score set of zero scored samples has none)."""
+        return any(len(values) for values in self.head_entries().values())
+
+    def require_entries(self, what: str = "a head ranking") -> None:
+        """ValueError when no sample was scored, naming the failures' reasons."""
+        if not self.has_entries():
             reasons = self.failure_counts()
             raise ValueError(f"no scored samples ({len(self.failures)} failures{': ' + str(reasons) if reasons else ''}"
-                             "): a head statistic over zero samples is undefined; check the failures' reasons "
-                             "or give samples")
+                             f"): {what} over zero samples is undefined; check the failures' reasons or give samples")
 
     def mean(self) -> np.ndarray:
-        """(L, H) raw mean score per head (0 for a head without entries). Raises ValueError when no head
-        has any entry (zero samples scored), instead of returning zeros."""
-        self._require_entries()
+        """(L, H) raw mean score per head (0 for a head without entries). A score set without any scored
+        sample gives NaN everywhere (undefined, not a plausible-looking 0): no threshold selects a head."""
+        if not self.has_entries():
+            return np.full(self.shape, np.nan)
         out = np.zeros(self.shape)
         for (l, h), values in self.head_entries().items():
             out[l, h] = float(np.mean(values)) if len(values) else 0.0
         return out
 
     def activation_frequency(self, threshold: float = 0.0) -> np.ndarray:
-        """(L, H) share of a head's entries that are > threshold (0 for a head without entries)."""
-        self._require_entries()
+        """(L, H) share of a head's entries that are > threshold (0 for a head without entries; NaN when no
+        sample was scored)."""
+        if not self.has_entries():
+            return np.full(self.shape, np.nan)
         out = np.zeros(self.shape)
         for (l, h), values in self.head_entries().items():
             out[l, h] = float(np.mean(values > threshold)) if len(values) else 0.0
         return out
 
     def zero_fraction(self) -> np.ndarray:
-        """(L, H) share of a head's entries that are exactly 0."""
-        self._require_entries()
+        """(L, H) share of a head's entries that are exactly 0 (NaN when no sample was scored)."""
+        if not self.has_entries():
+            return np.full(self.shape, np.nan)
         out = np.zeros(self.shape)
         for (l, h), values in self.head_entries().items():
             out[l, h] = float(np.mean(values == 0)) if len(values) else 1.0
