@@ -13,6 +13,12 @@ export MKL_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONDONTWRITEBYTECODE ?= 1
+# This checkout first on the import path: the cached environment is shared between clones and holds no
+# copy of (or pointer to) the library, so every clone runs its own ocrheads_lib (tests, book, benchmarks).
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+CHECK_SOURCE = $(PY) -c 'import os, sys, ocrheads_lib; here = os.path.realpath("$(CURDIR)"); \
+	got = os.path.realpath(ocrheads_lib.__file__); \
+	sys.exit(0 if got.startswith(here + os.sep) else f"ocrheads_lib is imported from {got}, not from {here}")'
 
 .PHONY: setup test book book-check bench clean help
 
@@ -26,9 +32,11 @@ setup:
 	@bash scripts/setup_env.sh
 
 test: setup
+	@$(CHECK_SOURCE)
 	$(PY) -m pytest -q tests
 
 book: setup
+	@$(CHECK_SOURCE)
 	@bash scripts/build_book.sh
 
 book-check:
@@ -36,6 +44,7 @@ book-check:
 	$(PY) scripts/check_book.py _build/html
 
 bench: setup
+	@$(CHECK_SOURCE)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:

@@ -173,10 +173,42 @@ def _check_supported(model: nn.Module, layers: list[nn.Module]) -> None:
 
 
 def _as_positions(values: Any, what: str) -> torch.Tensor:
-    positions = torch.as_tensor(values, dtype=torch.long).flatten().cpu()  # (n,)
+    try:
+        raw = torch.as_tensor(values).flatten().cpu()  # (n,)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{what} must be a list of int sequence positions, got {values!r}") from error
+    if raw.is_floating_point() or raw.dtype == torch.bool or raw.is_complex():
+        if raw.numel() and (raw.dtype == torch.bool or not bool((raw == raw.round()).all())):
+            raise ValueError(f"{what} must hold int sequence positions, got {raw.tolist()}")
+    positions = raw.to(torch.long)  # (n,)
     if positions.numel() and int(positions.min()) < 0:
         raise ValueError(f"{what} must be non-negative absolute sequence positions, got {positions.tolist()}")
     return positions
+
+
+def _as_heads(heads: Any, what: str) -> list[tuple[int, int]]:
+    """A list of (layer, head) pairs of ints, or a ValueError that shows the fix: ``mask=(0, 1)`` is one pair
+    where a list of pairs is expected, and ``(0, 1.7)`` is not a head."""
+    if isinstance(heads, (str, bytes)) or not isinstance(heads, (Sequence, set, frozenset, torch.Tensor)):
+        raise ValueError(f"{what} must be a list of (layer, head) pairs, got {heads!r}")
+    items = heads.tolist() if isinstance(heads, torch.Tensor) else list(heads)
+    if len(items) == 2 and all(_is_int(x) for x in items):
+        raise ValueError(f"{what} must be a list of (layer, head) pairs, got the single pair {tuple(items)!r}; "
+                         f"for one head write [{tuple(items)!r}]")
+    out = []
+    for item in items:
+        pair = item.tolist() if isinstance(item, torch.Tensor) else item
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, (Sequence,)) or len(pair) != 2 \
+                or not all(_is_int(x) for x in pair):
+            raise ValueError(f"{what}: {item!r} is not a (layer, head) pair of ints (0-based indices)")
+        out.append((int(pair[0]), int(pair[1])))
+    return out
+
+
+def _is_int(value: Any) -> bool:
+    import numbers
+
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass
@@ -202,10 +234,19 @@ class Plan:
     sink_key: SinkKey = "first"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.topk, int) or self.topk < 1:
+        if isinstance(self.topk, bool) or not isinstance(self.topk, int) or self.topk < 1:
             raise ValueError(f"topk must be a positive int, got {self.topk!r}")
         if self.record != "all" and isinstance(self.record, str):
             raise ValueError(f"record must be a list of (layer, head) or 'all', got {self.record!r}")
+        if self.record != "all":
+            self.record = _as_heads(self.record, "Plan.record")
+        self.mask = _as_heads(self.mask, "Plan.mask")
+        if not isinstance(self.sink, Mapping):
+            raise ValueError(f"Plan.sink must be a dict {{(layer, head): beta}}, got {self.sink!r}")
+        _as_heads(list(self.sink), "Plan.sink")
+        for head, beta in self.sink.items():
+            if isinstance(beta, bool) or not isinstance(beta, (int, float)) and not torch.is_tensor(beta):
+                raise ValueError(f"sink beta for head {head} must be a number in [0, 1], got {beta!r}")
         self.rows = None if self.rows is None else _as_positions(self.rows, "Plan.rows")
         if self.has_record() and (self.rows is None or self.rows.numel() == 0):
             raise ValueError("Plan.record is set but Plan.rows is empty: give the absolute query positions to record")
@@ -290,6 +331,23 @@ class StepRecord:
     mass: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
 
 
+class _LayerRecords(dict):
+    """layer -> recorded tensor; a layer that recorded nothing raises a KeyError that says why (the plan's rows
+    lie beyond every sequence the model saw, or the layer has no recorded head) instead of a bare key."""
+
+    def __init__(self, recorder: "Recorder") -> None:
+        super().__init__()
+        self._recorder = recorder
+
+    def __missing__(self, layer: int) -> torch.Tensor:
+        rec = self._recorder
+        longest = max((step.query_start + step.query_len for step in rec.steps), default=0)
+        rows = rec.rows.tolist()
+        raise KeyError(f"layer {layer} recorded nothing: its heads are not in Plan.record, or none of the plan's rows "
+                       f"{rows[:6]}{'...' if len(rows) > 6 else ''} was reached (the longest sequence seen had "
+                       f"{longest} positions, so rows must be < {longest}); check Plan.rows against the input length")
+
+
 class Recorder:
     """Recorded attention rows, merged over all forward calls made inside :func:`apply`.
 
@@ -311,9 +369,9 @@ class Recorder:
         self.n_heads = n_heads
         self.rows: torch.Tensor = plan.rows if plan.rows is not None else torch.zeros(0, dtype=torch.long)
         self.topk = plan.topk
-        self.argmax: dict[int, torch.Tensor] = {}
-        self.topk_idx: dict[int, torch.Tensor] = {}
-        self.topk_weight: dict[int, torch.Tensor] = {}
+        self.argmax: dict[int, torch.Tensor] = _LayerRecords(self)
+        self.topk_idx: dict[int, torch.Tensor] = _LayerRecords(self)
+        self.topk_weight: dict[int, torch.Tensor] = _LayerRecords(self)
         self.mass: dict[str, dict[int, torch.Tensor]] = {name: {} for name in plan.key_sets}
         self.steps: list[StepRecord] = []
 
@@ -657,8 +715,12 @@ def apply(model_or_adapter: Any, plan: Plan | None = None) -> Iterator[Recorder]
 
     Works for ``model(**inputs)`` and ``model.generate(...)``. The language model uses the probe attention
     inside the block (and gets back its previous implementation afterwards, unless that was already the probe).
+    Blocks do not nest: an ``apply`` inside another raises RuntimeError (combine the work in one Plan).
     """
     plan = plan if plan is not None else Plan()
+    if _ACTIVE.get() is not None:
+        raise RuntimeError("apply() is already active: plans do not nest (the inner plan would replace the outer "
+                           "one). Put everything in one Plan, e.g. Plan(mask=..., record=..., rows=...)")
     model = _unwrap(model_or_adapter)
     layers = decoder_layers(model)
     _check_supported(model, layers)

@@ -29,7 +29,10 @@ PAPER_CODE_MIN_ZEROS = 0.10     # step3: keep the mean only if > 10 % of entries
 
 
 def filtered_mean(scores: HeadScores) -> np.ndarray:
-    """(L, H) the paper code's filtered mean: the raw mean where > 10 % of entries are zero, else 0."""
+    """(L, H) the paper code's filtered mean: the raw mean where > 10 % of entries are zero, else 0
+    (NaN everywhere for scores without any scored sample, as the mean)."""
+    if not scores.has_entries():
+        return scores.mean()
     keep = scores.zero_fraction() > PAPER_CODE_MIN_ZEROS  # (L, H) bool
     return np.where(keep, scores.mean(), 0.0)
 
@@ -52,6 +55,7 @@ def _rank(values: np.ndarray, keep: np.ndarray) -> list[Head]:
 
 def select(scores: HeadScores, rule: str = "readme", threshold: float = 0.1) -> list[Head]:
     """(layer, head) pairs a rule selects, sorted by the rule's value descending (stable, layer-major ties)."""
+    threshold = check_threshold(threshold)
     values = head_values(scores, rule)  # (L, H)
     keep = values >= threshold
     if rule == "readme":
@@ -59,15 +63,35 @@ def select(scores: HeadScores, rule: str = "readme", threshold: float = 0.1) -> 
     return _rank(values, keep)
 
 
+def check_k(k: Any, scores: HeadScores) -> int:
+    """k as an int in 0..L*H, or a ValueError naming the value and the range (a negative k would slice
+    from the end: top_k(scores, -1) returned all heads but one)."""
+    n_heads = scores.shape[0] * scores.shape[1]
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= int(k) <= n_heads:
+        raise ValueError(f"k must be an int in 0..{n_heads} (the model's layers x heads), got {k!r}")
+    return int(k)
+
+
+def check_threshold(threshold: Any) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) \
+            or not np.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number (a mean score, e.g. 0.1), got {threshold!r}")
+    return float(threshold)
+
+
 def top_k(scores: HeadScores, k: int, rule: str = "readme") -> list[Head]:
-    """The k best heads by the rule's value (no threshold), stable layer-major ties.
-    (The paper's exp_masking/exp_sink take the first k of the paper-code selection.)"""
+    """The k best heads by the rule's value (no threshold), stable layer-major ties; k in 0..L*H.
+    (The paper's exp_masking/exp_sink take the first k of the paper-code selection.) Scores without any
+    scored sample raise ValueError (there is no ranking)."""
+    k = check_k(k, scores)
+    scores.require_entries("top_k")
     values = head_values(scores, rule)
     return _rank(values, np.ones_like(values, dtype=bool))[:k]
 
 
 def ranked(scores: HeadScores, rule: str = "readme") -> list[tuple[Head, float]]:
-    """Every head with its value, best first."""
+    """Every head with its value, best first (values NaN, in layer-major order, for scores without any
+    scored sample)."""
     values = head_values(scores, rule)
     return [(head, float(values[head])) for head in _rank(values, np.ones_like(values, dtype=bool))]
 
@@ -78,7 +102,7 @@ def head_set(scores: HeadScores, rule: str = "readme", threshold: float = 0.1,
     """``{"model", "kind", "rule", "threshold", "heads": [[l, h], ...]}`` (best first)."""
     heads = select(scores, rule, threshold)
     if k is not None:
-        heads = heads[:k]
+        heads = heads[:check_k(k, scores)]
     return {"model": scores.meta.model_id, "revision": scores.meta.revision, "kind": scores.meta.kind,
             "rule": rule, "threshold": threshold, "heads": [[l, h] for l, h in heads]}
 

@@ -11,6 +11,11 @@ bootstrap aggregates.
   a/an/the, collapse whitespace); F1 over normalised tokens with multiset overlap; max over golds.
   (The paper additionally passes strings through ftfy; we do not depend on it.)
 * ``passkey_accuracy(prediction, gold)`` — 1.0 if str(gold) is a substring of the prediction.
+* Inputs: a prediction must be a ``str`` (``""`` for an empty answer); a gold a ``str`` or an ``int``
+  (pass keys). ``None`` or any other type raises ``TypeError`` naming the argument: a missing prediction
+  is a failure to record, not an answer to score (``str(None) == "none"`` would otherwise match the gold
+  "None", and "on" would contain it). Edit distances come from rapidfuzz (C++, linear memory): two
+  20,000-character strings take milliseconds (``benchmarks/anls_speed.py``).
 * ``match_score(gold_ids, pred_ids)`` — longest common contiguous run of ids / len(gold_ids)
   (0.0 for an empty gold), the per-example multiplier of the paper's OCR score.
 * ``aggregate(values, n_boot, seed)`` — mean with a seeded percentile-bootstrap CI.
@@ -31,30 +36,45 @@ _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
-def _as_golds(golds: str | Sequence[str]) -> list[str]:
-    if isinstance(golds, str):
-        return [golds]
-    golds = [str(g) for g in golds]
+def _prediction(value: object, function: str) -> str:
+    """The prediction as a string, or a TypeError naming the function and what was passed."""
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"{function}: the prediction must be a str ('' for an empty answer), got "
+                    f"{type(value).__name__} {value!r}; record a missing prediction as a failure instead of scoring it")
+
+
+def _gold(value: object, function: str) -> str:
+    """A gold answer as a string (ints allowed: pass keys), or a TypeError."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(f"{function}: a gold answer must be a str (or an int pass key), got {type(value).__name__} "
+                    f"{value!r}")
+
+
+def _as_golds(golds: str | Sequence[str], function: str = "metric") -> list[str]:
+    if isinstance(golds, (str, int)) and not isinstance(golds, bool):
+        return [_gold(golds, function)]
+    if golds is None or not isinstance(golds, Iterable):
+        raise TypeError(f"{function}: golds must be a str or a list of str, got {type(golds).__name__} {golds!r}")
+    golds = [_gold(g, function) for g in golds]
     if not golds:
         raise ValueError("golds is empty: give at least one gold answer")
     return golds
 
 
 def levenshtein(a: str, b: str) -> int:
-    """Edit distance (insertions, deletions, substitutions, all cost 1)."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, start=1):
-        current = [i]
-        for j, cb in enumerate(b, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
+    """Edit distance (insertions, deletions, substitutions, all cost 1), by rapidfuzz."""
+    from rapidfuzz.distance import Levenshtein
+
+    return int(Levenshtein.distance(_prediction(a, "levenshtein"), _prediction(b, "levenshtein")))
 
 
 def anls_single(prediction: str, gold: str, tau: float = 0.5) -> float:
-    p, g = " ".join(str(prediction).lower().split()), " ".join(str(gold).lower().split())
+    prediction, gold = _prediction(prediction, "anls"), _gold(gold, "anls")
+    p, g = " ".join(prediction.lower().split()), " ".join(gold.lower().split())
     longest = max(len(p), len(g))
     if longest == 0:
         return 1.0                     # both empty: identical
@@ -66,7 +86,8 @@ def anls(prediction: str, golds: str | Sequence[str], tau: float = 0.5) -> float
     """ANLS of one prediction: max over golds of (1 - NL if NL < tau else 0)."""
     if not 0.0 < tau <= 1.0:
         raise ValueError(f"tau must be in (0, 1], got {tau}")
-    return max(anls_single(prediction, g, tau) for g in _as_golds(golds))
+    prediction = _prediction(prediction, "anls")
+    return max(anls_single(prediction, g, tau) for g in _as_golds(golds, "anls"))
 
 
 def normalize_answer(text: str) -> str:
@@ -78,8 +99,8 @@ def normalize_answer(text: str) -> str:
 
 
 def exact_match(prediction: str, golds: str | Sequence[str]) -> float:
-    p = normalize_answer(prediction)
-    return max(float(p == normalize_answer(g)) for g in _as_golds(golds))
+    p = normalize_answer(_prediction(prediction, "exact_match"))
+    return max(float(p == normalize_answer(g)) for g in _as_golds(golds, "exact_match"))
 
 
 def f1_single(prediction: str, gold: str) -> float:
@@ -94,15 +115,16 @@ def f1_single(prediction: str, gold: str) -> float:
 
 
 def f1(prediction: str, golds: str | Sequence[str]) -> float:
-    return max(f1_single(prediction, g) for g in _as_golds(golds))
+    prediction = _prediction(prediction, "f1")
+    return max(f1_single(prediction, g) for g in _as_golds(golds, "f1"))
 
 
 def passkey_accuracy(prediction: str, gold: str | int) -> float:
     """1.0 if the gold key (as a string) occurs in the prediction, else 0.0 (the paper's accuracy)."""
-    gold = str(gold)
+    gold = _gold(gold, "passkey_accuracy")
     if not gold:
         raise ValueError("passkey_accuracy: empty gold")
-    return float(gold in str(prediction))
+    return float(gold in _prediction(prediction, "passkey_accuracy"))
 
 
 def match_score(gold_ids: Sequence[int], pred_ids: Sequence[int]) -> float:
@@ -170,7 +192,7 @@ def score_all(predictions: Sequence[str], golds: Sequence[Sequence[str]], metric
     if len(predictions) != len(golds):
         raise ValueError(f"{len(predictions)} predictions but {len(golds)} gold lists")
     funcs = {"anls": anls, "em": exact_match, "f1": f1,
-             "accuracy": lambda p, g: max(passkey_accuracy(p, x) for x in _as_golds(g))}
+             "accuracy": lambda p, g: max(passkey_accuracy(p, x) for x in _as_golds(g, "passkey_accuracy"))}
     unknown = [m for m in metrics if m not in funcs]
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; choose from {sorted(funcs)}")

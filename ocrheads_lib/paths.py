@@ -20,15 +20,20 @@ def results_dir(model_id: str, root: str | os.PathLike = "results") -> Path:
     return path
 
 
+FILE_MODE = 0o644  # result files are readable by everyone (mkstemp alone would leave them 0600)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` through a temporary file in the same folder and a rename,
-    so a reader never sees a half-written file."""
+    """Write `text` to `path` through a temporary file in the same folder, then a rename
+    (``os.replace``), so a reader never sees a half-written file: `path` holds either the old content or
+    the complete new one. The file gets mode 0644. This is the project's one atomic writer."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

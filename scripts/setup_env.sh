@@ -54,9 +54,12 @@ fi
 if [ -L .venv ] || [ ! -e .venv ]; then
     ln -sfn "$venv" .venv
 fi
-# Editable install of this clone (no dependencies, no network): cheap, so always redone,
-# because the cached environment may last have pointed at another clone.
-if ! .venv/bin/pip install --quiet --no-deps --no-build-isolation -e . >/tmp/ocrheads-editable.log 2>&1; then
-    cat /tmp/ocrheads-editable.log; echo "[setup] editable install of this clone failed" >&2; exit 1
+# The library is NOT installed into the cached environment: the environment is shared by every clone,
+# and an (editable) install would point all of them at whichever clone ran setup last. Each clone
+# imports its own checkout instead: the Makefile puts it first on PYTHONPATH (tests, book, benchmarks).
+# An editable install left by an older version of this script is removed, so it cannot shadow a clone.
+if .venv/bin/python -m pip show --quiet ocrheads >/dev/null 2>&1; then
+    echo "[setup] removing the ocrheads install from the shared environment (each clone imports its own checkout)"
+    .venv/bin/python -m pip uninstall --quiet --yes ocrheads
 fi
-echo "[setup] ready: .venv -> $venv"
+echo "[setup] ready: .venv -> $venv (run with PYTHONPATH=\$PWD, as make does, to import this checkout)"

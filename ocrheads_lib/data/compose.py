@@ -45,6 +45,11 @@ def resolve_layout_name(layout: str | None, *, font: Any = None, font_size: Any 
     return layout
 
 
+def _default(value: Any, default: Any) -> Any:
+    """None -> the default; any other value is kept (0 is validated by TextLayout, never replaced)."""
+    return default if value is None else value
+
+
 def make_layout(layout: str, rng: random.Random, *, font: str | None, font_size: int | None,
                 line_height: int | None, margin: int | None, chars_per_line: int | None,
                 lines_per_page: int | None, grid_offset: Any = "aligned",
@@ -72,13 +77,14 @@ def make_layout(layout: str, rng: random.Random, *, font: str | None, font_size:
             except (TypeError, ValueError) as error:
                 raise ValueError(f"grid_offset must be 'aligned', 'random' or (x, y); got {grid_offset!r}") from error
         return TextLayout(mode="grid",
-                          chars_per_line=chars_per_line or _grid.BOOK_LAYOUT["line_chars"],
-                          lines_per_page=lines_per_page or _grid.BOOK_LAYOUT["max_lines"],
+                          chars_per_line=_default(chars_per_line, _grid.BOOK_LAYOUT["line_chars"]),
+                          lines_per_page=_default(lines_per_page, _grid.BOOK_LAYOUT["max_lines"]),
                           x_off=x_off, y_off=y_off, max_pages=max_pages)
     if layout == "free":
-        return TextLayout(mode="free", chars_per_line=chars_per_line or 50, lines_per_page=lines_per_page or 15,
-                          font=font or "DejaVuSans", font_size=font_size or 24, line_height=line_height,
-                          margin=16 if margin is None else margin, max_pages=max_pages)
+        return TextLayout(mode="free", chars_per_line=_default(chars_per_line, 50),
+                          lines_per_page=_default(lines_per_page, 15), font=_default(font, "DejaVuSans"),
+                          font_size=_default(font_size, 24), line_height=line_height,
+                          margin=_default(margin, 16), max_pages=max_pages)
     raise ValueError(f"layout must be 'free' or 'grid', got {layout!r}")
 
 

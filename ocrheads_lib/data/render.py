@@ -41,6 +41,9 @@ FONT_ALIASES = {
     "dejavuserif": "DejaVuSerif.ttf",
 }
 DEFAULT_MAX_PAGES = 200
+MAX_FONT_SIZE = 256                 # px; larger sizes only make huge pages
+MAX_PAGE_PIXELS = 16_000_000        # per page (e.g. 4000 x 4000): the models resize pages far below this
+_MISSING_GLYPH_PROBE = "\U000f0000"  # a private-use code point no shipped font draws: its image is the placeholder
 
 
 class RenderError(ValueError):
@@ -91,6 +94,38 @@ def glyph_ink(path: str, size: int, char: str) -> tuple[int, int, int, int] | No
     return (box[0] - pad, box[1] - pad, box[2] - pad, box[3] - pad)
 
 
+@functools.lru_cache(maxsize=4096)
+def _glyph_image(path: str, size: int, char: str) -> bytes:
+    font = load_font(path, size)
+    canvas = Image.new("L", (3 * size, 3 * size), 0)
+    ImageDraw.Draw(canvas).text((size, size), char, fill=255, font=font, anchor="la")
+    return canvas.tobytes()
+
+
+def has_glyph(path: str, size: int, char: str) -> bool:
+    """False when the font would draw `char` as its placeholder box (.notdef): the character's image equals
+    the image of a code point the font certainly lacks. Spaces count as drawable."""
+    if char.isspace() or char == NBSP:
+        return True
+    return _glyph_image(path, size, char) != _glyph_image(path, size, _MISSING_GLYPH_PROBE)
+
+
+def check_glyphs(text: Iterable[str], path: str, size: int) -> None:
+    """RenderError naming the characters the font cannot draw (they would be labelled but show a box)."""
+    missing = sorted({c for c in "".join(text) if not has_glyph(path, size, c)})
+    if missing:
+        shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in missing[:5])
+        raise RenderError(f"the font {os.path.basename(path)} has no glyph for {shown}: it would draw its "
+                          "placeholder box instead; use characters the font has, or another font (font=...)")
+
+
+def check_page_size(width: int, height: int) -> None:
+    if width * height > MAX_PAGE_PIXELS:
+        raise RenderError(f"a page of {width} x {height} px ({width * height / 1e6:.0f} megapixels) exceeds the "
+                          f"limit of {MAX_PAGE_PIXELS / 1e6:.0f} megapixels; use fewer chars_per_line or "
+                          "lines_per_page, or a smaller font_size")
+
+
 @dataclass(frozen=True)
 class TextLayout:
     """How text is put on pages. ``mode`` "free" uses font/font_size/line_height/margin;
@@ -111,12 +146,19 @@ class TextLayout:
     def __post_init__(self) -> None:
         if self.mode not in ("free", "grid"):
             raise ValueError(f"layout must be 'free' or 'grid', got {self.mode!r}")
+        for name in ("chars_per_line", "lines_per_page", "font_size", "margin", "x_off", "y_off", "max_pages"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an int, got {value!r}")
         if self.chars_per_line < 1 or self.lines_per_page < 1:
             raise ValueError(f"chars_per_line and lines_per_page must be >= 1 "
                              f"(got {self.chars_per_line}, {self.lines_per_page})")
+        if self.max_pages < 1:
+            raise ValueError(f"max_pages must be >= 1, got {self.max_pages}")
         if self.mode == "free":
-            if self.font_size < 4:
-                raise ValueError(f"font_size must be >= 4 px, got {self.font_size}")
+            if not 4 <= self.font_size <= MAX_FONT_SIZE:
+                raise ValueError(f"font_size must be in 4..{MAX_FONT_SIZE} px, got {self.font_size}; pages are "
+                                 "resized by the model anyway, so a larger font only makes huge pages")
             if self.line_height is not None and self.line_height < 1:
                 raise ValueError(f"line_height must be >= 1 px, got {self.line_height}")
             if self.margin < 0:
@@ -248,7 +290,10 @@ def render_lines(lines: list[Line], layout: TextLayout, special: Iterable[tuple[
         raise ValueError("hidden characters must also be special (drawn one by one)")
     lines = paginate(lines, layout.lines_per_page, layout.max_pages)
     n_pages = lines[-1].page + 1 if lines else 1
+    size = _grid.FONT_SIZE if layout.mode == "grid" else layout.font_size
+    check_glyphs((ln.text for ln in lines), layout.font_path, size)
     if layout.mode == "grid":
+        check_page_size((layout.chars_per_line + 1) * _grid.CELL, (layout.lines_per_page + 1) * _grid.CELL)
         return _render_grid(lines, n_pages, layout, hide)
     return _render_free(lines, n_pages, layout, special, hide)
 
@@ -282,6 +327,7 @@ def _render_free(lines: list[Line], n_pages: int, layout: TextLayout, special: s
             right = max(right, math.ceil(font.getlength(ln.text)), font.getbbox(ln.text, anchor="la")[2])
     width = 2 * m + right + 2
     height = 2 * m + (layout.lines_per_page - 1) * line_h + ascent + descent
+    check_page_size(width, height)
     pages = [Image.new("RGB", (width, height), "white") for _ in range(n_pages)]
     draws = [ImageDraw.Draw(pg) for pg in pages]
     ink: dict[tuple[int, int], PixelBox] = {}

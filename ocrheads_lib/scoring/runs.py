@@ -11,10 +11,12 @@ otherwise computes and saves it (atomically). Samples come from the data generat
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from ocrheads_lib.paths import results_dir as _results_dir
+from ocrheads_lib.scoring.batch import FaultError, is_fault_reason
 from ocrheads_lib.scoring.store import HeadScores, load_scores
 
 # --------------------------------------------------------------------------- models
@@ -26,6 +28,12 @@ def load_scoring_model(model_id: str = "tiny", seed: int = 0, device: str = "cpu
     from ocrheads_lib.cli import load_lm
 
     return load_lm(model_id, device=device, seed=seed)
+
+
+def model_facts(lm: Any) -> dict[str, str]:
+    """The dtype and device kind a loaded model runs in ({"dtype": "float32", "device": "cpu"}), as recorded
+    in score metadata: the same weights in bfloat16 or on a GPU give other scores."""
+    return {"dtype": str(lm.dtype).replace("torch.", ""), "device": str(lm.device.type)}
 
 
 def resolve_answer_source(lm: Any, answer_source: str = "auto") -> str:
@@ -77,13 +85,17 @@ def get_scores(lm: Any, kind: str, samples: Sequence[Any], results_dir: str | Pa
     row = row or (default_row(variant) if kind == "retrieval" else "emit")
     path = score_path(model_id or lm.model_id, kind, row, results_dir, variant)
     ids = [str(s.id) for s in samples]
+    facts = model_facts(lm)
     if path.exists() and not recompute:
         cached = load_scores(path)
         cached_ids = [s.id for s in cached.samples] + [f.id for f in cached.failures]
         wanted = {**options, "answer_source": source}
         same_options = all(cached.meta.options.get(k) == v for k, v in wanted.items())
+        # files written before dtype/device were recorded (None) were float32 CPU runs
+        same_machine = all(getattr(cached.meta, k) in (v, None if v in ("float32", "cpu") else v)
+                           for k, v in facts.items())
         if (cached.meta.model_id == lm.model_id and cached.meta.revision == getattr(lm, "revision", None)
-                and cached.meta.row == row and same_options
+                and cached.meta.row == row and same_options and same_machine
                 and sorted(cached_ids) == sorted(ids) and cached.meta.seed == seed):
             return cached
     if kind == "ocr":
@@ -92,5 +104,10 @@ def get_scores(lm: Any, kind: str, samples: Sequence[Any], results_dir: str | Pa
         scores = score_retrieval(lm, samples, row=row, answer_source=source, dataset=dataset, seed=seed, **options)
     else:
         raise ValueError(f"kind must be 'ocr' or 'retrieval', got {kind!r}")
+    faults = [f for f in scores.failures if is_fault_reason(f.reason)]
+    if faults:  # out of memory or a device error is the machine's, not the samples': never saved as results
+        raise FaultError(f"{len(faults)} of {len(ids)} samples hit a fault (first: {faults[0].id}: {faults[0].reason}); "
+                         f"nothing was saved to {path}. Free memory or the device, then call again")
+    scores.meta = replace(scores.meta, **facts)
     scores.save(path)
     return scores

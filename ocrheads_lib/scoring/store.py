@@ -28,12 +28,14 @@ byte-identical file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -82,12 +84,60 @@ class ScoreMeta:
     row: str | None = "emit"       # "emit" | "consume" | None (unknown, official files)
     source: str = "ocrheads"       # "ocrheads" | "official"
     options: dict[str, Any] = field(default_factory=dict)  # mode, variant, min_overlap, answer_source ...
+    dtype: str | None = None       # the weights' dtype ("float32", "bfloat16"); None: not recorded
+    device: str | None = None      # device kind the run used ("cpu", "cuda"); None: not recorded
+    model_seed: int | None = None  # seed of an untrained tiny-random model (None for trained weights)
+    dataset_args: dict[str, Any] = field(default_factory=dict)   # extra keyword arguments of the generator
+    fingerprint: str | None = None  # run_fingerprint(meta, sample ids) of a command-line run
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.row is not None and self.row not in ROWS:
             raise ValueError(f"row must be one of {ROWS} (or None for unknown), got {self.row!r}")
+        for name in ("n_layers", "n_heads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ScoreMeta.{name} must be a positive int, got {value!r}")
+
+    def identity(self) -> dict[str, Any]:
+        """Every field that decides a result (all but the fingerprint itself), as plain JSON values."""
+        payload = json.loads(json.dumps(asdict(self), sort_keys=True, default=str))
+        payload.pop("fingerprint", None)
+        return payload
+
+
+def run_fingerprint(meta: ScoreMeta, ids: Iterable[str]) -> str:
+    """A short hash of everything that decides a run's result: the metadata (model id and weights revision,
+    dtype, device kind, model seed, dataset name, arguments, seed and size, every scoring option, library
+    version) and the sample ids in order. Two runs with the same fingerprint give byte-identical files."""
+    payload = json.dumps({"meta": meta.identity(), "ids": [str(i) for i in ids]}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def meta_differences(old: Mapping[str, Any], new: Mapping[str, Any], old_ids: Sequence[str] | None = None,
+                     new_ids: Sequence[str] | None = None) -> list[str]:
+    """Human-readable differences between two metadata dicts (``ScoreMeta.identity()``) and their sample
+    ids: ``["dtype: 'float32' -> 'bfloat16'", "dataset_args.layout: (unset) -> 'free'"]``."""
+    def flat(meta: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in meta.items():
+            if key == "fingerprint":
+                continue
+            if isinstance(value, Mapping):
+                out.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                out[key] = value
+        return out
+
+    a, b = flat(old), flat(new)
+    unset = "(unset)"
+    diffs = [f"{key}: {a.get(key, unset)!r} -> {b.get(key, unset)!r}".replace(repr(unset), unset)
+             for key in sorted(set(a) | set(b)) if a.get(key, unset) != b.get(key, unset)]
+    if old_ids is not None and new_ids is not None and list(old_ids) != list(new_ids):
+        first = next((i for i, (x, y) in enumerate(zip(old_ids, new_ids)) if x != y), min(len(old_ids), len(new_ids)))
+        diffs.append(f"sample ids: {len(old_ids)} -> {len(new_ids)} ids, first difference at position {first}")
+    return diffs
 
 
 @dataclass
@@ -104,6 +154,14 @@ class SampleScore:
         self.hits = np.asarray(self.hits, dtype=np.int64)  # (L, H)
         if self.n_rows <= 0:
             raise ValueError(f"sample {self.id}: n_rows must be > 0 (a sample without rows is a Failure)")
+        if self.hits.ndim != 2:
+            raise ValueError(f"sample {self.id}: hits must be a (layers, heads) matrix, got shape "
+                             f"{tuple(self.hits.shape)}")
+        if self.hits.size and (int(self.hits.min()) < 0 or int(self.hits.max()) > self.n_rows):
+            raise ValueError(f"sample {self.id}: hits must lie in 0..n_rows={self.n_rows} (a head hits at most "
+                             f"once per scored row), got {int(self.hits.min())}..{int(self.hits.max())}")
+        if not (math.isfinite(self.weight) and 0.0 <= self.weight <= 1.0):
+            raise ValueError(f"sample {self.id}: weight must be a match score in [0, 1], got {self.weight!r}")
 
     @property
     def entry(self) -> np.ndarray:
@@ -190,22 +248,50 @@ class HeadScores:
             out[l, h] = len(values)
         return out
 
+    def check_shapes(self) -> "HeadScores":
+        """Raise ValueError naming the sample when a sample's hits are not (n_layers, n_heads)."""
+        for sample in self.samples:
+            if sample.hits.shape != self.shape:
+                raise ValueError(f"sample {sample.id}: hits have shape {tuple(sample.hits.shape)}, but the metadata "
+                                 f"says {self.shape[0]} layers x {self.shape[1]} heads; the file is corrupt or "
+                                 "mixes models: re-score it")
+        return self
+
+    def has_entries(self) -> bool:
+        """True when at least one head has an entry (a score set of zero scored samples has none)."""
+        return any(len(values) for values in self.head_entries().values())
+
+    def require_entries(self, what: str = "a head ranking") -> None:
+        """ValueError when no sample was scored, naming the failures' reasons."""
+        if not self.has_entries():
+            reasons = self.failure_counts()
+            raise ValueError(f"no scored samples ({len(self.failures)} failures{': ' + str(reasons) if reasons else ''}"
+                             f"): {what} over zero samples is undefined; check the failures' reasons or give samples")
+
     def mean(self) -> np.ndarray:
-        """(L, H) raw mean score per head (0 for a head without entries)."""
+        """(L, H) raw mean score per head (0 for a head without entries). A score set without any scored
+        sample gives NaN everywhere (undefined, not a plausible-looking 0): no threshold selects a head."""
+        if not self.has_entries():
+            return np.full(self.shape, np.nan)
         out = np.zeros(self.shape)
         for (l, h), values in self.head_entries().items():
             out[l, h] = float(np.mean(values)) if len(values) else 0.0
         return out
 
     def activation_frequency(self, threshold: float = 0.0) -> np.ndarray:
-        """(L, H) share of a head's entries that are > threshold (0 for a head without entries)."""
+        """(L, H) share of a head's entries that are > threshold (0 for a head without entries; NaN when no
+        sample was scored)."""
+        if not self.has_entries():
+            return np.full(self.shape, np.nan)
         out = np.zeros(self.shape)
         for (l, h), values in self.head_entries().items():
             out[l, h] = float(np.mean(values > threshold)) if len(values) else 0.0
         return out
 
     def zero_fraction(self) -> np.ndarray:
-        """(L, H) share of a head's entries that are exactly 0."""
+        """(L, H) share of a head's entries that are exactly 0 (NaN when no sample was scored)."""
+        if not self.has_entries():
+            return np.full(self.shape, np.nan)
         out = np.zeros(self.shape)
         for (l, h), values in self.head_entries().items():
             out[l, h] = float(np.mean(values == 0)) if len(values) else 1.0
@@ -259,7 +345,7 @@ class HeadScores:
             ragged = {parse_head_key(k): np.asarray(v, dtype=float) for k, v in payload["ragged"].items()}
         return cls(meta=meta, samples=[SampleScore.from_json(s) for s in payload.get("samples", [])],
                    failures=[Failure(str(f["id"]), str(f["reason"])) for f in payload.get("failures", [])],
-                   ragged=ragged)
+                   ragged=ragged).check_shapes()
 
 
 def from_official(per_head: Mapping[str, Iterable[float]], *, model_id: str = "", kind: str = "ocr",
@@ -295,9 +381,16 @@ def load_scores(path: str | os.PathLike, *, kind: str | None = None, model_id: s
         raise FileNotFoundError(f"score file {path} does not exist; compute it with "
                                 "`python -m ocrheads_lib score ...` or ocrheads_lib.scoring.score_ocr")
     with open(path, encoding="utf-8") as handle:
-        payload = json.load(handle)
+        try:
+            payload = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"score file {path} is not valid JSON ({error.msg} at line {error.lineno}, column "
+                             f"{error.colno}): truncated or corrupt; re-score it") from error
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        return HeadScores.from_json(payload)
+        try:
+            return HeadScores.from_json(payload)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"score file {path}: {error}") from error
     if isinstance(payload, dict) and payload and all(_HEAD_KEY.match(k) for k in payload):
         guessed_model, guessed_kind = _guess_official_meta(path)
         per_head = {k: (v if isinstance(v, list) else [v]) for k, v in payload.items()}
