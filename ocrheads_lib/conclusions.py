@@ -58,7 +58,7 @@ def data_chapter(model_id: str, units_per_sample: Sequence[int], evidence_tokens
     if ev:
         lone = sum(1 for x in ev if x == 1)
         out.append(f"On `{model_id}`'s token grid the first page has {n_visual_tokens} visual tokens; each answer "
-                   f"unit overlaps {min(ev)}–{max(ev)} of them"
+                   f"unit overlaps {min(ev) if min(ev) == max(ev) else f'{min(ev)}–{max(ev)}'} of them"
                    + (" — exactly one token per character, so a head that reads must look at that one token."
                       if lone == len(ev) else
                       f" ({lone} of {len(ev)} units sit in a single token; the others share tokens with neighbours, "
@@ -201,33 +201,39 @@ def case_study_chapter(model_id: str, consistency: Mapping[str, Any], top: int, 
 
 # ------------------------------------------------------------------------------------------ 06 masking
 
+def _ks(values: Sequence[int]) -> str:
+    return "k = " + ", ".join(str(int(k)) for k in values) if len(values) else "no k"
+
+
 def masking_chapter(drops: Any, min_baseline: float = 0.2) -> list[str]:
-    """Chapter 06, from `experiments.masking.compare_drops(table)`: per task, the largest k."""
-    out = []
+    """Chapter 06, from `experiments.masking.compare_drops(table)`: per task and head set, at which k masking
+    it cost more than every random (and every layer-matched random) draw."""
     if drops is None or len(drops) == 0:
         return ["No masking condition was evaluated, so there is nothing to compare."]
+    out = []
     for task, sub in drops.groupby("task", sort=True):
-        row = sub.sort_values("k").iloc[-1]
-        head = f"`{task}` ({row['modality']}, {row['metric']})"
-        if row["baseline"] < min_baseline:
-            out.append(f"{head}: the unmasked model scores {row['baseline']:.2f}, too low for masking to show a drop.")
+        sub = sub.sort_values("k")
+        first = sub.iloc[0]
+        head = f"`{task}` ({first['modality']}, {first['metric']}, {first['baseline']:.2f} unmasked)"
+        if first["baseline"] < min_baseline:
+            out.append(f"{head}: too low for masking to show a drop.")
             continue
         parts = []
         for name in ("ocr", "retrieval"):
-            if f"{name}_drop" not in row or not _finite(row[f"{name}_drop"]):
+            if f"{name}_drop" not in sub:
                 continue
-            versus = ""
-            if _finite(row.get("random_max_drop")):
-                gap = row[f"{name}_drop"] - row["random_max_drop"]
-                versus = (" — more than any random draw" if gap > 0 else
-                          " — no more than the worst random draw")
-            if _finite(row.get("random_layer_matched_max_drop")):
-                lm_gap = row[f"{name}_drop"] - row["random_layer_matched_max_drop"]
-                versus += ("; more than any layer-matched draw" if lm_gap > 0 else
-                           "; no more than the worst layer-matched draw")
-            parts.append(f"the top-{int(row['k'])} {name} heads cost {row[f'{name}_drop']:.2f}{versus}")
-        out.append(f"{head}: from {row['baseline']:.2f} unmasked, " + ", and ".join(parts) + "."
-                   if parts else f"{head}: no head set was masked.")
+            worst = sub.loc[sub[f"{name}_drop"].idxmax()]
+            text = f"masking the top {name} heads costs up to {worst[f'{name}_drop']:.2f} (at k = {int(worst['k'])})"
+            for control, label in (("random", "random"), ("random_layer_matched", "layer-matched")):
+                column = f"{control}_max_drop"
+                if column not in sub:
+                    continue
+                valid = sub[sub[column].notna()]
+                beats = valid[valid[f"{name}_drop"] > valid[column]]["k"].tolist()
+                if len(valid):
+                    text += f"; more than every {label} draw at {_ks(beats)} of {len(valid)} k values"
+            parts.append(text)
+        out.append(f"{head}: " + ". For the same task, ".join(parts) + "." if parts else f"{head}: no head set was masked.")
     return out
 
 

@@ -360,11 +360,27 @@ def _top_heads_html(matrices: Mapping[str, np.ndarray], k: int = 5) -> str:
     return "<div style='font-size:0.85em'>" + "<br>".join(lines) + "</div>" if lines else ""
 
 
+def evidence_share(maps: Sequence[HeadAttentionMaps]) -> np.ndarray:
+    """(L, H): the share of each head's on-page attention (from the answer rows) that lands on evidence
+    tokens — tokens covering an answer unit's box — averaged over `maps`."""
+    from ocrheads_lib.grounding import covers
+
+    shares = []
+    for m in maps:
+        mask = np.array([any(covers(t, b) for b in m.evidence_boxes) for t in m.token_boxes])   # (N,)
+        total = m.attention.sum(axis=-1)                                                         # (L, H)
+        on_evidence = m.attention[..., mask].sum(axis=-1)
+        shares.append(np.divide(on_evidence, total, out=np.zeros_like(total), where=total > 0))
+    return np.mean(shares, axis=0)
+
+
 def explorer_for(lm: Any, samples: Sequence[Any], scores: Mapping[str, Any] | None = None,
-                 max_grid_heads: int = 64, top_k: int = 8, width: int = 480, max_state_mb: float = 25.0) -> Any:
-    """Record `samples` on `lm` and build the explorer: a layer × head grid when the model has at most
-    `max_grid_heads` heads (the tiny model), otherwise a dropdown over the `top_k` heads of every score."""
-    maps = [record_image_attention(lm, sample) for sample in samples]
+                 max_grid_heads: int = 64, top_k: int = 8, width: int = 480, max_state_mb: float = 25.0,
+                 maps: Sequence[HeadAttentionMaps] | None = None) -> Any:
+    """Record `samples` on `lm` (unless their `maps` are given) and build the explorer: a layer × head grid
+    when the model has at most `max_grid_heads` heads (the tiny model), otherwise a dropdown over the
+    `top_k` heads of every score."""
+    maps = list(maps) if maps is not None else [record_image_attention(lm, sample) for sample in samples]
     n_heads = maps[0].n_layers * maps[0].n_heads if maps else 0
     head_list = top_heads(scores, top_k) if (scores and n_heads > max_grid_heads) else None
     return head_explorer(maps, scores=scores, head_list=head_list, width=width, max_state_mb=max_state_mb)
