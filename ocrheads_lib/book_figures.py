@@ -122,3 +122,29 @@ def text_sample_html(sample: Any, window: int = 240) -> str:
             f"<div style='font-size:0.85em'>context {len(sample.context)} characters, needle at "
             f"{n0}–{n1}; question: <code>{html.escape(sample.question)}</code>, answer: "
             f"<code>{html.escape(sample.answer)}</code></div>")
+
+
+def grounding_figure(chars: Any, result: Any, width_in: float = 7.2) -> Any:
+    """The evidence page of one sample with, per answer character, its true box (cyan) and the box the OCR
+    heads point at (red dashed when it misses, green when it hits) — `chars` a
+    `grounding.CharacterAttention`, `result` its `grounding.CharacterGrounding`."""
+    import matplotlib.pyplot as plt
+
+    page = chars.page
+    fig, ax = plt.subplots(figsize=(width_in, width_in * page.height / page.width + 0.6))
+    ax.imshow(np.asarray(page.convert("RGB")))
+    for c, (box, pred, hit) in enumerate(zip(chars.char_boxes, result.predicted, result.hits)):
+        _rect(ax, box, EVIDENCE, lw=2)
+        x0, y0, x1, y1 = pred
+        from matplotlib.patches import Rectangle
+
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2, ls="-" if hit else "--",
+                               edgecolor="#1e9e3c" if hit else "#dc1e1e"))
+    ax.set_xlim(0, page.width)
+    ax.set_ylim(page.height, 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    heads = ", ".join(f"L{l}H{h}" for l, h in result.heads)
+    ax.set_title(f"{chars.sample_id}: {sum(result.hits)} of {len(result.hits)} characters hit (heads {heads})")
+    fig.tight_layout()
+    return fig

@@ -1,7 +1,7 @@
 """Execute the book's notebooks with papermill, with a cache, for `make book` (scripts/build_book.sh).
 
-Every `notebooks/NN_name.ipynb` is run from the `notebooks/` folder (so `results_dir="../results"`
-points at the repository's `results/`) with parameters from one book-level YAML file
+Every `notebooks/NN_name.ipynb` is run from the `notebooks/` folder (chapters resolve a relative
+`results_dir` against the repository, see `ocrheads_lib.chapter`) with parameters from one book-level YAML file
 (`book/params.yml`: a `defaults` mapping for every notebook plus an optional `notebooks` mapping of
 per-notebook overrides keyed by the notebook's stem). The executed copy goes to
 `book/generated/NN_name.ipynb`, next to a `NN_name.ipynb.key` file holding the cache key.
@@ -115,6 +115,38 @@ def _first_error(notebook_path: Path) -> str:
     return ""
 
 
+# Printed text that means a chapter ran without something it needs (or hid an error): the build fails.
+BAD_OUTPUT = ("not found", "Traceback", "No such file")
+
+
+def output_problems(notebook_path: Path) -> list[str]:
+    """Lines of an executed notebook's text outputs that contain one of :data:`BAD_OUTPUT`."""
+    nb = json.loads(Path(notebook_path).read_text(encoding="utf-8"))
+    found = []
+    for index, cell in enumerate(nb.get("cells", [])):
+        for out in cell.get("outputs", []) or []:
+            texts = [out.get("text", "")]
+            texts += [(out.get("data") or {}).get(mime, "") for mime in ("text/plain", "text/html", "text/markdown")]
+            for text in texts:
+                text = "".join(text) if isinstance(text, list) else str(text)
+                for line in text.splitlines():
+                    if any(bad in line for bad in BAD_OUTPUT):
+                        found.append(f"cell {index}: {line.strip()[:200]}")
+    return found
+
+
+def finish_executed(notebook_path: Path) -> None:
+    """Hide papermill's injected-parameters cell behind a toggle, like the defaults cell it overrides."""
+    import nbformat
+
+    nb = nbformat.read(str(notebook_path), as_version=4)
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "hide-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "hide-cell"]
+    nbformat.write(nb, str(notebook_path))
+
+
 def run_notebooks(notebooks_dir: str | os.PathLike, out_dir: str | os.PathLike,
                   params_path: str | os.PathLike | None, kernel_name: str = "python3",
                   force: bool = False, failed_dir: str | os.PathLike | None = None,
@@ -181,6 +213,17 @@ def run_notebooks(notebooks_dir: str | os.PathLike, out_dir: str | os.PathLike,
             previous_key = f"failed:{key}"
             continue
         seconds = time.perf_counter() - start
+        problems = output_problems(tmp)
+        if problems:
+            failed_dir.mkdir(parents=True, exist_ok=True)
+            kept = failed_dir / src.name
+            os.replace(tmp, kept)
+            reason = f"prints that something it needs is missing or failed: {problems[0]}"
+            runs.append(NotebookRun(src.name, "failed", seconds, key, params, reason))
+            log(f"[book] {src.name:28s} FAILED after {seconds:.1f} s: {reason}\n       executed copy: {kept}")
+            previous_key = f"failed:{key}"
+            continue
+        finish_executed(tmp)
         os.replace(tmp, dst)
         atomic_write_text(key_file, key + "\n")
         runs.append(NotebookRun(src.name, "executed", seconds, key, params))

@@ -1,10 +1,16 @@
-"""Score figures (PAPER.md §5.1): bin donuts, score-vs-frequency bars, layer×head heatmaps, and the
-emit-vs-consume comparison. Each function draws on a given Axes (or makes one) and returns it;
-numbers come from :mod:`ocrheads_lib.analysis` / :mod:`ocrheads_lib.heads`, never computed here.
+"""The book's figures, drawn with seaborn under one theme (:func:`set_theme`).
+
+Score figures: head counts per score bin, score-vs-frequency bars, layer × head heatmaps with the top
+heads annotated, the emit-vs-consume scatter, and the intervention sweeps (masking, sink). Each
+function draws on a given Axes (or makes one) and returns it, or returns a figure; numbers come from
+:mod:`ocrheads_lib.analysis` / :mod:`ocrheads_lib.heads` and the experiments' tables, never computed here.
+
+Legibility: figures are at most :data:`MAX_WIDTH_IN` wide at :data:`DPI`, so they are shown at their
+natural size in the book's text column and every font (>= 9 pt) stays >= 9 pt as rendered.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -13,8 +19,25 @@ from ocrheads_lib.heads import head_values
 from ocrheads_lib.scoring.store import HeadScores
 
 HEATMAP_BOUNDS = (0.0, 0.01, 0.1, 0.3, 0.5, 1.0)   # the paper's discrete colour bounds
-BIN_COLORS = ("#d9d9d9", "#9ecae1", "#4292c6", "#ef6548", "#b30000")
+HEATMAP_COLORS = ("#f7f7f7", "#c6dbef", "#6baed6", "#fd8d3c", "#bd0026")
 ACTIVE_THRESHOLD = 0.1                              # the paper's line: share of entries > 0.1
+DPI = 100                                           # figure and savefig resolution (px per inch)
+MAX_WIDTH_IN = 7.2                                  # 720 px: fits the book's text column unscaled
+MIN_FONT_PT = 9
+FONT_SIZES = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9,
+              "ytick.labelsize": 9, "legend.fontsize": 9, "legend.title_fontsize": 9, "figure.titlesize": 11}
+SET_COLORS = {"ocr": "#c0392b", "retrieval": "#2e86c1", "random": "#7f8c8d", "random_layer_matched": "#b7950b",
+              "none": "#000000"}
+
+
+def set_theme() -> None:
+    """The book's one figure theme: seaborn whitegrid, fonts >= 9 pt, 100-dpi PNGs."""
+    import matplotlib as mpl
+    import seaborn as sns
+
+    sns.set_theme(context="notebook", style="whitegrid", palette="deep", rc=FONT_SIZES)
+    mpl.rcParams.update({"figure.dpi": DPI, "savefig.dpi": DPI, "savefig.bbox": "tight",
+                         "figure.figsize": (MAX_WIDTH_IN, 3.6), "axes.titleweight": "normal"})
 
 
 def _axes(ax=None, figsize=(4, 4)):
@@ -28,35 +51,49 @@ def _axes(ax=None, figsize=(4, 4)):
 def _title(scores: HeadScores, title: str | None) -> str:
     if title is not None:
         return title
-    prefix = "OCR" if scores.meta.kind == "ocr" else "RH"
+    prefix = "OCR" if scores.meta.kind == "ocr" else "retrieval"
     row = f", {scores.meta.row}" if scores.meta.row else ""
-    return f"{prefix} — {scores.meta.model_id}{row}"
+    return f"{prefix}: {scores.meta.model_id}{row}"
 
 
-def bin_donut(scores: HeadScores, ax=None, title: str | None = None, filtered: bool = False):
-    """Donut of the share of heads per score bin (==0, (0,.1], (.1,.3], (.3,.5], (.5,1])."""
-    ax = _axes(ax)
-    bins = sparsity_bins(scores, filtered=filtered)
-    counts = np.array(bins, dtype=float)
-    nonzero = counts > 0
-    wedges, _ = ax.pie(counts[nonzero], colors=[c for c, keep in zip(BIN_COLORS, nonzero) if keep],
-                       startangle=90, counterclock=False, wedgeprops=dict(width=0.38, edgecolor="white"))
-    shares = bins.shares()
-    labels = [f"{label}: {count} ({share:.1f}%)" for label, count, share in zip(BIN_LABELS, bins, shares)]
-    ax.legend(wedges, [lab for lab, keep in zip(labels, nonzero) if keep], loc="upper center",
-              bbox_to_anchor=(0.5, 0.02), fontsize=8, frameon=False, ncol=2)
-    ax.text(0, 0, f"{bins.total}\nheads", ha="center", va="center", fontsize=9)
-    ax.set_title(_title(scores, title) + (" (filtered)" if filtered else ""), fontsize=10)
-    ax.set_aspect("equal")
+def label(scores: HeadScores) -> str:
+    """A short name of a score set for legends: "OCR tiny" / "retrieval Qwen2-VL-2B-Instruct"."""
+    return f"{'OCR' if scores.meta.kind == 'ocr' else 'retrieval'} {scores.meta.model_id}"
+
+
+def bin_bars(score_sets: Sequence[HeadScores], ax=None, filtered: bool = False, names: Sequence[str] | None = None):
+    """Share of heads (%) per score bin (==0, (0,.1], (.1,.3], (.3,.5], (.5,1]), one bar colour per score set;
+    the head counts are written on the bars. Replaces the paper's donuts: bars of several sets side by side
+    are comparable at a glance."""
+    import pandas as pd
+    import seaborn as sns
+
+    ax = _axes(ax, figsize=(MAX_WIDTH_IN, 3.4))
+    names = list(names) if names is not None else [label(s) for s in score_sets]
+    rows = []
+    for name, scores in zip(names, score_sets):
+        bins = sparsity_bins(scores, filtered=filtered)
+        rows += [{"bin": b, "share": share, "count": count, "set": name}
+                 for b, count, share in zip(BIN_LABELS, bins, bins.shares())]
+    frame = pd.DataFrame(rows)
+    sns.barplot(frame, x="bin", y="share", hue="set", ax=ax)
+    for container, (_, sub) in zip(ax.containers, frame.groupby("set", sort=False)):
+        ax.bar_label(container, labels=[str(c) for c in sub["count"]], fontsize=9, padding=1)
+    ax.set_xlabel("mean head score" + (" (paper-code filter applied)" if filtered else ""))
+    ax.set_ylabel("share of heads (%)")
+    ax.set_ylim(0, 108)
+    ax.legend(title=None, loc="upper right", frameon=True)
     return ax
 
 
 def score_frequency_bars(scores: HeadScores, ax=None, top: int = 7, title: str | None = None,
-                         active_threshold: float = ACTIVE_THRESHOLD, max_heads: int | None = 200):
-    """Bars = raw mean score per head, line = activation frequency (share of entries > threshold),
-    heads sorted by frequency (then mean) descending; the first `top` heads of that order are listed
-    ("layer-head"), as in the paper's inset (see :func:`inset_heads`)."""
-    ax = _axes(ax, figsize=(7, 3))
+                         active_threshold: float = ACTIVE_THRESHOLD, max_heads: int | None = 120):
+    """Bars = raw mean score per head, line = activation frequency (share of entries > threshold), heads
+    sorted by frequency (then mean) descending; the first `top` heads of that order are marked and named
+    (the paper's inset, see :func:`inset_heads`)."""
+    import seaborn as sns
+
+    ax = _axes(ax, figsize=(MAX_WIDTH_IN, 3.2))
     mean = scores.mean().reshape(-1)
     freq = scores.activation_frequency(active_threshold).reshape(-1)
     n_heads = scores.meta.n_heads
@@ -64,24 +101,23 @@ def score_frequency_bars(scores: HeadScores, ax=None, top: int = 7, title: str |
     if max_heads is not None:
         order = order[:max_heads]
     x = np.arange(len(order))
-    ax.bar(x, mean[order], width=1.0, color="#4292c6", label="mean score")
-    ax.plot(x, freq[order], color="#e6550d", lw=1.2, label=f"freq (entry > {active_threshold:g})")
-    best = inset_heads(scores, top, active_threshold)
-    best = [head[0] * n_heads + head[1] for head in best]
+    sns.barplot(x=x, y=mean[order], color=sns.color_palette()[0], width=1.0, label="mean score", ax=ax,
+                native_scale=True)
+    sns.lineplot(x=x, y=freq[order], color=sns.color_palette()[1], label=f"share of entries > {active_threshold:g}",
+                 ax=ax)
+    best = [head[0] * n_heads + head[1] for head in inset_heads(scores, top, active_threshold)]
     position = {int(h): i for i, h in enumerate(order)}
-    for flat in best:                                          # mark the top heads on the bars ...
+    for rank, flat in enumerate(best):
         if int(flat) in position:
-            ax.plot(position[int(flat)], mean[flat], "v", color="black", ms=3)
-    inset = "\n".join(f"{flat // n_heads}-{flat % n_heads}: {mean[flat]:.3f} (freq {freq[flat]:.2f})"
-                       for flat in best)                        # ... and list them, as the paper's inset
-    ax.text(0.35, 0.95, f"top {top} (layer-head):\n{inset}", transform=ax.transAxes, va="top", ha="left",
-            fontsize=7, family="monospace", bbox=dict(boxstyle="round", fc="white", ec="#bbbbbb", alpha=0.9))
+            ax.annotate(f"{flat // n_heads}-{flat % n_heads}", (position[int(flat)], mean[flat]),
+                        xytext=(0, 4 + 11 * (rank % 2)), textcoords="offset points", ha="center", fontsize=9)
     ax.set_xlim(-0.5, len(order) - 0.5)
-    ax.set_ylim(0, 1.1)
-    ax.set_xlabel(f"heads (top {len(order)} by activation frequency)")
+    ax.set_ylim(0, 1.15)
+    ax.set_xticks([])
+    ax.set_xlabel(f"heads, by activation frequency (first {len(order)}; labelled: top {top}, layer-head)")
     ax.set_ylabel("score / frequency")
-    ax.legend(fontsize=7, loc="upper right", frameon=False)
-    ax.set_title(_title(scores, title), fontsize=10)
+    ax.legend(loc="upper right", frameon=True)
+    ax.set_title(_title(scores, title))
     return ax
 
 
@@ -95,70 +131,187 @@ def inset_heads(scores: HeadScores, top: int = 7, active_threshold: float = ACTI
 
 
 def head_heatmap(scores: HeadScores | np.ndarray, ax=None, title: str | None = None, rule: str = "readme",
-                 colorbar: bool = True):
-    """Layer × head map of the head values (raw mean for rule="readme", filtered for "paper-code"),
-    discrete colours with the paper's bounds 0, .01, .1, .3, .5, 1."""
-    import matplotlib.pyplot as plt
+                 colorbar: bool = True, annotate: int = 5):
+    """Layer × head map of the head values (raw mean for rule="readme", filtered for "paper-code") in the
+    paper's discrete colours (bounds 0, .01, .1, .3, .5, 1); the `annotate` best heads carry their value."""
+    import seaborn as sns
     from matplotlib.colors import BoundaryNorm, ListedColormap
 
-    ax = _axes(ax, figsize=(5, 4))
     if isinstance(scores, HeadScores):
         values = head_values(scores, rule)
-        label = _title(scores, title)
+        name = _title(scores, title)
     else:
-        values, label = np.asarray(scores, dtype=float), title or ""
-    cmap = ListedColormap(["#f7f7f7", "#c6dbef", "#6baed6", "#fd8d3c", "#bd0026"])
-    norm = BoundaryNorm(HEATMAP_BOUNDS, cmap.N)
-    image = ax.imshow(values, aspect="auto", origin="lower", cmap=cmap, norm=norm, interpolation="nearest")
+        values, name = np.asarray(scores, dtype=float), title or ""
+    n_layers, n_heads = values.shape
+    ax = _axes(ax, figsize=(min(MAX_WIDTH_IN / 2, 1.2 + 0.25 * n_heads), 3.4))
+    annot = np.full(values.shape, "", dtype=object)
+    for flat in np.argsort(-values.reshape(-1), kind="stable")[:annotate]:
+        if values.reshape(-1)[flat] > 0:
+            annot[flat // n_heads, flat % n_heads] = f"{values.reshape(-1)[flat]:.2f}".lstrip("0")
+    cmap = ListedColormap(list(HEATMAP_COLORS))
+    sns.heatmap(values, ax=ax, cmap=cmap, norm=BoundaryNorm(HEATMAP_BOUNDS, cmap.N), annot=annot, fmt="",
+                annot_kws={"fontsize": 9, "color": "black"}, cbar=colorbar, linewidths=0.3 if n_heads <= 16 else 0,
+                linecolor="white", cbar_kws={"ticks": list(HEATMAP_BOUNDS), "label": "score"}, square=False)
+    ax.invert_yaxis()
+    step_h, step_l = max(1, n_heads // 8), max(1, n_layers // 8)
+    ax.set_xticks(np.arange(0, n_heads, step_h) + 0.5, [str(i) for i in range(0, n_heads, step_h)], rotation=0)
+    ax.set_yticks(np.arange(0, n_layers, step_l) + 0.5, [str(i) for i in range(0, n_layers, step_l)], rotation=0)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    n_layers, n_heads = values.shape
-    ax.set_xticks(range(0, n_heads, max(1, n_heads // 8)))
-    ax.set_yticks(range(0, n_layers, max(1, n_layers // 8)))
-    ax.set_title(label, fontsize=10)
-    if colorbar:
-        plt.colorbar(image, ax=ax, ticks=HEATMAP_BOUNDS, fraction=0.046, pad=0.04)
+    ax.set_title(name)
     return ax
 
 
-def row_comparison(emit: HeadScores, consume: HeadScores, ax=None, top: int = 5, title: str | None = None):
-    """Scatter of every head's mean score under the two row conventions; the top heads of each are labelled."""
-    ax = _axes(ax, figsize=(4, 4))
+def row_comparison(emit: HeadScores, consume: HeadScores, ax=None, top: int = 5, title: str | None = None,
+                   xlabel: str = 'mean score, row="emit"', ylabel: str = 'mean score, row="consume"'):
+    """Scatter of every head's mean score under two score sets (e.g. the two row conventions); the top
+    heads of each are labelled "layer-head"."""
+    import seaborn as sns
+
+    ax = _axes(ax, figsize=(MAX_WIDTH_IN / 2, 3.4))
     a, b = emit.mean().reshape(-1), consume.mean().reshape(-1)
     n_heads = emit.meta.n_heads
-    ax.scatter(a, b, s=10, alpha=0.6)
-    lim = max(1e-3, float(max(a.max(), b.max()))) * 1.05
+    sns.scatterplot(x=a, y=b, s=28, alpha=0.7, ax=ax)
+    lim = max(1e-3, float(max(a.max(), b.max()))) * 1.08
     ax.plot([0, lim], [0, lim], color="grey", lw=0.8, ls="--")
-    for flat in set(np.argsort(-a, kind="stable")[:top]) | set(np.argsort(-b, kind="stable")[:top]):
-        ax.annotate(f"{flat // n_heads}-{flat % n_heads}", (a[flat], b[flat]), fontsize=7)
+    for flat in sorted(set(np.argsort(-a, kind="stable")[:top]) | set(np.argsort(-b, kind="stable")[:top])):
+        ax.annotate(f"{flat // n_heads}-{flat % n_heads}", (a[flat], b[flat]), fontsize=9,
+                    xytext=(3, 3), textcoords="offset points")
     ax.set_xlim(0, lim)
     ax.set_ylim(0, lim)
-    ax.set_xlabel('mean score, row="emit"')
-    ax.set_ylabel('mean score, row="consume" (paper code)')
-    ax.set_title(title or f"{emit.meta.kind.upper()} — {emit.meta.model_id}", fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or f"{emit.meta.kind.upper()}: {emit.meta.model_id}")
     return ax
 
 
-def findings_grid(score_sets: Sequence[HeadScores], kind: str = "donut", filtered: bool = False,
-                  ncols: int = 3, size: float = 4.0):
-    """One figure with one panel per score set: kind = "donut" | "bars" | "heatmap"."""
+def two_panels(height: float = 3.4, width_ratios: Sequence[float] = (1, 1)):
+    """A figure with two panels side by side at the book's column width."""
     import matplotlib.pyplot as plt
 
-    n = len(score_sets)
-    nrows = max(1, (n + ncols - 1) // ncols)
-    width = size * (1.6 if kind == "bars" else 1.0)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, size * nrows * (0.7 if kind == "bars" else 1)),
-                             squeeze=False)
+    return plt.subplots(1, 2, figsize=(MAX_WIDTH_IN, height), gridspec_kw={"width_ratios": list(width_ratios)})
+
+
+def findings_grid(score_sets: Sequence[HeadScores], kind: str = "bins", filtered: bool = False,
+                  ncols: int = 2, size: float = 3.2):
+    """One figure for several score sets: kind = "bins" (one bar chart, sets side by side), "bars" (one
+    score-vs-frequency panel per set, `ncols` per row) or "heatmap"."""
+    import matplotlib.pyplot as plt
+
+    if kind == "bins":
+        fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN, size + 0.4))
+        bin_bars(score_sets, ax=ax, filtered=filtered)
+        fig.tight_layout()
+        return fig
+    if kind not in ("bars", "heatmap"):
+        raise ValueError(f"kind must be 'bins', 'bars' or 'heatmap', got {kind!r}")
+    ncols = max(1, min(ncols, 2, len(score_sets)))
+    nrows = max(1, -(-len(score_sets) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(MAX_WIDTH_IN, size * nrows), squeeze=False)
     for ax, scores in zip(axes.flat, score_sets):
-        if kind == "donut":
-            bin_donut(scores, ax=ax, filtered=filtered)
-        elif kind == "bars":
-            score_frequency_bars(scores, ax=ax)
-        elif kind == "heatmap":
-            head_heatmap(scores, ax=ax, rule="paper-code" if filtered else "readme")
+        if kind == "bars":
+            score_frequency_bars(scores, ax=ax, top=4 if ncols > 1 else 7)
         else:
-            raise ValueError(f"kind must be 'donut', 'bars' or 'heatmap', got {kind!r}")
-    for ax in list(axes.flat)[n:]:
+            head_heatmap(scores, ax=ax, rule="paper-code" if filtered else "readme")
+    for ax in list(axes.flat)[len(score_sets):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def sweep_panels(curves: Any, x: str, xlabel: str, baseline: str = "start", col_wrap: int = 2) -> Any:
+    """Score vs `x` (masking's k, the sink's beta) per head set, one panel per task (two per row), random
+    draws as their mean with a band from the worst to the best draw.
+
+    curves: the tidy table of `experiments.masking.score_curves` / `experiments.sink.sink_curves`
+    (columns task, modality, head_set, metric, score, lo, hi and `x`). baseline: "start" = the unmasked
+    score is every curve's first point (k = 0); "line" = a dashed horizontal line."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    if baseline not in ("start", "line"):
+        raise ValueError(f"baseline must be 'start' or 'line', got {baseline!r}")
+    tasks = sorted(curves["task"].unique(), key=lambda t: (curves[curves.task == t].modality.iloc[0] != "image", t))
+    ncols = min(col_wrap, len(tasks))
+    nrows = -(-len(tasks) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(MAX_WIDTH_IN, 3.1 * nrows), squeeze=False, sharey=True)
+    for ax, task in zip(axes.flat, tasks):
+        sub = curves[curves.task == task]
+        base = sub[sub.head_set == "none"]
+        lines = []
+        for name in [h for h in sub.head_set.unique() if h != "none"]:
+            line = sub[sub.head_set == name].sort_values(x)
+            if baseline == "start" and not base.empty:
+                line = pd.concat([base.assign(head_set=name), line], ignore_index=True)
+            lines.append(line)
+        frame = pd.concat(lines, ignore_index=True) if lines else sub.iloc[0:0]
+        palette = {name: SET_COLORS.get(name, "#333333") for name in frame.head_set.unique()}
+        sns.lineplot(frame, x=x, y="score", hue="head_set", palette=palette, marker="o", ax=ax, errorbar=None)
+        for name, line in frame.groupby("head_set"):
+            ax.fill_between(line[x], line.lo, line.hi, alpha=0.15, color=palette[name], lw=0)
+        if baseline == "line" and not base.empty:
+            ax.axhline(base.score.iloc[0], color="black", ls="--", lw=1, label="unmodified")
+        ax.set_title(f"{task} ({sub.modality.iloc[0]})")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(sub.metric.iloc[0])
+        ax.set_ylim(-0.03, 1.03)
+        if ax is not axes.flat[0] and ax.get_legend() is not None:
+            ax.get_legend().remove()
+    if axes.flat[0].get_legend() is not None:
+        axes.flat[0].legend(title=None, loc="lower left", frameon=True)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def value_heatmap(values: Any, ax=None, title: str = "", label: str = "", annotate: int = 5, fmt: str = ".2f",
+                  cmap: str = "rocket_r"):
+    """Layer × head map of any per-head number (a count, an attention mass, a share) on a continuous scale;
+    the `annotate` largest cells carry their value."""
+    import seaborn as sns
+
+    values = np.asarray(values, dtype=float)
+    n_layers, n_heads = values.shape
+    ax = _axes(ax, figsize=(min(MAX_WIDTH_IN, 1.6 + 0.35 * n_heads), 3.2))
+    flat = np.nan_to_num(values, nan=-np.inf).reshape(-1)
+    annot = np.full(values.shape, "", dtype=object)
+    for index in np.argsort(-flat, kind="stable")[:annotate]:
+        if np.isfinite(flat[index]):
+            annot[index // n_heads, index % n_heads] = format(flat[index], fmt)
+    sns.heatmap(values, ax=ax, cmap=cmap, annot=annot, fmt="", annot_kws={"fontsize": 9},
+                cbar_kws={"label": label}, linewidths=0.3 if n_heads <= 16 else 0, linecolor="white")
+    ax.invert_yaxis()
+    step_h, step_l = max(1, n_heads // 8), max(1, n_layers // 8)
+    ax.set_xticks(np.arange(0, n_heads, step_h) + 0.5, [str(i) for i in range(0, n_heads, step_h)], rotation=0)
+    ax.set_yticks(np.arange(0, n_layers, step_l) + 0.5, [str(i) for i in range(0, n_layers, step_l)], rotation=0)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title)
+    return ax
+
+
+def condition_scatter(changes: Any, x: str = "direct", y: str = "cot", col: str = "task"):
+    """Per-head scores under two conditions (one panel per `col` value, two per row), diagonal dashed."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    groups = list(changes.groupby(col, sort=True))
+    ncols = max(1, min(2, len(groups)))
+    nrows = max(1, -(-len(groups) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(MAX_WIDTH_IN, 3.3 * nrows), squeeze=False)
+    for ax, (name, sub) in zip(axes.flat, groups):
+        sns.scatterplot(sub, x=x, y=y, s=28, alpha=0.7, ax=ax)
+        top = float(np.nanmax(sub[[x, y]].to_numpy())) if len(sub) else 0.0
+        lim = max(0.05, top) * 1.05
+        ax.plot([0, lim], [0, lim], color="grey", lw=0.8, ls="--")
+        ax.set_xlim(0, lim)
+        ax.set_ylim(0, lim)
+        ax.set_xlabel(f"head score, {x}")
+        ax.set_ylabel(f"head score, {y}")
+        ax.set_title(str(name))
+    for ax in list(axes.flat)[len(groups):]:
         ax.axis("off")
     fig.tight_layout()
     return fig

@@ -71,66 +71,41 @@ class HeadAttentionMaps:
 def record_image_attention(lm: Any, sample: Any, answer: str | None = None) -> HeadAttentionMaps:
     """One teacher-forced forward pass of `sample` (with its gold answer, or `answer`) under the probe,
     recording, for every head, the attention mass on each image token of the evidence page from the
-    answer-emitting rows (one key set per image token: the tiny model has few, and only these rows are
-    computed, so this is cheap).
+    answer-emitting rows, averaged over those rows (`grounding.record_rows` keeps them per row).
 
     lm: a model adapter (`ocrheads_lib.load_model(...)` or `models.testing.tiny_random(...)`);
     sample: an `ImageSample`.
     """
-    import torch
-
-    from ocrheads_lib.attention import Plan, apply
-    from ocrheads_lib.inference import sample_inputs
+    from ocrheads_lib.grounding import record_rows
 
     text = sample.answer if answer is None else answer
-    inputs = sample_inputs(lm, sample, answer=text)
-    answer_positions = inputs.answer_positions                                # (A,)
-    if answer_positions.numel() == 0:
-        raise ValueError(f"sample {sample.id}: the answer {text!r} has no tokens; nothing to record")
-    rows = answer_positions - 1                                               # (A,) rows that emit each answer token
-    tokens = inputs.image_tokens
-    on_page = tokens.pages == int(sample.evidence_page)                       # (N_all,)
-    positions = tokens.positions[on_page]                                     # (N,)
-    boxes = tokens.boxes[on_page]                                             # (N, 4)
-    if positions.numel() == 0:
-        raise ValueError(f"sample {sample.id}: no image tokens on evidence page {sample.evidence_page}")
-    names = [f"token{i}" for i in range(positions.numel())]
-    plan = Plan(record="all", rows=rows, topk=1,
-                key_sets={name: positions[i:i + 1] for i, name in enumerate(names)})
-    with torch.no_grad(), apply(lm, plan) as rec:
-        lm.model(**inputs.tensors)
-    layers = sorted(rec.argmax)
-    attention = np.stack([
-        torch.stack([rec.mass[name][layer][0] for name in names], dim=-1)     # (H, R, N)
-        .mean(dim=1).numpy()                                                  # (H, N)
-        for layer in layers])                                                 # (L, H, N)
+    recorded = record_rows(lm, sample, answer=text)
     return HeadAttentionMaps(sample_id=str(sample.id), page=sample.pages[sample.evidence_page],
-                             token_boxes=boxes.numpy(), attention=attention,
+                             token_boxes=recorded["token_boxes"], attention=recorded["attention"].mean(axis=2),
                              evidence_boxes=[tuple(map(float, b)) for b in sample.boxes],
-                             question=sample.question, answer=text, rows=rows.tolist(),
-                             meta={"model_id": getattr(lm, "model_id", ""), "layers": layers})
+                             question=sample.question, answer=text, rows=recorded["rows"],
+                             meta={"model_id": getattr(lm, "model_id", ""), "layers": recorded["layers"]})
 
 
 # ------------------------------------------------------------------------------------------- rendering
 
-def render_head(maps: HeadAttentionMaps, layer: int, head: int, width: int = 480,
-                heat_alpha: float = 0.65, colors: int = 96) -> bytes:
-    """PNG bytes: the evidence page (grey) with head (layer, head)'s attention per image token as a heat
-    map scaled to this head's maximum on the page, evidence boxes (cyan) and its most attended token (black).
-    Rendered with PIL only (fast) and quantised to a small palette (small widget state)."""
+def render_attention(page: Image.Image, token_boxes: np.ndarray, weights: np.ndarray, boxes: Sequence[PixelBox],
+                     width: int = 480, heat_alpha: float = 0.65) -> Image.Image:
+    """The page (grey) with `weights` per image token as a heat map scaled to their maximum, `boxes`
+    outlined in cyan and the most attended token in black (an RGB PIL image `width` pixels wide)."""
     from matplotlib import colormaps
 
-    weights = maps.attention[layer, head]                                     # (N,)
-    scale = width / maps.page.width                                           # page px -> image px
-    size = (max(1, round(maps.page.width * scale)), max(1, round(maps.page.height * scale)))
-    page = maps.page.convert("L").resize(size, Image.Resampling.LANCZOS)
-    base = np.asarray(page, dtype=np.float32)[..., None] / 255.0              # (h, w, 1)
+    weights = np.asarray(weights, dtype=np.float64)                           # (N,)
+    scale = width / page.width                                                # page px -> image px
+    size = (max(1, round(page.width * scale)), max(1, round(page.height * scale)))
+    grey = page.convert("L").resize(size, Image.Resampling.LANCZOS)
+    base = np.asarray(grey, dtype=np.float32)[..., None] / 255.0              # (h, w, 1)
 
     heat = np.zeros(size[::-1], dtype=np.float32)                             # (h, w)
     covered = np.zeros(size[::-1], dtype=bool)
     top = float(np.nanmax(weights)) if weights.size and np.isfinite(weights).any() else 0.0
     norm = np.nan_to_num(weights / top) if top > 0 else np.zeros_like(weights)
-    for (x0, y0, x1, y1), value in zip(maps.token_boxes * scale, norm):
+    for (x0, y0, x1, y1), value in zip(np.asarray(token_boxes) * scale, norm):
         c0, r0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
         c1, r1 = min(size[0], int(np.ceil(x1))), min(size[1], int(np.ceil(y1)))
         heat[r0:r1, c0:c1] = np.maximum(heat[r0:r1, c0:c1], value)
@@ -142,14 +117,55 @@ def render_head(maps: HeadAttentionMaps, layer: int, head: int, width: int = 480
     image = Image.fromarray((blended * 255).round().astype(np.uint8), "RGB")
 
     draw = ImageDraw.Draw(image)
-    for x0, y0, x1, y1 in maps.evidence_boxes:
+    for x0, y0, x1, y1 in boxes:
         draw.rectangle([x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1], outline=EVIDENCE_COLOR, width=2)
     if top > 0:
-        x0, y0, x1, y1 = maps.token_boxes[int(np.nanargmax(weights))] * scale
+        x0, y0, x1, y1 = np.asarray(token_boxes)[int(np.nanargmax(weights))] * scale
         draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=ARGMAX_COLOR, width=2)
+    return image
+
+
+def _png(image: Image.Image, colors: int = 96) -> bytes:
+    """A palette PNG (small widget state)."""
     buffer = io.BytesIO()
     image.quantize(colors=colors, method=Image.Quantize.MEDIANCUT).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
+
+
+def render_head(maps: HeadAttentionMaps, layer: int, head: int, width: int = 480,
+                heat_alpha: float = 0.65, colors: int = 96) -> bytes:
+    """PNG bytes: the evidence page (grey) with head (layer, head)'s attention per image token as a heat
+    map scaled to this head's maximum on the page, evidence boxes (cyan) and its most attended token (black).
+    Rendered with PIL only (fast) and quantised to a small palette (small widget state)."""
+    image = render_attention(maps.page, maps.token_boxes, maps.attention[layer, head], maps.evidence_boxes,
+                             width, heat_alpha)
+    return _png(image, colors)
+
+
+def render_character(chars: Any, index: int, heads: Sequence[tuple[int, int]], width: int = 720,
+                     cols: int = 2) -> bytes:
+    """PNG bytes: for answer character `index` of a `grounding.CharacterAttention`, one small page per head
+    of `heads` (`cols` per row) with that head's emitting row as heat, the character's box in cyan and the
+    head's most attended token in black, each labelled with the head."""
+    from PIL import ImageFont
+
+    panel_w = (width - 8 * (cols - 1)) // cols
+    label_h = 22
+    panels = []
+    for layer, head in heads:
+        image = render_attention(chars.page, chars.token_boxes, chars.attention[layer, head, index],
+                                 [chars.char_boxes[index]], panel_w)
+        panels.append((f"L{layer}H{head}", image))
+    rows = -(-len(panels) // cols)
+    panel_h = panels[0][1].height if panels else 1
+    canvas = Image.new("RGB", (width, rows * (panel_h + label_h + 6)), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=15)
+    for i, (name, image) in enumerate(panels):
+        x, y = (i % cols) * (panel_w + 8), (i // cols) * (panel_h + label_h + 6)
+        draw.text((x, y + 2), name, fill=(0, 0, 0), font=font)
+        canvas.paste(image, (x, y + label_h))
+    return _png(canvas)
 
 
 def _score_matrix(value: Any) -> np.ndarray:
@@ -344,11 +360,55 @@ def _top_heads_html(matrices: Mapping[str, np.ndarray], k: int = 5) -> str:
     return "<div style='font-size:0.85em'>" + "<br>".join(lines) + "</div>" if lines else ""
 
 
+def evidence_share(maps: Sequence[HeadAttentionMaps]) -> np.ndarray:
+    """(L, H): the share of each head's on-page attention (from the answer rows) that lands on evidence
+    tokens — tokens covering an answer unit's box — averaged over `maps`."""
+    from ocrheads_lib.grounding import covers
+
+    shares = []
+    for m in maps:
+        mask = np.array([any(covers(t, b) for b in m.evidence_boxes) for t in m.token_boxes])   # (N,)
+        total = m.attention.sum(axis=-1)                                                         # (L, H)
+        on_evidence = m.attention[..., mask].sum(axis=-1)
+        shares.append(np.divide(on_evidence, total, out=np.zeros_like(total), where=total > 0))
+    return np.mean(shares, axis=0)
+
+
 def explorer_for(lm: Any, samples: Sequence[Any], scores: Mapping[str, Any] | None = None,
-                 max_grid_heads: int = 64, top_k: int = 8, width: int = 480, max_state_mb: float = 25.0) -> Any:
-    """Record `samples` on `lm` and build the explorer: a layer × head grid when the model has at most
-    `max_grid_heads` heads (the tiny model), otherwise a dropdown over the `top_k` heads of every score."""
-    maps = [record_image_attention(lm, sample) for sample in samples]
+                 max_grid_heads: int = 64, top_k: int = 8, width: int = 480, max_state_mb: float = 25.0,
+                 maps: Sequence[HeadAttentionMaps] | None = None) -> Any:
+    """Record `samples` on `lm` (unless their `maps` are given) and build the explorer: a layer × head grid
+    when the model has at most `max_grid_heads` heads (the tiny model), otherwise a dropdown over the
+    `top_k` heads of every score."""
+    maps = list(maps) if maps is not None else [record_image_attention(lm, sample) for sample in samples]
     n_heads = maps[0].n_layers * maps[0].n_heads if maps else 0
     head_list = top_heads(scores, top_k) if (scores and n_heads > max_grid_heads) else None
     return head_explorer(maps, scores=scores, head_list=head_list, width=width, max_state_mb=max_state_mb)
+
+
+def character_explorer(chars: Sequence[Any], heads: Sequence[tuple[int, int]], width: int = 720, cols: int = 2) -> Any:
+    """The character picker (an `ipywidgets.VBox`): one dropdown over every (sample, answer character); for the
+    chosen character, each of `heads`' attention row that emitted it, drawn over the page with the
+    character's evidence box (see :func:`render_character`). Works in the static book (browser-side link).
+
+    chars: `grounding.CharacterAttention` per sample (`grounding.record_character_attention`)."""
+    import ipywidgets as widgets
+
+    heads = [(int(l), int(h)) for l, h in heads]
+    if not chars or not heads:
+        raise ValueError("character_explorer: needs at least one recorded sample and one head")
+    options, leaves = [], []
+    for ca in chars:
+        word = "".join(ca.characters)
+        for c, character in enumerate(ca.characters):
+            options.append((f"{ca.sample_id}: character {c + 1} of {word!r} ({character!r})", len(options)))
+            leaves.append(widgets.Image(value=render_character(ca, c, heads, width, cols), format="png"))
+    pick = widgets.Dropdown(options=options, index=0, description="character", layout=widgets.Layout(width="520px"))
+    stack = widgets.Stack(leaves, selected_index=0)
+    widgets.jslink((pick, "index"), (stack, "selected_index"))
+    legend = widgets.HTML(
+        "<div style='font-size:0.85em;color:#555'>Each panel: one head's attention from the query row that "
+        "emitted the chosen character, over the evidence page's image tokens (scaled to its maximum). "
+        "<span style='color:#00a0cc'>Cyan</span>: the character's box. Black outline: the token the head "
+        "attends most.</div>")
+    return widgets.VBox([pick, stack, legend])

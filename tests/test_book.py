@@ -96,28 +96,121 @@ def test_params_file_parses() -> None:
 
     params = load_parameters(ROOT / "book" / "params.yml", "02_ocr_heads")
     assert params["model_id"] == "tiny"
-    assert params["results_dir"] == "../results"
+    assert params["results_dir"] == "results"          # resolved against the repository (ocrheads_lib.chapter)
 
 
 def test_hand_written_results_name_the_shipped_weights() -> None:
-    """Prose that quotes the embedded model's numbers says which weights it measured ("step-N weights",
-    "at step N)", "(step N,"); after retraining, the shipped step changes and this fails until the prose is
-    re-read."""
+    """Prose that quotes the embedded model's numbers (the model card's known limits) says which weights it
+    measured ("step-N weights", "at step N)", "(step N,"); after retraining, the shipped step changes and
+    this fails until the prose is re-read. Chapters carry no such prose: their conclusions are computed."""
     import re
 
     from ocrheads_lib.tiny.evaluate import KNOWN_LIMITS
 
     shipped = json.loads((ROOT / "ocrheads_lib" / "tiny" / "weights" / "training_summary.json").read_text())["steps"]
-    sources = {p.name: "".join("".join(c["source"]) for c in json.loads(p.read_text(encoding="utf-8"))["cells"])
-               for p in NOTEBOOKS}
-    sources["params.yml"] = (ROOT / "book" / "params.yml").read_text(encoding="utf-8")
-    sources["model card known limits"] = " ".join(KNOWN_LIMITS)
     stamp = re.compile(r"step-(\d+) weights|at step (\d+)\)|\(step (\d+),")
-    stamps = {name: [int("".join(groups)) for groups in stamp.findall(text)] for name, text in sources.items()}
-    stamped = {name: steps for name, steps in stamps.items() if steps}
-    assert {"06_masking.ipynb", "07_sink.ipynb", "params.yml", "model card known limits"} <= set(stamped), stamped
-    stale = {name: steps for name, steps in stamped.items() if set(steps) != {shipped}}
-    assert not stale, f"prose measured on other weights than the shipped step {shipped}: {stale}; re-run and re-read it"
+    steps = [int("".join(groups)) for groups in stamp.findall(" ".join(KNOWN_LIMITS))]
+    assert steps and set(steps) == {shipped}, f"known limits measured on other weights than step {shipped}: {steps}"
+    for path in NOTEBOOKS:
+        text = "".join("".join(c["source"]) for c in json.loads(path.read_text(encoding="utf-8"))["cells"])
+        assert not stamp.findall(text), f"{path.name}: hand-written results of particular weights in a chapter"
+
+
+# Result-like numbers in prose: decimals with two or more digits (0.93, 1.00), decimal percentages
+# from 10 % up (94.1 %) and dates. Method constants (0.1, 0.1 %, 10 %, 28 × 28) are not matched.
+RESULT_NUMBER = r"(?<![\w.])\d+\.\d{2,}(?![\w.])|\b[1-9]\d\.\d+\s?%|\b20\d\d-\d\d-\d\d\b"
+
+
+def _prose(markdown: str) -> str:
+    """Markdown without code spans, code fences, math and directive options."""
+    import re
+
+    text = re.sub(r"```\{glue:[^}]*\}.*?```", " ", markdown, flags=re.S)
+    text = re.sub(r"```.*?```", " ", text, flags=re.S)
+    text = re.sub(r"`[^`]*`", " ", text)
+    return re.sub(r"\$[^$]*\$", " ", text)
+
+
+def test_result_number_pattern_by_hand() -> None:
+    import re
+
+    flagged = ["scored 0.93 here", "reached 94.1 % on", "on 2026-11-25 we", "1.00 everywhere"]
+    allowed = ["mean ≥ 0.1 and 10 %", "a 28 × 28 cell", "β = 1 is the", "`0.929` in code", "(0.1 % of its area)"]
+    assert all(re.search(RESULT_NUMBER, _prose(t)) for t in flagged)
+    assert not any(re.search(RESULT_NUMBER, _prose(t)) for t in allowed)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_chapter_reader_conventions(path: Path) -> None:
+    """Every chapter: the defaults cell hidden, one library setup call, >= 1 glued captioned figure,
+    ends with a computed "What this run shows", no result numbers typed into its prose, no file outside
+    the repository named."""
+    import re
+
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    cells = nb["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    markdown = "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    assert "hide-cell" in code[0]["metadata"].get("tags", []), f"{path.name}: hide the defaults cell"
+    sources = ["".join(c["source"]) for c in code]
+    assert sum("chapter.setup(" in s for s in sources) == 1, f"{path.name}: one chapter.setup(...) call"
+    assert not any("os.environ" in s or "set_flush_denormal" in s for s in sources), \
+        f"{path.name}: setup belongs in ocrheads_lib.chapter.setup, not a copied cell"
+    figures = re.findall(r"```\{glue:figure\} (\S+)\n:name: \S+\n\n\S", markdown)
+    assert any(name.startswith("fig-") for name in figures), f"{path.name}: no captioned glued figure"
+    glued = {name for s in sources for name in re.findall(r"ch\.(?:figure|image|table)\(\s*\"([^\"]+)\"", s)}
+    assert set(figures) <= glued, f"{path.name}: figures without a glue call: {set(figures) - glued}"
+    assert re.search(r"## What this run shows\s+```\{glue:md\} conclusion", markdown), \
+        f"{path.name}: needs a final '## What this run shows' section showing the glued conclusion"
+    assert any("ch.conclude(" in s and "conclusions." in s for s in sources), \
+        f"{path.name}: the conclusion must come from ocrheads_lib.conclusions"
+    last_heading = re.findall(r"^## .*$", markdown, flags=re.M)[-1]
+    assert last_heading == "## What this run shows", f"{path.name}: the conclusion section must come last"
+    numbers = re.findall(RESULT_NUMBER, _prose(markdown))
+    assert not numbers, f"{path.name}: result numbers typed into prose {numbers}: glue them from the run"
+    text = markdown + "\n".join(sources)
+    assert "PAPER.md" not in text and "shared/" not in text, f"{path.name}: names a file outside the repository"
+    params = {}
+    exec(compile(sources[0], f"{path.name}:parameters", "exec"), params)
+    assert params["results_dir"] == "results" and params["device"] == "auto", path.name
+
+
+def test_book_pages_name_no_file_outside_the_repository() -> None:
+    for page in (ROOT / "book").glob("*.md"):
+        text = page.read_text(encoding="utf-8")
+        assert "PAPER.md" not in text and "../shared" not in text, page.name
+
+
+def test_readme_papermill_line_runs_as_written(tmp_path: Path) -> None:
+    """The README's real-model command, from the repository root, with only the model swapped for an
+    untrained tiny one (and fewer samples): it runs, and writes its results under `results_dir`."""
+    import os
+    import re
+    import shlex
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    lines = [line for line in readme.splitlines() if line.startswith("papermill notebooks/")]
+    assert lines, "the README shows no papermill command"
+    args = shlex.split(lines[0])
+    assert "-p" in args and "device" in args and "model_id" in args
+    args = [a.replace("Qwen/Qwen2-VL-7B-Instruct", "tiny-random-qwen2_vl") for a in args]
+    args = ["cpu" if prev == "device" else a for prev, a in zip([""] + args, args)]
+    args[args.index("out.ipynb")] = str(tmp_path / "out.ipynb")
+    args += ["-p", "n_samples", "2", "-p", "n_grounding", "1", "-p", "results_dir", str(tmp_path / "results"),
+             "-k", "python3"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+    proc = subprocess.run([sys.executable, "-m", "papermill", *args[1:]], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "results" / "tiny-random-qwen2_vl" / "ocr_scores.json").is_file()
+    out = json.loads((tmp_path / "out.ipynb").read_text(encoding="utf-8"))
+    from ocrheads_lib.bookbuild import output_problems
+
+    assert not output_problems(tmp_path / "out.ipynb")
+    conclusion = [o["data"]["application/papermill.record/text/markdown"] for c in out["cells"]
+                  for o in c.get("outputs", []) if "application/papermill.record/text/markdown" in o.get("data", {})]
+    assert conclusion and re.search(r"samples were scored on `tiny-random-qwen2_vl`", "".join(conclusion[0]))
 
 
 # ------------------------------------------------------------------------------------------ build cache
@@ -430,3 +523,111 @@ def test_check_book_classifies_pages_and_injects_its_probe(tmp_path: Path) -> No
         server.shutdown()
     assert check_book.RESULT_ID not in plain
     assert probed.index(check_book.RESULT_ID) < probed.index("intro")        # injected into <head>
+
+
+# ------------------------------------------------------------------------------------------ model card page
+
+def test_model_card_page_is_rendered_from_the_json_card(tmp_path: Path) -> None:
+    """The page is the template filled from model_card.json: short, intervals from the counts, no dumps,
+    no file outside the repository, and the shipped page is what rendering gives."""
+    import re
+
+    from ocrheads_lib.metrics import wilson_interval
+    from ocrheads_lib.tiny import MODEL_CARD
+    from ocrheads_lib.tiny.evaluate import write_markdown
+
+    card = json.loads(Path(MODEL_CARD).read_text(encoding="utf-8"))
+    out = tmp_path / "model_card.md"
+    write_markdown(card, str(out))
+    text = out.read_text(encoding="utf-8")
+    assert text == (ROOT / "book" / "model_card.md").read_text(encoding="utf-8"), \
+        "book/model_card.md is stale: python -m ocrheads_lib.tiny.evaluate --render_only"
+    assert len(re.sub(r"[|`#*\-–:]", " ", text).split()) <= 1500
+    held = card["heldout"]["sets"]["a_key_unaligned"]
+    lo, hi = wilson_interval(round(held["accuracy"] * held["n"]), held["n"])
+    assert f"| `a_key_unaligned` | {held['accuracy']:.3f} | {lo:.3f}–{hi:.3f} |" in text
+    assert "{download}`model_card.json" in text and "literalinclude" not in text
+    assert "../shared" not in text and "the issue" not in text.lower() and "$" not in text.replace("$$", "")
+
+
+# ------------------------------------------------------------------------------------------ chapter helpers
+
+def test_results_dir_is_resolved_against_the_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ocrheads_lib import chapter
+
+    monkeypatch.chdir(tmp_path)
+    assert chapter.resolve_results_root("results") == ROOT / "results"
+    assert chapter.resolve_results_root(tmp_path / "r") == tmp_path / "r"
+    assert chapter.resolve_device("cpu") == "cpu" and chapter.resolve_device("cuda:1") == "cuda:1"
+    assert chapter.resolve_device("auto") in ("cpu", "cuda")
+    with pytest.raises(ValueError, match="device must be one of"):
+        chapter.resolve_device("gpu")
+
+
+def test_format_table_rounds_hides_the_index_and_folds() -> None:
+    import pandas as pd
+
+    from ocrheads_lib.chapter import ci_text, format_table
+
+    html = format_table(pd.DataFrame({"head": ["L2H1", "L3H0"], "score": [0.123456, 1.0]}, index=[5, 6]), digits=2)
+    assert ">0.12<" in html and ">1.00<" in html and "0.123456" not in html
+    assert ">5<" not in html and "<details>" not in html
+    long = format_table(pd.DataFrame({"x": range(30)}), fold_rows=10)
+    assert "<details><summary>show all 30 rows</summary>" in long
+    assert ci_text(0.4213, 0.3, 0.55) == "0.42 [0.30, 0.55]"
+
+
+def test_bookbuild_rejects_missing_file_messages_and_hides_injected_cell(tmp_path: Path) -> None:
+    import nbformat
+
+    from ocrheads_lib.bookbuild import finish_executed, output_problems
+
+    nb = nbformat.v4.new_notebook()
+    injected = nbformat.v4.new_code_cell("model_id = 'x'")
+    injected.metadata["tags"] = ["injected-parameters"]
+    bad = nbformat.v4.new_code_cell("print('official file not found at x')")
+    bad.outputs = [nbformat.v4.new_output("stream", name="stdout", text="official file not found at x\n")]
+    nb.cells = [injected, bad]
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nb, str(path))
+    assert output_problems(path) == ["cell 1: official file not found at x"]
+    finish_executed(path)
+    assert "hide-cell" in json.loads(path.read_text())["cells"][0]["metadata"]["tags"]
+    bad.outputs = [nbformat.v4.new_output("stream", name="stdout", text="all good\n")]
+    nbformat.write(nb, str(path))
+    assert output_problems(path) == []
+
+
+# ------------------------------------------------------------------------------------------ conclusions
+
+def test_conclusions_follow_the_numbers() -> None:
+    import pandas as pd
+
+    from ocrheads_lib import conclusions
+    from ocrheads_lib.analysis import Interval
+
+    separated = conclusions.findings_chapter("m", Interval(30.0, 25.0, 35.0, 50), Interval(10.0, 8.0, 12.0, 50),
+                                             0.1, Interval(0.1, 0.0, 0.2, 50), 0.9, 0.5)
+    assert "do not overlap" in separated[0] and "holds on this model" in separated[1]
+    assert "distinct" in separated[2]
+    overlapping = conclusions.findings_chapter("m", Interval(30.0, 20.0, 35.0, 50), Interval(25.0, 15.0, 32.0, 50),
+                                               0.8, Interval(0.8, 0.7, 0.9, 50), float("nan"), 0.5)
+    assert "intervals overlap" in overlapping[0] and "does not support" in overlapping[1]
+    assert "against the paper's 'distinct' claim" in overlapping[2]
+
+    drops = pd.DataFrame([dict(task="t", modality="image", metric="accuracy", k=k, baseline=1.0, ocr_drop=d,
+                               random_max_drop=r, random_layer_matched_max_drop=float("nan"))
+                          for k, d, r in [(2, 0.5, 0.1), (5, 0.9, 0.95)]])
+    text = conclusions.masking_chapter(drops)[0]
+    assert "costs up to 0.90 (at k = 5)" in text and "more than every random draw at k = 2 of 2 k values" in text
+    assert "layer-matched" not in text                       # no valid layer-matched draw
+    low = conclusions.masking_chapter(drops.assign(baseline=0.1))[0]
+    assert "too low" in low
+
+    cons = {"n_characters": 4, "mean_pairwise_jaccard": 0.5, "chance_jaccard": 0.1, "most_common": [[2, 1, 4]]}
+    case = conclusions.case_study_chapter("m", cons, 5, 36)
+    assert "5.0 times chance" in case[0] and "L2H1" in case[1] and "same few heads" in case[1]
+    assert "too few" in conclusions.case_study_chapter("m", {"n_characters": 1}, 5, 36)[0]
+    assert conclusions.heads_text([(0, 1), (2, 3), (4, 5)]) == "L0H1, L2H3 and L4H5"
+    sink = conclusions.sink_chapter(None, 0.001, (0, 2))
+    assert "No β sweep" in sink[0] and "No head uses the first token as a sink" in sink[1] and "L0H2" in sink[1]

@@ -258,11 +258,11 @@ def test_accelerate_two_processes_give_the_same_file(dataset: str, reference: by
 
 
 def test_summary_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    official = REPO.parent / "shared" / "data" / "official_scores" / "InternVL2-8B_fg_2.json"
-    if official.exists():
-        assert cli.main(["summary", str(official)]) == 0
-        printed = json.loads(capsys.readouterr().out)
-        assert printed["paper_code"] == 44 and printed["bins_raw"]["==0"] == 895
+    from ocrheads_lib.data.official import official_path
+
+    assert cli.main(["summary", str(official_path("InternVL2-8B_fg_2.json"))]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["paper_code"] == 44 and printed["bins_raw"]["==0"] == 895
     with pytest.raises(ValueError, match="unknown dataset"):
         cli.resolve_dataset("no-such-dataset")
     with pytest.raises(ValueError, match="RANK/WORLD"):

@@ -1,7 +1,7 @@
 """Scores as data, head selection and the three findings.
 
-The official-file tests read the two released score files (PAPER.md §8.3) from
-`../shared/data/official_scores/` relative to the repository root and must reproduce §8.3 exactly.
+The official-file tests read the two released score files shipped with the package
+(`ocrheads_lib/data/official/`, see its README) and must reproduce the paper's published numbers exactly.
 """
 from __future__ import annotations
 
@@ -12,16 +12,12 @@ import numpy as np
 import pytest
 
 from ocrheads_lib import analysis, heads
+from ocrheads_lib.data.official import official_path
 from ocrheads_lib.scoring import Failure, HeadScores, SampleScore, ScoreMeta, load_scores
 
 REPO = Path(__file__).resolve().parents[1]
-OFFICIAL = REPO.parent / "shared" / "data" / "official_scores"
-INTERNVL = OFFICIAL / "InternVL2-8B_fg_2.json"
-QWEN_TE = OFFICIAL / "Qwen2-VL-2B-Instruct_te_2.json"
-
-needs_official = pytest.mark.skipif(
-    not (INTERNVL.exists() and QWEN_TE.exists()),
-    reason=f"official score files not found in {OFFICIAL} (they live beside PAPER.md in ../shared/data/)")
+INTERNVL = official_path("InternVL2-8B_fg_2.json")      # shipped with the package: never skipped
+QWEN_TE = official_path("Qwen2-VL-2B-Instruct_te_2.json")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +31,6 @@ def qwen_te() -> HeadScores:
 
 
 # --------------------------------------------------------------------------- official files
-@needs_official
 def test_internvl_official_numbers(internvl: HeadScores) -> None:
     assert internvl.meta.kind == "ocr" and internvl.meta.source == "official"
     assert internvl.shape == (32, 32)
@@ -65,7 +60,6 @@ def test_internvl_official_numbers(internvl: HeadScores) -> None:
                                                             (9, 11), (14, 19), (15, 12), (15, 25), (19, 30)]
 
 
-@needs_official
 def test_qwen_text_official_numbers(qwen_te: HeadScores) -> None:
     assert qwen_te.meta.kind == "retrieval" and qwen_te.shape == (28, 12)
     assert np.all(qwen_te.n_entries() == 600)
@@ -92,16 +86,14 @@ def test_qwen_text_official_numbers(qwen_te: HeadScores) -> None:
     assert round(analysis.static_activation(qwen_te, active_only=True).pearson, 3) == 0.925
 
 
-@needs_official
 def test_bar_plot_insets_match_the_paper(internvl: HeadScores, qwen_te: HeadScores) -> None:
     from ocrheads_lib.plots import inset_heads
 
-    # PAPER.md §5.1, cell 7 insets (layer-head)
+    # the paper's figure insets (analysis notebook, cell 7) (layer-head)
     assert set(inset_heads(internvl)) == {(9, 0), (7, 6), (7, 4), (11, 24), (15, 26), (12, 14), (6, 2)}
     assert set(inset_heads(qwen_te)) == {(27, 11), (12, 11), (0, 8), (0, 3), (15, 1), (0, 0), (8, 1)}
 
 
-@needs_official
 def test_bootstrap_is_seeded(qwen_te: HeadScores) -> None:
     stat = lambda s: len(heads.select(s, "paper-code"))  # noqa: E731
     a = analysis.bootstrap_ci(qwen_te, stat, n_boot=20, seed=3)
@@ -214,7 +206,7 @@ def test_plots_draw(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     a = _toy(rng.integers(0, 5, size=(8, 3, 4)) / 4)
     b = _toy(rng.integers(0, 5, size=(8, 3, 4)) / 4, kind="retrieval")
-    for kind in ("donut", "bars", "heatmap"):
+    for kind in ("bins", "bars", "heatmap"):
         fig = plots.findings_grid([a, b], kind=kind, ncols=2)
         fig.savefig(tmp_path / f"{kind}.png")
     ax = plots.row_comparison(a, b)

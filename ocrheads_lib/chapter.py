@@ -1,0 +1,157 @@
+"""What every chapter of the book does first (one hidden call), and how it shows its results.
+
+    from ocrheads_lib import chapter
+    ch = chapter.setup(model_id, results_dir=results_dir, device=device, seed=seed)
+    ch.figure("ocr-heads", fig)           # saved under results/<model>/figures/, glued for {glue:figure}
+    ch.table("ocr-top", frame)            # rounded, no index, long tables folded; glued for {glue:figure}
+    ch.conclude(sentences)                # glued as "conclusion" for the "What this run shows" section
+
+Paths: a relative `results_dir` is resolved against the repository (the folder holding this package and
+its pyproject.toml), never the working directory, so `papermill notebooks/02_ocr_heads.ipynb out.ipynb`
+from the repository root and `papermill 02_ocr_heads.ipynb out.ipynb` from notebooks/ write to the same
+`results/`. (Installed outside a checkout, relative paths fall back to the working directory.)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+DEVICES = ("auto", "cpu", "cuda")
+FOLD_ROWS = 12          # tables with more rows are folded behind a "show all rows" toggle
+
+
+def repository_root() -> Path | None:
+    """The checkout this package lives in (the folder with pyproject.toml), or None when installed."""
+    root = PACKAGE_ROOT.parent
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def resolve_results_root(results_dir: str | os.PathLike) -> Path:
+    """`results_dir` as an absolute path: relative paths are taken from the repository root."""
+    path = Path(results_dir).expanduser()
+    if path.is_absolute():
+        return path
+    base = repository_root() or Path.cwd()
+    return (base / path).resolve()
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; "cpu", "cuda" and "cuda:N" pass through."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device in DEVICES or str(device).startswith("cuda:"):
+        return device
+    raise ValueError(f"device must be one of {DEVICES} or 'cuda:N', got {device!r}; "
+                     "use 'auto' to take the GPU when there is one")
+
+
+def ci_text(estimate: float, low: float, high: float, digits: int = 2) -> str:
+    """"0.42 [0.31, 0.55]": an estimate with its interval, for a table cell or a sentence."""
+    return f"{estimate:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def format_table(frame: Any, digits: int = 3, fold_rows: int = FOLD_ROWS) -> str:
+    """HTML of a DataFrame as the book shows tables: numbers rounded to `digits`, no index, and, past
+    `fold_rows` rows, the first rows visible and the rest behind a toggle."""
+    frame = frame.reset_index(drop=True)
+    numeric = frame.select_dtypes("number").columns
+    styler = frame.style.hide(axis="index").format({c: f"{{:.{digits}f}}" for c in numeric
+                                                      if frame[c].dtype.kind == "f"}, na_rep="–")
+    html = styler.to_html()
+    if len(frame) <= fold_rows:
+        return html
+    head = frame.head(fold_rows)
+    head_html = head.style.hide(axis="index").format({c: f"{{:.{digits}f}}" for c in numeric
+                                                      if head[c].dtype.kind == "f"}, na_rep="–").to_html()
+    return (f"{head_html}<details><summary>show all {len(frame)} rows</summary>{html}</details>")
+
+
+@dataclass
+class Chapter:
+    """One chapter's run: its parameters and where its files go."""
+
+    model_id: str
+    seed: int
+    device: str               # resolved: "cpu" / "cuda" / "cuda:N"
+    results_root: Path        # absolute
+    out: Path                 # results_root / <model slug>
+    figures: Path             # out / "figures"
+
+    def figure(self, name: str, fig: Any) -> Path:
+        """Save `fig` as figures/<name>.png and glue it under `name` (shown by ``{glue:figure} name``)."""
+        import matplotlib.pyplot as plt
+
+        path = self.figures / f"{name}.png"
+        fig.savefig(path)
+        _glue(name, fig)
+        plt.close(fig)
+        return path
+
+    def image(self, name: str, path: str | os.PathLike) -> None:
+        """Glue a PNG file (e.g. a contact sheet) under `name` (shown by ``{glue:figure} name``)."""
+        from IPython.display import Image
+
+        _glue(name, Image(filename=str(path)))
+
+    def table(self, name: str, frame: Any, digits: int = 3, fold_rows: int = FOLD_ROWS) -> None:
+        """Glue a formatted table (see :func:`format_table`) under `name`."""
+        from IPython.display import HTML
+
+        _glue(name, HTML(format_table(frame, digits, fold_rows)))
+
+    def text(self, name: str, value: str) -> str:
+        """Glue a short text (``{glue:text}`name```) and return it."""
+        _glue(name, value)
+        return value
+
+    def conclude(self, sentences: Sequence[str]) -> str:
+        """Glue the chapter's conclusion, one bullet per sentence, as "conclusion" (``{glue:md} conclusion``)."""
+        from IPython.display import Markdown
+
+        if not sentences:
+            raise ValueError("a chapter's conclusion needs at least one sentence computed from its run")
+        text = "\n".join(f"- {s}" for s in sentences)
+        _glue("conclusion", Markdown(text))
+        return text
+
+
+def _glue(name: str, value: Any) -> None:
+    from myst_nb import glue
+
+    glue(name, value, display=False)
+
+
+def setup(model_id: str, results_dir: str | os.PathLike = "results", device: str = "auto", seed: int = 0) -> Chapter:
+    """The start of every chapter: offline hub, flush denormals (tiny models on CPU), the book's figure
+    theme, pandas display options, and the chapter's folders under the resolved `results_dir`."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import pandas as pd
+    import torch
+
+    from ocrheads_lib import plots
+    from ocrheads_lib.paths import results_dir as model_results_dir
+
+    torch.set_flush_denormal(True)
+    plots.set_theme()
+    try:
+        from IPython import get_ipython
+
+        if get_ipython() is not None:
+            from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+            set_matplotlib_formats("png")
+    except ImportError:   # not in IPython: figures are only saved
+        pass
+    pd.set_option("display.precision", 3)
+    pd.set_option("display.max_colwidth", 60)
+    root = resolve_results_root(results_dir)
+    out = model_results_dir(model_id, root)
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    return Chapter(model_id=str(model_id), seed=int(seed), device=resolve_device(device), results_root=root,
+                   out=out, figures=figures)

@@ -1,0 +1,312 @@
+"""The sentences of each chapter's "What this run shows", generated from that run's numbers.
+
+Every function takes the numbers a chapter computed (plain values or the library's result types) and
+returns a list of sentences that are true for *any* model and parameters: they compare, count and
+qualify (with the interval when there is one) instead of assuming an outcome. Chapters glue the
+sentences (`chapter.Chapter.conclude`), so the book's prose never carries a hand-typed result.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+Head = tuple[int, int]
+
+
+def head_name(head: Sequence[int]) -> str:
+    """(2, 5) -> "L2H5"."""
+    return f"L{int(head[0])}H{int(head[1])}"
+
+
+def heads_text(heads: Sequence[Sequence[int]], limit: int = 6) -> str:
+    """"L2H1, L2H5 and L3H0" (at most `limit` names, then "and N more"); "none" for no heads."""
+    names = [head_name(h) for h in heads]
+    if not names:
+        return "none"
+    if len(names) > limit:
+        return ", ".join(names[:limit]) + f" and {len(names) - limit} more"
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _finite(x: Any) -> bool:
+    return x is not None and isinstance(x, (int, float)) and math.isfinite(float(x))
+
+
+def _interval(estimate: float, low: float, high: float, digits: int = 2, unit: str = "") -> str:
+    return f"{estimate:.{digits}f}{unit} (95 % interval {low:.{digits}f}–{high:.{digits}f}{unit})"
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part} of {whole}" + (f" ({100 * part / whole:.1f} %)" if whole else "")
+
+
+def _compare(a: float, b: float, tolerance: float = 1e-9) -> str:
+    return "higher than" if a > b + tolerance else ("lower than" if a < b - tolerance else "equal to")
+
+
+# ------------------------------------------------------------------------------------------ 01 data
+
+def data_chapter(model_id: str, units_per_sample: Sequence[int], evidence_tokens_per_unit: Sequence[int],
+                 n_visual_tokens: int, free_pages: int, free_evidence_page: int, niah_units: Sequence[int],
+                 n_docs: int) -> list[str]:
+    """Chapter 01: what the generated data and the model's token grid look like in this run."""
+    ev = [int(x) for x in evidence_tokens_per_unit]
+    out = [f"The {len(units_per_sample)} pass-key pages carry {sum(units_per_sample)} answer units "
+           f"({min(units_per_sample)}–{max(units_per_sample)} per key), each with its own box."
+           if units_per_sample else "No pass-key pages were generated."]
+    if ev:
+        lone = sum(1 for x in ev if x == 1)
+        out.append(f"On `{model_id}`'s token grid the first page has {n_visual_tokens} visual tokens; each answer "
+                   f"unit overlaps {min(ev) if min(ev) == max(ev) else f'{min(ev)}–{max(ev)}'} of them"
+                   + (" — exactly one token per character, so a head that reads must look at that one token."
+                      if lone == len(ev) else
+                      f" ({lone} of {len(ev)} units sit in a single token; the others share tokens with neighbours, "
+                      "so one token can be evidence for two characters)."))
+    if any(x == 0 for x in ev):
+        out.append(f"{sum(1 for x in ev if x == 0)} answer unit(s) overlap no visual token: such a unit cannot be "
+                   "scored (the scorer records it as a failure).")
+    out.append(f"The paper-style free layout spread one context over {free_pages} page(s); its needle sits on "
+               f"page {free_evidence_page}, in reading order.")
+    if niah_units:
+        out.append(f"The {len(niah_units)} needle-in-a-haystack answers have {min(niah_units)}–{max(niah_units)} "
+                   f"word units each; {n_docs} synthetic documents stand in for DocVQA.")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ 02 OCR heads
+
+def ocr_heads_chapter(model_id: str, n_heads: int, emit_selected: Sequence[Head], consume_selected: Sequence[Head],
+                      emit_top: Sequence[tuple[Head, float]], n_samples: int, n_failures: int,
+                      jaccard: float, spearman: float, planted: Mapping[str, float],
+                      grounding: Any | None = None, official: Mapping[str, Any] | None = None) -> list[str]:
+    """Chapter 02. planted: row convention -> the planted head's mean entry. grounding: a
+    `grounding.GroundingSummary` or None. official: {"n_selected", "n_heads", "top": [(head, score)]} of
+    the released InternVL2-8B file, or None."""
+    out = []
+    scored = n_samples - n_failures
+    out.append(f"{scored} of {n_samples} samples were scored on `{model_id}`"
+               + (f"; {n_failures} failed and are counted in the table with their reasons." if n_failures else "."))
+    if emit_selected:
+        best, value = emit_top[0]
+        out.append(f"With the emitting row, {_share(len(emit_selected), n_heads)} heads pass the selection rule; "
+                   f"the best is {head_name(best)} with a mean OCR score of {value:.2f}.")
+    else:
+        out.append(f"With the emitting row no head of the {n_heads} passes the selection rule: this model shows no "
+                   "OCR heads on these samples.")
+    if _finite(jaccard):
+        overlap = ("the same heads" if jaccard >= 0.999 else
+                   "largely the same heads" if jaccard >= 0.5 else "mostly different heads")
+        out.append(f"The paper's consuming row selects {len(consume_selected)} heads; the two sets share "
+                   f"{overlap} (Jaccard {jaccard:.2f})" + (f", and the head rankings correlate with Spearman "
+                                                            f"{spearman:.2f}." if _finite(spearman) else "."))
+    else:
+        out.append("Neither row convention selects any head, so the two sets cannot be compared.")
+    if planted:
+        emit, consume = planted.get("emit", float("nan")), planted.get("consume", float("nan"))
+        if _finite(emit):
+            check = "as it must" if emit >= 0.999 else "below the 1.0 it must reach: the scorer or the plant is wrong"
+            out.append(f"The planted head scores {emit:.2f} with the emitting row ({check}) and {consume:.2f} with "
+                       "the consuming row, which only credits it where neighbouring characters share tokens.")
+    if grounding is not None and grounding.n_characters:
+        out.append(f"Read as a detector, the top {grounding.n_heads} OCR heads' attention points into the right "
+                   f"character's box for {_interval(100 * grounding.hit_rate, 100 * grounding.hit_low, 100 * grounding.hit_high, 1, ' %')} "
+                   f"of {grounding.n_characters} answer characters, with a mean IoU of "
+                   f"{_interval(grounding.iou, grounding.iou_low, grounding.iou_high)}.")
+    if official:
+        top = official.get("top") or []
+        out.append(f"The released InternVL2-8B file selects {_share(official['n_selected'], official['n_heads'])} "
+                   "heads by the paper's rule" + (f"; its best head is {head_name(top[0][0])} at {top[0][1]:.2f}."
+                                                  if top else "."))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ 03 retrieval heads
+
+def retrieval_chapter(model_id: str, n_heads: int, wu_selected: Sequence[Head], paper_selected: Sequence[Head],
+                      jaccard_wu_paper: float, official: Mapping[str, Any] | None = None) -> list[str]:
+    """Chapter 03. official: {"raw", "paper_code", "dropped", "max_dropped"} of the released Qwen2-VL-2B file."""
+    out = [f"On `{model_id}`, the corrected test (emitting row, copy from the needle) selects "
+           f"{_share(len(wu_selected), n_heads)} heads; the paper's variant selects {len(paper_selected)}."]
+    if _finite(jaccard_wu_paper):
+        out.append(f"The two selections overlap with Jaccard {jaccard_wu_paper:.2f}"
+                   + (": the paper's variant adds heads the corrected test does not count as copying."
+                      if len(paper_selected) > len(wu_selected) else "."))
+    if official:
+        out.append(f"In the released Qwen2-VL-2B text file {official['raw']} heads have a raw mean of at least 0.1 and "
+                   f"the paper's rule keeps {official['paper_code']}: its filter removes {official['dropped']} "
+                   f"always-on heads, the strongest with a mean of {official['max_dropped']:.2f}.")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ 04 findings
+
+def findings_chapter(model_id: str, share_ocr: Any, share_retrieval: Any, jaccard: float, jaccard_ci: Any,
+                     static_ocr: float, static_retrieval: float,
+                     released: Mapping[str, Mapping[str, float]] | None = None) -> list[str]:
+    """Chapter 04. share_*: `analysis.Interval` of the % of heads above 0.1; jaccard_ci: its Interval;
+    static_*: Spearman of frequency vs mean; released: name -> {"share", "spearman", "binary"}."""
+    out = []
+    separated = share_ocr.low > share_retrieval.high or share_retrieval.low > share_ocr.high
+    relation = _compare(share_ocr.estimate, share_retrieval.estimate)
+    out.append(f"Sparsity on `{model_id}`: {share_ocr.estimate:.1f} % of heads score above 0.1 as OCR heads and "
+               f"{share_retrieval.estimate:.1f} % as retrieval heads (intervals {share_ocr.low:.1f}–{share_ocr.high:.1f} "
+               f"and {share_retrieval.low:.1f}–{share_retrieval.high:.1f}); the OCR share is {relation} the retrieval "
+               "share" + (", and the intervals do not overlap." if separated else
+                          ", but the intervals overlap, so this run does not separate them."))
+    if share_ocr.estimate > share_retrieval.estimate and separated:
+        out.append("So the paper's first claim (OCR heads are less sparse) holds on this model.")
+    else:
+        out.append("So this run does not support the paper's first claim (OCR heads less sparse) on this model.")
+    if _finite(jaccard):
+        verdict = ("the two sets are distinct" if jaccard < 0.3 else
+                   "the two sets overlap substantially, against the paper's 'distinct' claim" if jaccard >= 0.5 else
+                   "the two sets overlap partly")
+        out.append(f"Distinctness: the OCR and retrieval head sets have Jaccard {jaccard:.2f} (interval "
+                   f"{jaccard_ci.low:.2f}–{jaccard_ci.high:.2f} when the OCR samples are resampled): {verdict}.")
+    else:
+        out.append("Distinctness cannot be judged: at least one of the two head sets is empty.")
+    for name, value in (("OCR", static_ocr), ("retrieval", static_retrieval)):
+        if _finite(value):
+            out.append(f"Static activation ({name}): activation frequency and mean score correlate with Spearman "
+                       f"{value:.2f}" + (" — a head's score is mostly how often it fires." if value >= 0.8 else "."))
+    for name, numbers in (released or {}).items():
+        note = (" — by construction, since every entry of that file is 0 or 1" if numbers.get("binary") else "")
+        out.append(f"Released file {name}: {numbers['share']:.1f} % of heads above 0.1; frequency and mean correlate "
+                   f"with Spearman {numbers['spearman']:.2f}{note}.")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ 05 case study
+
+def case_study_chapter(model_id: str, consistency: Mapping[str, Any], top: int, n_characters: int) -> list[str]:
+    """Chapter 05, from `experiments.case_study.run_case_study(...)["consistency"]`."""
+    scored = int(consistency.get("n_characters") or 0)
+    if scored < 2:
+        return [f"Only {scored} of {n_characters} characters had scored samples on `{model_id}`: too few to compare "
+                f"their top-{top} heads."]
+    mean_j, chance = float(consistency["mean_pairwise_jaccard"]), float(consistency["chance_jaccard"])
+    ratio = mean_j / chance if chance > 0 else float("inf")
+    common = consistency.get("most_common") or []
+    out = [f"{scored} of {n_characters} characters had scored samples; their top-{top} head sets overlap with a mean "
+           f"pairwise Jaccard of {mean_j:.2f}, against {chance:.2f} for random sets of the same size "
+           f"({ratio:.1f} times chance)."]
+    if common:
+        l, h, c = common[0]
+        out.append(f"The most frequent head, {head_name((l, h))}, is in the top {top} of {c} of the {scored} "
+                   "characters" + (": the same few heads locate every character." if c >= 0.75 * scored and ratio > 2
+                                   else "."))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ 06 masking
+
+def _ks(values: Sequence[int]) -> str:
+    return "k = " + ", ".join(str(int(k)) for k in values) if len(values) else "no k"
+
+
+def masking_chapter(drops: Any, min_baseline: float = 0.2) -> list[str]:
+    """Chapter 06, from `experiments.masking.compare_drops(table)`: per task and head set, at which k masking
+    it cost more than every random (and every layer-matched random) draw."""
+    if drops is None or len(drops) == 0:
+        return ["No masking condition was evaluated, so there is nothing to compare."]
+    out = []
+    for task, sub in drops.groupby("task", sort=True):
+        sub = sub.sort_values("k")
+        first = sub.iloc[0]
+        head = f"`{task}` ({first['modality']}, {first['metric']}, {first['baseline']:.2f} unmasked)"
+        if first["baseline"] < min_baseline:
+            out.append(f"{head}: too low for masking to show a drop.")
+            continue
+        parts = []
+        for name in ("ocr", "retrieval"):
+            if f"{name}_drop" not in sub:
+                continue
+            worst = sub.loc[sub[f"{name}_drop"].idxmax()]
+            text = f"masking the top {name} heads costs up to {worst[f'{name}_drop']:.2f} (at k = {int(worst['k'])})"
+            for control, label in (("random", "random"), ("random_layer_matched", "layer-matched")):
+                column = f"{control}_max_drop"
+                if column not in sub:
+                    continue
+                valid = sub[sub[column].notna()]
+                beats = valid[valid[f"{name}_drop"] > valid[column]]["k"].tolist()
+                if len(valid):
+                    text += f"; more than every {label} draw at {_ks(beats)} of {len(valid)} k values"
+            parts.append(text)
+        out.append(f"{head}: " + ". For the same task, ".join(parts) + "." if parts else f"{head}: no head set was masked.")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ 07 sink
+
+def sink_chapter(betas: Any, max_first_mass: float | None, max_mass_head: Head | None) -> list[str]:
+    """Chapter 07, from `experiments.sink.compare_betas(table)` and the first-token mass table."""
+    out = []
+    if betas is not None and len(betas):
+        for task, sub in betas.groupby("task", sort=True):
+            ocr = sub[sub.head_set == "ocr"]
+            base = float(sub["baseline"].iloc[0])
+            if ocr.empty:
+                continue
+            row = ocr.iloc[0]
+            gain = row["best_score"] - base
+            others = sub[sub.head_set != "ocr"]
+            best_other = float((others["best_score"] - base).max()) if len(others) else float("nan")
+            if gain > 0:
+                text = (f"redistributing the OCR heads' sink mass helps most at β = {row['best_beta']:g} "
+                        f"(+{gain:.2f} over {base:.2f})")
+                if _finite(best_other):
+                    text += ", more than any control set" if gain > best_other else ", but a control set gains as much"
+            else:
+                text = f"no β improves on the unmodified {base:.2f} in the OCR heads (worst: {row['worst_score']:.2f})"
+            out.append(f"`{task}`: {text}.")
+    else:
+        out.append("No β sweep was evaluated.")
+    if max_first_mass is not None and _finite(max_first_mass):
+        where = f" ({head_name(max_mass_head)})" if max_mass_head is not None else ""
+        if max_first_mass < 0.05:
+            out.append(f"No head uses the first token as a sink: the largest first-token mass is {max_first_mass:.2g}"
+                       f"{where}, so every β moves almost nothing and a flat sweep is expected, not evidence against "
+                       "the paper.")
+        else:
+            out.append(f"The largest first-token mass of any head is {max_first_mass:.2f}{where}: there is sink "
+                       "attention to move.")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ 08 chain-of-thought
+
+def cot_chapter(table: Any, metric: str = "accuracy") -> list[str]:
+    """Chapter 08, from `experiments.cot.run_cot(...)[0]` (one row per task and condition)."""
+    out = []
+    for task, sub in table.groupby("task", sort=True):
+        by = {row["condition"]: row for row in sub.to_dict("records")}
+        if "direct" not in by or "cot" not in by:
+            continue
+        d, c = by["direct"], by["cot"]
+        followed = c.get("followed")
+        text = f"`{task}`: {metric} {d[metric]:.2f} direct vs {c[metric]:.2f} with the chain-of-thought prompt"
+        if _finite(followed):
+            text += (f"; the model wrote more than the bare answer on {100 * followed:.0f} % of the samples"
+                     + (" (it mostly ignored the instruction, so head-score changes reflect the prompt wording)."
+                        if followed < 0.5 else "."))
+        else:
+            text += "."
+        spearman = c.get("spearman_vs_direct")
+        if _finite(spearman):
+            text += f" All head scores correlate between conditions with Spearman {spearman:.2f}."
+        out.append(text)
+    return out or ["No task had both conditions evaluated."]
+
+
+# ------------------------------------------------------------------------------------------ 09 explorer
+
+def explorer_chapter(model_id: str, best_head: Head | None, best_share: float, median_share: float,
+                     n_samples: int) -> list[str]:
+    """Chapter 09: how much of the top OCR head's on-page attention lands in the evidence boxes."""
+    if best_head is None:
+        return [f"No OCR scores were available for `{model_id}`, so the explorer opens on layer 0, head 0."]
+    return [f"Over the {n_samples} pages shown, the top OCR head {head_name(best_head)} puts "
+            f"{100 * best_share:.0f} % of its on-page attention (from the answer rows) on the evidence tokens; the "
+            f"median head puts {100 * median_share:.0f} % there."
+            + (" That contrast is what an OCR head looks like." if best_share > 2 * median_share else "")]
