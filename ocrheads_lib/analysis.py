@@ -103,7 +103,8 @@ class Distinctness:
 
 def distinctness(a: HeadScores, b: HeadScores, rule: str = "readme", threshold: float = 0.1,
                  ks: tuple[int, ...] = (2, 10, 20)) -> Distinctness:
-    """How different two head populations of ONE model are (e.g. OCR vs retrieval heads)."""
+    """How different two head populations of ONE model are (e.g. OCR vs retrieval heads). Top-k overlaps are
+    given for the k in `ks` that do not exceed the model's number of heads."""
     if a.shape != b.shape:
         raise ValueError(f"the two score sets come from different shapes {a.shape} vs {b.shape}; "
                          "compare scores of the same model")
@@ -111,7 +112,8 @@ def distinctness(a: HeadScores, b: HeadScores, rule: str = "readme", threshold: 
     mean_a, mean_b = a.mean().reshape(-1), b.mean().reshape(-1)
     spearman = float(stats.spearmanr(mean_a, mean_b).statistic)
     kendall = float(stats.kendalltau(mean_a, mean_b).statistic)
-    topk = {k: topk_overlap(top_k(a, k, rule), top_k(b, k, rule), k) for k in ks}
+    n_total = int(np.prod(a.shape))
+    topk = {k: topk_overlap(top_k(a, k, rule), top_k(b, k, rule), k) for k in ks if k <= n_total}
     return Distinctness(jaccard=jaccard(set_a, set_b), n_a=len(set_a), n_b=len(set_b),
                         n_shared=len(set(set_a) & set(set_b)), spearman=spearman, kendall=kendall, topk=topk)
 

@@ -55,6 +55,16 @@ def ci_text(estimate: float, low: float, high: float, digits: int = 2) -> str:
     return f"{estimate:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+def curve_table(curves: Any, x: str) -> Any:
+    """A sweep's curves (`experiments.evaluate.sweep_curves`: task, head_set, `x`, score, lo, hi) as the book
+    shows them: one row per (task, `x`), one column per head set, each cell "score [lo, hi]"; the unmodified
+    model's own row (head set "none" at a value of `x` no other set has) is kept."""
+    cells = curves.assign(cell=[ci_text(s, lo, hi) for s, lo, hi in zip(curves.score, curves.lo, curves.hi)])
+    wide = cells.pivot_table(index=["task", x], columns="head_set", values="cell", aggfunc="first").reset_index()
+    wide.columns.name = None
+    return wide
+
+
 def format_table(frame: Any, digits: int = 3, fold_rows: int = FOLD_ROWS) -> str:
     """HTML of a DataFrame as the book shows tables: numbers rounded to `digits`, no index, and, past
     `fold_rows` rows, the first rows visible and the rest behind a toggle."""

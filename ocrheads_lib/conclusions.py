@@ -139,6 +139,55 @@ def retrieval_chapter(model_id: str, n_heads: int, wu_selected: Sequence[Head], 
     return out
 
 
+def retrieval_causal_sentences(drops: Any, min_baseline: float = 0.2) -> list[str]:
+    """Chapter 03's causal test (Wu et al.), from `experiments.masking.compare_drops` of a masking run whose only
+    ranked set is "retrieval": per task, how far masking the top-k retrieval heads takes the score, against the
+    mean and the worst of the random and layer-matched random draws."""
+    if drops is None or len(drops) == 0 or "retrieval_drop" not in drops:
+        return ["No masking condition was evaluated, so the causal test has no result."]
+    out = []
+    for task, sub in drops.groupby("task", sort=True):
+        sub = sub.sort_values("k")
+        base = float(sub["baseline"].iloc[0])
+        head = f"`{task}` ({sub['metric'].iloc[0]} {base:.2f} unmasked)"
+        if base < min_baseline:
+            out.append(f"{head}: too low for masking to show a drop.")
+            continue
+        parts = []
+        for row in sub.to_dict("records"):
+            text = f"k = {int(row['k'])}: top retrieval heads {row['retrieval_score']:.2f}"
+            for control, label in (("random_layer_matched", "layer-matched random"), ("random", "random")):
+                if f"{control}_score" in row and _finite(row.get(f"{control}_score")):
+                    text += f", {label} {row[f'{control}_score']:.2f} (worst draw {base - row[f'{control}_max_drop']:.2f})"
+            parts.append(text)
+        beats = [int(r["k"]) for r in sub.to_dict("records")
+                 if _finite(r.get("random_layer_matched_max_drop")) and r["retrieval_drop"] > r["random_layer_matched_max_drop"]]
+        verdict = (f"masking the retrieval heads hurts more than every layer-matched draw at {_ks(beats)}"
+                   if beats else "masking the retrieval heads never hurts more than every layer-matched draw")
+        out.append(f"{head}: " + "; ".join(parts) + f". So {verdict}.")
+    return out
+
+
+def sink_mass_sentences(mass: Any, selected: Sequence[Head], threshold: float = 0.5) -> list[str]:
+    """From `experiments.sink.first_token_mass` (layer x head) and the selected retrieval heads: how many heads
+    use the first token as a sink, and how much of it the retrieval heads carry."""
+    import numpy as np
+
+    values = np.asarray(mass, dtype=float)  # (L, H)
+    if values.size == 0:
+        return []
+    n_sink = int((values > threshold).sum())
+    top = tuple(int(i) for i in np.unravel_index(int(values.argmax()), values.shape))
+    out = [f"{_share(n_sink, values.size)} heads put more than {threshold:g} of their attention on the first token "
+           f"while the answer is written (the most: {head_name(top)}, {values[top]:.2f})"
+           + (": the model has attention sinks." if n_sink else ": no head uses the first token as a sink.")]
+    if selected:
+        on_sink = [float(values[int(l), int(h)]) for l, h in selected]
+        out.append(f"The {len(selected)} selected retrieval heads put a median of {float(np.median(on_sink)):.2f} "
+                   f"of their attention there, against {float(np.median(values)):.2f} for all heads.")
+    return out
+
+
 # ------------------------------------------------------------------------------------------ 04 findings
 
 def findings_chapter(model_id: str, share_ocr: Any, share_retrieval: Any, jaccard: float, jaccard_ci: Any,
@@ -239,26 +288,28 @@ def masking_chapter(drops: Any, min_baseline: float = 0.2) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ 07 sink
 
-def sink_chapter(betas: Any, max_first_mass: float | None, max_mass_head: Head | None) -> list[str]:
-    """Chapter 07, from `experiments.sink.compare_betas(table)` and the first-token mass table."""
+def sink_chapter(betas: Any, max_first_mass: float | None, max_mass_head: Head | None,
+                 head_set: str = "ocr") -> list[str]:
+    """Chapter 07, from `experiments.sink.compare_betas(table)` and the first-token mass table; `head_set` is the
+    set whose β sweep is judged against the controls ("ocr" for an image model, "retrieval" for a text model)."""
     out = []
     if betas is not None and len(betas):
         for task, sub in betas.groupby("task", sort=True):
-            ocr = sub[sub.head_set == "ocr"]
+            ocr = sub[sub.head_set == head_set]
             base = float(sub["baseline"].iloc[0])
             if ocr.empty:
                 continue
             row = ocr.iloc[0]
             gain = row["best_score"] - base
-            others = sub[sub.head_set != "ocr"]
+            others = sub[sub.head_set != head_set]
             best_other = float((others["best_score"] - base).max()) if len(others) else float("nan")
             if gain > 0:
-                text = (f"redistributing the OCR heads' sink mass helps most at β = {row['best_beta']:g} "
+                text = (f"redistributing the {head_set} heads' sink mass helps most at β = {row['best_beta']:g} "
                         f"(+{gain:.2f} over {base:.2f})")
                 if _finite(best_other):
                     text += ", more than any control set" if gain > best_other else ", but a control set gains as much"
             else:
-                text = f"no β improves on the unmodified {base:.2f} in the OCR heads (worst: {row['worst_score']:.2f})"
+                text = f"no β improves on the unmodified {base:.2f} in the {head_set} heads (worst: {row['worst_score']:.2f})"
             out.append(f"`{task}`: {text}.")
     else:
         out.append("No β sweep was evaluated.")

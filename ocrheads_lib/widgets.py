@@ -412,3 +412,130 @@ def character_explorer(chars: Sequence[Any], heads: Sequence[tuple[int, int]], w
         "<span style='color:#00a0cc'>Cyan</span>: the character's box. Black outline: the token the head "
         "attends most.</div>")
     return widgets.VBox([pick, stack, legend])
+
+
+# ------------------------------------------------------------------------------------------- text models
+
+@dataclass
+class TextAttentionMaps:
+    """Where every head of a text model looks in the context while writing the answer.
+
+    attention[l, h, i]: attention of head (l, h) on context token i, averaged over the answer-emitting rows.
+    """
+
+    sample_id: str
+    tokens: list[str]                      # the context's tokens as text (in prompt order)
+    attention: np.ndarray                  # (L, H, N) float
+    needle: list[int]                      # indices (into `tokens`) of the needle's tokens
+    question: str = ""
+    answer: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.attention = np.asarray(self.attention, dtype=np.float64)
+        if self.attention.ndim != 3 or self.attention.shape[2] != len(self.tokens):
+            raise ValueError(f"sample {self.sample_id}: attention must be (layers, heads, {len(self.tokens)}) for "
+                             f"{len(self.tokens)} context tokens, got {self.attention.shape}")
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.attention.shape[0])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.attention.shape[1])
+
+
+def record_text_attention(lm: Any, sample: Any, answer: str | None = None) -> TextAttentionMaps:
+    """One teacher-forced pass of a `TextSample` (gold answer, or `answer`) under the probe, recording every
+    head's attention on each context token from the answer-emitting rows (mean over those rows)."""
+    import torch
+
+    from ocrheads_lib.attention import Plan, apply
+    from ocrheads_lib.inference import sample_inputs
+    from ocrheads_lib.scoring.align import locate_in_prompt
+
+    text = sample.answer if answer is None else answer
+    inputs = sample_inputs(lm, sample, answer=text)
+    rows = inputs.answer_positions - 1                                        # (A,) rows emitting each answer token
+    prompt_ids = inputs.tensors["input_ids"][0, : inputs.prompt_len].tolist()
+    context = locate_in_prompt(lm.tokenizer, prompt_ids, sample.prompt, (0, len(sample.context)))
+    needle = set(locate_in_prompt(lm.tokenizer, prompt_ids, sample.prompt, tuple(sample.needle_span)))
+    if not context or rows.numel() == 0:
+        raise ValueError(f"sample {sample.id}: no context tokens or no answer tokens to record")
+    names = [f"token{i}" for i in range(len(context))]
+    plan = Plan(record="all", rows=rows, topk=1, key_sets={name: [p] for name, p in zip(names, context)})
+    with torch.no_grad(), apply(lm, plan) as rec:
+        lm.model(**inputs.tensors)
+    layers = sorted(rec.argmax)
+    attention = np.stack([torch.stack([rec.mass[name][layer][0] for name in names], dim=-1).float().mean(dim=1).numpy()
+                          for layer in layers])                               # (L, H, N)
+    tokens = [lm.tokenizer.decode([prompt_ids[p]]) for p in context]
+    return TextAttentionMaps(sample_id=str(sample.id), tokens=tokens, attention=attention,
+                             needle=[i for i, p in enumerate(context) if p in needle], question=sample.question,
+                             answer=text, meta={"model_id": getattr(lm, "model_id", "")})
+
+
+def render_text_head(maps: TextAttentionMaps, layer: int, head: int) -> str:
+    """HTML: the context with every token shaded by head (layer, head)'s attention (scaled to its maximum over
+    the context), the needle's tokens underlined in cyan and the most attended token outlined."""
+    from matplotlib import colormaps, colors
+
+    weights = maps.attention[layer, head]                                     # (N,)
+    top = float(weights.max()) if weights.size else 0.0
+    norm = weights / top if top > 0 else np.zeros_like(weights)
+    best = int(weights.argmax()) if top > 0 else -1
+    needle = set(maps.needle)
+    spans = []
+    for i, (token, value) in enumerate(zip(maps.tokens, norm)):
+        rgba = colormaps[HEAT_CMAP](float(value))
+        style = f"background:rgba({','.join(str(round(255 * c)) for c in rgba[:3])},{0.85 * np.sqrt(value):.2f})"
+        if i in needle:
+            style += f";border-bottom:2px solid {colors.to_hex(np.array(EVIDENCE_COLOR) / 255)}"
+        if i == best:
+            style += ";outline:2px solid black"
+        spans.append(f"<span style='{style}'>{html.escape(token)}</span>")
+    on_context = float(weights.sum())
+    return ("<div style='font-family:monospace;font-size:0.85em;line-height:1.6;white-space:pre-wrap'>"
+            + "".join(spans) + "</div>"
+            + f"<div style='font-size:0.85em;color:#555'>L{layer}H{head}: {100 * on_context:.1f} % of its attention "
+              f"from the answer rows is on the context; {100 * float(weights[maps.needle].sum()):.1f} % on the needle."
+              "</div>")
+
+
+def text_head_explorer(maps: Sequence[TextAttentionMaps], heads: Sequence[tuple[int, int]],
+                       scores: Mapping[str, Any] | None = None) -> Any:
+    """The explorer for a text model (an `ipywidgets.VBox`): pick a sample and one of `heads` (e.g.
+    :func:`top_heads` of its retrieval scores) and see the context shaded by that head's attention. Like
+    :func:`head_explorer`, everything is precomputed and linked in the browser (works in the static book)."""
+    import ipywidgets as widgets
+
+    pairs = [(int(l), int(h)) for l, h in heads]
+    if not maps or not pairs:
+        raise ValueError("text_head_explorer: needs at least one recorded sample (record_text_attention) and one head")
+    n_layers, n_heads = maps[0].n_layers, maps[0].n_heads
+    bad = [p for p in pairs if not (0 <= p[0] < n_layers and 0 <= p[1] < n_heads)]
+    if bad:
+        raise ValueError(f"heads {bad} out of range for a model with {n_layers} layers × {n_heads} heads")
+    matrices = {name: _score_matrix(value) for name, value in (scores or {}).items()}
+
+    def label(layer: int, head: int) -> str:
+        extra = ", ".join(f"{name} {matrix[layer, head]:.2f}" for name, matrix in matrices.items())
+        return f"L{layer}H{head}" + (f" ({extra})" if extra else "")
+
+    sample_pick = widgets.Dropdown(options=[(f"{m.sample_id} — answer {m.answer}", i) for i, m in enumerate(maps)],
+                                   index=0, description="sample", layout=widgets.Layout(width="420px"))
+    head_pick = widgets.Dropdown(options=[(label(l, h), i) for i, (l, h) in enumerate(pairs)], index=0,
+                                 description="head", layout=widgets.Layout(width="420px"))
+    per_sample = []
+    for m in maps:
+        stack = widgets.Stack([widgets.HTML(render_text_head(m, l, h)) for l, h in pairs], selected_index=0)
+        widgets.jslink((head_pick, "index"), (stack, "selected_index"))
+        per_sample.append(stack)
+    sample_stack = widgets.Stack(per_sample, selected_index=0)
+    widgets.jslink((sample_pick, "index"), (sample_stack, "selected_index"))
+    legend = widgets.HTML(
+        "<div style='font-size:0.85em;color:#555'>Shade: the head's attention from the answer-emitting rows on each "
+        "context token (mean over answer tokens), scaled to its maximum. <span style='color:#00a0cc'>Cyan "
+        "underline</span>: the needle. Black outline: the token this head attends most.</div>")
+    return widgets.VBox([sample_pick, head_pick, sample_stack, legend])

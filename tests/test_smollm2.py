@@ -93,3 +93,23 @@ def test_masking_runner_and_sink_mass_on_smollm2(lm):
     mass = first_token_mass(lm, samples[:1])
     assert mass.shape == (30, 9) and ((mass.values >= 0) & (mass.values <= 1 + 1e-5)).all()
     assert mass.values.max() > 0.5
+
+
+def test_text_explorer_on_smollm2(lm):
+    """The explorer takes the real text model: the top retrieval head's attention from the answer rows lands on
+    the needle, the rendered HTML marks the needle, and the widget builds."""
+    import numpy as np
+
+    from ocrheads_lib.data import passkey_text
+    from ocrheads_lib.widgets import record_text_attention, render_text_head, text_head_explorer
+
+    sample = passkey_text(1, seed=4)[0]
+    maps = record_text_attention(lm, sample)
+    assert maps.attention.shape == (30, 9, len(maps.tokens))
+    assert "".join(maps.tokens[i] for i in maps.needle).strip().startswith("The pass key is")
+    # L18H6 is SmolLM2's strongest retrieval head (chapter 03): most of its context attention is on the needle
+    assert maps.attention[18, 6, maps.needle].sum() > 0.5 * maps.attention[18, 6].sum()
+    assert np.all(maps.attention >= 0) and np.all(maps.attention.sum(-1) <= 1 + 1e-5)
+    assert "border-bottom:2px solid #00c8ff" in render_text_head(maps, 18, 6)
+    box = text_head_explorer([maps], heads=[(18, 6), (17, 4)])
+    assert len(box.children) == 4
