@@ -34,8 +34,29 @@ ARGMAX_COLOR = (0, 0, 0)            # black: the token the head attends most
 HEAT_CMAP = "YlOrRd"                # light yellow (little attention) -> dark red (the most)
 
 
+class _PerHeadAttention:
+    """What both kinds of maps share: `attention` is (layers, heads, keys shown), one key per shown item."""
+
+    sample_id: str
+    attention: np.ndarray
+
+    def _check_attention(self, n_items: int, items: str) -> None:
+        self.attention = np.asarray(self.attention, dtype=np.float64)
+        if self.attention.ndim != 3 or self.attention.shape[2] != n_items:
+            raise ValueError(f"sample {self.sample_id}: attention must be (layers, heads, {n_items}) for {n_items} "
+                             f"{items}, got {self.attention.shape}")
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.attention.shape[0])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.attention.shape[1])
+
+
 @dataclass
-class HeadAttentionMaps:
+class HeadAttentionMaps(_PerHeadAttention):
     """Where every head looks on a sample's evidence page while writing the answer.
 
     attention[l, h, i]: attention of head (l, h) on image token i of the evidence page, averaged over
@@ -54,18 +75,7 @@ class HeadAttentionMaps:
 
     def __post_init__(self) -> None:
         self.token_boxes = np.asarray(self.token_boxes, dtype=np.float64).reshape(-1, 4)
-        self.attention = np.asarray(self.attention, dtype=np.float64)
-        if self.attention.ndim != 3 or self.attention.shape[2] != len(self.token_boxes):
-            raise ValueError(f"sample {self.sample_id}: attention must be (layers, heads, {len(self.token_boxes)}) "
-                             f"for {len(self.token_boxes)} token boxes, got {self.attention.shape}")
-
-    @property
-    def n_layers(self) -> int:
-        return int(self.attention.shape[0])
-
-    @property
-    def n_heads(self) -> int:
-        return int(self.attention.shape[1])
+        self._check_attention(len(self.token_boxes), "token boxes")
 
 
 def record_image_attention(lm: Any, sample: Any, answer: str | None = None) -> HeadAttentionMaps:
@@ -417,7 +427,7 @@ def character_explorer(chars: Sequence[Any], heads: Sequence[tuple[int, int]], w
 # ------------------------------------------------------------------------------------------- text models
 
 @dataclass
-class TextAttentionMaps:
+class TextAttentionMaps(_PerHeadAttention):
     """Where every head of a text model looks in the context while writing the answer.
 
     attention[l, h, i]: attention of head (l, h) on context token i, averaged over the answer-emitting rows.
@@ -432,18 +442,7 @@ class TextAttentionMaps:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.attention = np.asarray(self.attention, dtype=np.float64)
-        if self.attention.ndim != 3 or self.attention.shape[2] != len(self.tokens):
-            raise ValueError(f"sample {self.sample_id}: attention must be (layers, heads, {len(self.tokens)}) for "
-                             f"{len(self.tokens)} context tokens, got {self.attention.shape}")
-
-    @property
-    def n_layers(self) -> int:
-        return int(self.attention.shape[0])
-
-    @property
-    def n_heads(self) -> int:
-        return int(self.attention.shape[1])
+        self._check_attention(len(self.tokens), "context tokens")
 
 
 def record_text_attention(lm: Any, sample: Any, answer: str | None = None) -> TextAttentionMaps:
