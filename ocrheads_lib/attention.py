@@ -42,6 +42,7 @@ Conventions
 from __future__ import annotations
 
 import contextvars
+import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -189,15 +190,16 @@ def _as_positions(values: Any, what: str) -> torch.Tensor:
 def _as_heads(heads: Any, what: str) -> list[tuple[int, int]]:
     """A list of (layer, head) pairs of ints, or a ValueError that shows the fix: ``mask=(0, 1)`` is one pair
     where a list of pairs is expected, and ``(0, 1.7)`` is not a head."""
-    if isinstance(heads, (str, bytes)) or not isinstance(heads, (Sequence, set, frozenset, torch.Tensor)):
+    array_like = hasattr(heads, "tolist") and not isinstance(heads, (list, tuple))   # numpy / torch arrays
+    if isinstance(heads, (str, bytes)) or not (array_like or isinstance(heads, (Sequence, set, frozenset))):
         raise ValueError(f"{what} must be a list of (layer, head) pairs, got {heads!r}")
-    items = heads.tolist() if isinstance(heads, torch.Tensor) else list(heads)
+    items = heads.tolist() if array_like else list(heads)
     if len(items) == 2 and all(_is_int(x) for x in items):
         raise ValueError(f"{what} must be a list of (layer, head) pairs, got the single pair {tuple(items)!r}; "
                          f"for one head write [{tuple(items)!r}]")
     out = []
     for item in items:
-        pair = item.tolist() if isinstance(item, torch.Tensor) else item
+        pair = item.tolist() if hasattr(item, "tolist") and not isinstance(item, (list, tuple)) else item
         if isinstance(pair, (str, bytes)) or not isinstance(pair, (Sequence,)) or len(pair) != 2 \
                 or not all(_is_int(x) for x in pair):
             raise ValueError(f"{what}: {item!r} is not a (layer, head) pair of ints (0-based indices)")
@@ -206,8 +208,6 @@ def _as_heads(heads: Any, what: str) -> list[tuple[int, int]]:
 
 
 def _is_int(value: Any) -> bool:
-    import numbers
-
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -245,7 +245,7 @@ class Plan:
             raise ValueError(f"Plan.sink must be a dict {{(layer, head): beta}}, got {self.sink!r}")
         _as_heads(list(self.sink), "Plan.sink")
         for head, beta in self.sink.items():
-            if isinstance(beta, bool) or not isinstance(beta, (int, float)) and not torch.is_tensor(beta):
+            if isinstance(beta, bool) or not isinstance(beta, numbers.Real) and not torch.is_tensor(beta):
                 raise ValueError(f"sink beta for head {head} must be a number in [0, 1], got {beta!r}")
         self.rows = None if self.rows is None else _as_positions(self.rows, "Plan.rows")
         if self.has_record() and (self.rows is None or self.rows.numel() == 0):

@@ -42,7 +42,7 @@ from typing import Any, Callable, Sequence
 
 DATASET_ALIASES = {"passkey": "passkey_images", "niah": "niah_images", "passkey-text": "passkey_text",
                    "niah-text": "niah_text"}
-TASK_SAMPLES = {"ocr": "ImageSample", "retrieval": "TextSample"}
+TASK_SAMPLES = {"ocr": "ImageSample", "retrieval": "TextSample"}   # classes of ocrheads_lib.data.samples
 EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPT = 2, 1, 130
 
 
@@ -90,11 +90,12 @@ def parse_dataset_args(args: Sequence[str]) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     for item in args:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise UsageError(f"--dataset-arg {item!r}: expected KEY=VALUE, e.g. --dataset-arg pages=4")
         if key in kwargs:
             raise UsageError(f"--dataset-arg {key} is given twice; give each key once")
-        kwargs[key.strip()] = _parse_value(value)
+        kwargs[key] = _parse_value(value)
     return kwargs
 
 
@@ -127,14 +128,16 @@ def load_dataset(name: str, n: int, seed: int, args: Sequence[str] = ()) -> list
 
 def check_task_samples(task: str, dataset: str, samples: Sequence[Any]) -> None:
     """--task ocr needs ImageSamples, --task retrieval TextSamples: refuse a mismatch before any scoring."""
+    from ocrheads_lib.data import samples as kinds
+
     wanted = TASK_SAMPLES[task]
-    wrong = [s for s in samples if type(s).__name__ != wanted]
+    wrong = [s for s in samples if not isinstance(s, getattr(kinds, wanted))]
     if wrong:
-        other = next(t for t, kind in TASK_SAMPLES.items() if kind == type(wrong[0]).__name__) \
-            if type(wrong[0]).__name__ in TASK_SAMPLES.values() else None
-        hint = f"use --task {other}, or " if other else ""
+        given = type(wrong[0]).__name__
+        other = [t for t, kind in TASK_SAMPLES.items() if isinstance(wrong[0], getattr(kinds, kind))]
+        hint = f"use --task {other[0]}, or " if other else ""
         raise UsageError(f"--task {task} scores {wanted}s, but dataset {dataset!r} gives "
-                         f"{type(wrong[0]).__name__}s; {hint}pick a dataset of {wanted}s "
+                         f"{given}s; {hint}pick a dataset of {wanted}s "
                          f"({'passkey, niah' if task == 'ocr' else 'passkey-text, niah-text'})")
 
 

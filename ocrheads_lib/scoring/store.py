@@ -259,7 +259,9 @@ class HeadScores:
 
     def has_entries(self) -> bool:
         """True when at least one head has an entry (a score set of zero scored samples has none)."""
-        return any(len(values) for values in self.head_entries().values())
+        if self.ragged is None:
+            return bool(self.samples)
+        return any(len(values) for values in self.ragged.values())
 
     def require_entries(self, what: str = "a head ranking") -> None:
         """ValueError when no sample was scored, naming the failures' reasons."""
