@@ -196,12 +196,11 @@ def cmd_score(args: argparse.Namespace) -> int:
     from ocrheads_lib.scoring import batch
     from ocrheads_lib.scoring.ocr import ocr_meta, score_ocr_sample
     from ocrheads_lib.scoring.retrieval import default_row, retrieval_meta, score_retrieval_sample
-    from ocrheads_lib.scoring.runs import model_facts
 
     samples = load_dataset(args.dataset, args.n, args.seed, args.dataset_arg)
     check_task_samples(args.task, args.dataset, samples)
     lm = load_lm(args.model, device=args.device, dtype=args.dtype, seed=args.model_seed)
-    common = dict(answer_source=args.answer_source, max_new_tokens=args.max_new_tokens)
+    common = dict(answer_source=args.answer_source, max_new_tokens=args.max_new_tokens, weighting=args.weighting)
     passes = dict(passes=args.passes)
     if args.task == "ocr":
         row = args.row or "emit"
@@ -214,7 +213,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         meta = retrieval_meta(lm, variant=args.variant, row=row, dataset=args.dataset, seed=args.seed, n=args.n,
                               **common)
         scorer = partial(score_retrieval_sample, lm, variant=args.variant, row=row, **common, **passes)
-    meta = replace(meta, **model_facts(lm), dataset_args=parse_dataset_args(args.dataset_arg),
+    meta = replace(meta, dataset_args=parse_dataset_args(args.dataset_arg),
                    model_seed=args.model_seed if args.model.startswith("tiny-random-") else None)
     scores = batch.run(samples, scorer, meta, args.out, resume=not args.no_resume, overwrite=args.overwrite,
                        retry_failures=args.retry_failures, fault_retries=args.fault_retries,
@@ -265,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="attention row per answer token (default: emit; paper-code retrieval: consume)")
     score.add_argument("--min-overlap", type=float, default=0.001, help="in [0, 1): share of a token a box covers")
     score.add_argument("--answer-source", choices=("generate", "gold"), default="generate")
+    score.add_argument("--weighting", choices=("chars", "paper-ids"), default="chars",
+                       help="sample weight of a generated answer: share of the gold characters written (default) "
+                            "or the paper's token-id match score")
     score.add_argument("--max-new-tokens", type=int, default=32)
     score.add_argument("--passes", type=int, choices=(1, 2), default=2,
                        help="2: generate, then a teacher-forced probe pass; 1: record the rows while generating")

@@ -113,6 +113,7 @@ def load_scores_meta(out: Path):
     (("--model-seed", "3"), "model_seed: 0 -> 3"),
     (("--seed", "1"), "seed: 0 -> 1"),
     (("--min-overlap", "0.5"), "options.min_overlap: 0.001 -> 0.5"),
+    (("--weighting", "paper-ids"), "options.weighting: 'chars' -> 'paper-ids'"),
 ])
 def test_changed_settings_never_mix_into_a_finished_run(dataset: str, reference: bytes, tmp_path: Path, change,
                                                         field: str, capsys: pytest.CaptureFixture[str]) -> None:

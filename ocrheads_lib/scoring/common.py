@@ -38,6 +38,12 @@ def check_answer_source(source: str) -> str:
     return source
 
 
+def model_facts(lm: Any) -> dict[str, str]:
+    """The dtype and device kind a loaded model runs in ({"dtype": "float32", "device": "cpu"}), as recorded
+    in score metadata: the same weights in bfloat16 or on a GPU give other scores."""
+    return {"dtype": str(lm.dtype).replace("torch.", ""), "device": str(lm.device.type)}
+
+
 def check_weighting(weighting: str) -> str:
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}: 'chars' = share of the gold characters "

@@ -40,6 +40,7 @@ from ocrheads_lib.scoring.common import (
     check_answer_source,
     check_row,
     check_weighting,
+    model_facts,
     exception_reason,
     forced_inputs,
     generate_recording,
@@ -132,7 +133,7 @@ def check_passes(passes: int, answer_source: str) -> None:
 def ocr_meta(lm: Any, *, mode: str, row: str, min_overlap: float, answer_source: str, max_new_tokens: int,
              dataset: str = "", seed: int | None = None, n: int | None = None, weighting: str = "chars") -> ScoreMeta:
     return ScoreMeta(model_id=str(lm.model_id), kind="ocr", n_layers=int(lm.n_layers), n_heads=int(lm.n_heads),
-                     dataset=dataset, seed=seed, n=n, revision=getattr(lm, "revision", None), row=row,
+                     dataset=dataset, seed=seed, n=n, revision=getattr(lm, "revision", None), row=row, **model_facts(lm),
                      options={"mode": mode, "min_overlap": min_overlap, "answer_source": answer_source,
                               "max_new_tokens": max_new_tokens, "weighting": weighting})
 

@@ -35,6 +35,7 @@ from ocrheads_lib.scoring.common import (
     check_answer_source,
     check_row,
     check_weighting,
+    model_facts,
     exception_reason,
     forced_inputs,
     generate_recording,
@@ -171,7 +172,7 @@ def retrieval_meta(lm: Any, *, variant: str, row: str, answer_source: str, max_n
                    weighting: str = "chars") -> ScoreMeta:
     return ScoreMeta(model_id=str(lm.model_id), kind="retrieval", n_layers=int(lm.n_layers),
                      n_heads=int(lm.n_heads), dataset=dataset, seed=seed, n=n,
-                     revision=getattr(lm, "revision", None), row=row,
+                     revision=getattr(lm, "revision", None), row=row, **model_facts(lm),
                      options={"variant": variant, "answer_source": answer_source, "max_new_tokens": max_new_tokens,
                               "weighting": weighting})
 

@@ -11,12 +11,12 @@ otherwise computes and saves it (atomically). Samples come from the data generat
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from ocrheads_lib.paths import results_dir as _results_dir
 from ocrheads_lib.scoring.batch import FaultError, is_fault_reason
+from ocrheads_lib.scoring.common import model_facts
 from ocrheads_lib.scoring.store import HeadScores, load_scores
 
 # --------------------------------------------------------------------------- models
@@ -28,12 +28,6 @@ def load_scoring_model(model_id: str = "tiny", seed: int = 0, device: str = "cpu
     from ocrheads_lib.cli import load_lm
 
     return load_lm(model_id, device=device, seed=seed)
-
-
-def model_facts(lm: Any) -> dict[str, str]:
-    """The dtype and device kind a loaded model runs in ({"dtype": "float32", "device": "cpu"}), as recorded
-    in score metadata: the same weights in bfloat16 or on a GPU give other scores."""
-    return {"dtype": str(lm.dtype).replace("torch.", ""), "device": str(lm.device.type)}
 
 
 def resolve_answer_source(lm: Any, answer_source: str = "auto") -> str:
@@ -108,6 +102,5 @@ def get_scores(lm: Any, kind: str, samples: Sequence[Any], results_dir: str | Pa
     if faults:  # out of memory or a device error is the machine's, not the samples': never saved as results
         raise FaultError(f"{len(faults)} of {len(ids)} samples hit a fault (first: {faults[0].id}: {faults[0].reason}); "
                          f"nothing was saved to {path}. Free memory or the device, then call again")
-    scores.meta = replace(scores.meta, **facts)
     scores.save(path)
     return scores
