@@ -631,3 +631,41 @@ def test_conclusions_follow_the_numbers() -> None:
     assert conclusions.heads_text([(0, 1), (2, 3), (4, 5)]) == "L0H1, L2H3 and L4H5"
     sink = conclusions.sink_chapter(None, 0.001, (0, 2))
     assert "No β sweep" in sink[0] and "No head uses the first token as a sink" in sink[1] and "L0H2" in sink[1]
+
+
+def test_sphinx_ext_drops_repeated_scripts() -> None:
+    from types import SimpleNamespace
+
+    from ocrheads_lib.sphinx_ext import unique_scripts
+
+    inline = SimpleNamespace(filename=None, attributes={"body": 'const THEBE_JS_URL = "x"'})
+    again = SimpleNamespace(filename=None, attributes={"body": 'const THEBE_JS_URL = "x"'})
+    other = SimpleNamespace(filename=None, attributes={"body": "const y = 1"})
+    assert unique_scripts(["a.js", inline, "b.js", again, "a.js", other]) == ["a.js", inline, "b.js", other]
+
+
+def test_built_pages_read_cleanly() -> None:
+    """Over the built HTML (skipped without a build): no page names PAPER.md or prints "not found" or a
+    traceback; every chapter shows a numbered captioned figure and its computed conclusion; the model card
+    page stays short."""
+    import re
+
+    html = ROOT / "_build" / "html"
+    if not (html / "index.html").is_file():
+        pytest.skip("no built book (_build/html): run `make book` first")
+    pages = [p for p in html.rglob("*.html") if "_static" not in p.parts]
+    for page in pages:
+        text = page.read_text(encoding="utf-8", errors="replace")
+        for bad in ("PAPER.md", "not found", "Traceback"):
+            assert bad not in text, f"{page.relative_to(html)} contains {bad!r}"
+    chapters = sorted((html / "book" / "generated").glob("[0-9][0-9]_*.html"))
+    assert len(chapters) == len(NOTEBOOKS)
+    for page in chapters:
+        text = page.read_text(encoding="utf-8")
+        assert "What this run shows" in text, page.name
+        assert re.search(r'<span class="caption-number">Fig\. [\d.]+ </span>', text), f"{page.name}: no numbered figure"
+        section = text[text.index("What this run shows"):]
+        assert "<li>" in section[:20000], f"{page.name}: the conclusion is empty"
+    card = (html / "book" / "model_card.html").read_text(encoding="utf-8")
+    body = re.sub(r"<[^>]+>", " ", card[card.find("<main"):card.find("</main>")] if "<main" in card else card)
+    assert len(body.split()) <= 2000, f"model card page has {len(body.split())} words"
