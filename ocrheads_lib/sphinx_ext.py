@@ -13,7 +13,7 @@ from typing import Any
 def _script_key(script: Any) -> tuple[str, str]:
     filename = getattr(script, "filename", script)
     body = (getattr(script, "attributes", None) or {}).get("body", "")
-    return str(filename), str(body)
+    return str(filename or ""), str(body)      # an inline script's filename is None, or "" once re-added
 
 
 def unique_scripts(scripts: list[Any]) -> list[Any]:
@@ -29,10 +29,11 @@ def unique_scripts(scripts: list[Any]) -> list[Any]:
 
 
 def _dedupe(app: Any, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
-    if "script_files" in context:
-        context["script_files"] = unique_scripts(list(context["script_files"]))
+    scripts = context.get("script_files")
+    if isinstance(scripts, list):
+        scripts[:] = unique_scripts(scripts)      # in place: themes add page scripts to this list later
 
 
 def setup(app: Any) -> dict[str, Any]:
-    app.connect("html-page-context", _dedupe, priority=900)
+    app.connect("html-page-context", _dedupe, priority=100)   # early: html-page-context stops at the first handler that returns a value
     return {"parallel_read_safe": True, "parallel_write_safe": True}
