@@ -59,16 +59,19 @@ def format_table(frame: Any, digits: int = 3, fold_rows: int = FOLD_ROWS) -> str
     """HTML of a DataFrame as the book shows tables: numbers rounded to `digits`, no index, and, past
     `fold_rows` rows, the first rows visible and the rest behind a toggle."""
     frame = frame.reset_index(drop=True)
-    numeric = frame.select_dtypes("number").columns
-    styler = frame.style.hide(axis="index").format({c: f"{{:.{digits}f}}" for c in numeric
-                                                      if frame[c].dtype.kind == "f"}, na_rep="–")
-    html = styler.to_html()
+
+    def styled(part: Any) -> str:
+        numeric = [c for c in part.columns if part[c].dtype.kind in "iuf"]
+        styler = part.style.hide(axis="index").format({c: f"{{:.{digits}f}}" for c in numeric
+                                                        if part[c].dtype.kind == "f"}, na_rep="–")
+        if numeric:
+            styler = styler.set_properties(subset=numeric, **{"text-align": "right"})
+        return styler.to_html()
+
     if len(frame) <= fold_rows:
-        return html
-    head = frame.head(fold_rows)
-    head_html = head.style.hide(axis="index").format({c: f"{{:.{digits}f}}" for c in numeric
-                                                      if head[c].dtype.kind == "f"}, na_rep="–").to_html()
-    return (f"{head_html}<details><summary>show all {len(frame)} rows</summary>{html}</details>")
+        return styled(frame)
+    return (f"{styled(frame.head(fold_rows))}<details><summary>show all {len(frame)} rows</summary>"
+            f"{styled(frame)}</details>")
 
 
 @dataclass
@@ -82,15 +85,15 @@ class Chapter:
     out: Path                 # results_root / <model slug>
     figures: Path             # out / "figures"
 
-    def figure(self, name: str, fig: Any) -> Path:
-        """Save `fig` as figures/<name>.png and glue it under `name` (shown by ``{glue:figure} name``)."""
+    def figure(self, name: str, fig: Any) -> None:
+        """Save `fig` as figures/<name>.png and glue it under `name` (shown by ``{glue:figure} name``).
+        Returns nothing, so a cell ending with this call prints nothing."""
         import matplotlib.pyplot as plt
 
         path = self.figures / f"{name}.png"
         fig.savefig(path)
         _glue(name, fig)
         plt.close(fig)
-        return path
 
     def image(self, name: str, path: str | os.PathLike) -> None:
         """Glue a PNG file (e.g. a contact sheet) under `name` (shown by ``{glue:figure} name``)."""

@@ -132,6 +132,11 @@ def inset_heads(scores: HeadScores, top: int = 7, active_threshold: float = ACTI
     return [(int(i // scores.meta.n_heads), int(i % scores.meta.n_heads)) for i in order]
 
 
+def _short(value: float) -> str:
+    """A score in at most three characters for a heatmap cell: 1 -> "1", 0.9412 -> ".94"."""
+    return "1" if value >= 0.995 else f"{value:.2f}".lstrip("0")
+
+
 def head_heatmap(scores: HeadScores | np.ndarray, ax=None, title: str | None = None, rule: str = "readme",
                  colorbar: bool = True, annotate: int = 5):
     """Layer × head map of the head values (raw mean for rule="readme", filtered for "paper-code") in the
@@ -149,7 +154,7 @@ def head_heatmap(scores: HeadScores | np.ndarray, ax=None, title: str | None = N
     annot = np.full(values.shape, "", dtype=object)
     for flat in np.argsort(-values.reshape(-1), kind="stable")[:annotate]:
         if values.reshape(-1)[flat] > 0:
-            annot[flat // n_heads, flat % n_heads] = f"{values.reshape(-1)[flat]:.2f}".lstrip("0")
+            annot[flat // n_heads, flat % n_heads] = _short(values.reshape(-1)[flat])
     cmap = ListedColormap(list(HEATMAP_COLORS))
     sns.heatmap(values, ax=ax, cmap=cmap, norm=BoundaryNorm(HEATMAP_BOUNDS, cmap.N), annot=annot, fmt="",
                 annot_kws={"fontsize": 9, "color": "black"}, cbar=colorbar, linewidths=0.3 if n_heads <= 16 else 0,
