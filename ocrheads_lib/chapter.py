@@ -55,6 +55,12 @@ def ci_text(estimate: float, low: float, high: float, digits: int = 2) -> str:
     return f"{estimate:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+def ci_cell(estimate: float, low: float, high: float, digits: int = 2) -> str:
+    """A table cell (HTML) with the estimate and, below it in small type, its interval: keeps the
+    pivoted k × head-set tables narrow enough for the text column."""
+    return f"{estimate:.{digits}f}<br><small>[{low:.{digits}f}, {high:.{digits}f}]</small>"
+
+
 def format_table(frame: Any, digits: int = 3, fold_rows: int = FOLD_ROWS) -> str:
     """HTML of a DataFrame as the book shows tables: numbers rounded to `digits`, no index, and, past
     `fold_rows` rows, the first rows visible and the rest behind a toggle."""

@@ -545,7 +545,7 @@ def test_model_card_page_is_rendered_from_the_json_card(tmp_path: Path) -> None:
     assert len(re.sub(r"[|`#*\-–:]", " ", text).split()) <= 1500
     held = card["heldout"]["sets"]["a_key_unaligned"]
     lo, hi = wilson_interval(round(held["accuracy"] * held["n"]), held["n"])
-    assert f"| `a_key_unaligned` | {held['accuracy']:.3f} | {lo:.3f}–{hi:.3f} |" in text
+    assert f"| `a_key_unaligned` | {held['accuracy']:.3f} | {lo:.3f}\u00a0–\u00a0{hi:.3f} |" in text
     assert "{download}`model_card.json" in text and "literalinclude" not in text
     assert "../shared" not in text and "the issue" not in text.lower() and "$" not in text.replace("$$", "")
 
@@ -567,7 +567,7 @@ def test_results_dir_is_resolved_against_the_repository(tmp_path: Path, monkeypa
 def test_format_table_rounds_hides_the_index_and_folds() -> None:
     import pandas as pd
 
-    from ocrheads_lib.chapter import ci_text, format_table
+    from ocrheads_lib.chapter import ci_cell, ci_text, format_table
 
     html = format_table(pd.DataFrame({"head": ["L2H1", "L3H0"], "score": [0.123456, 1.0]}, index=[5, 6]), digits=2)
     assert ">0.12<" in html and ">1.00<" in html and "0.123456" not in html
@@ -575,6 +575,7 @@ def test_format_table_rounds_hides_the_index_and_folds() -> None:
     long = format_table(pd.DataFrame({"x": range(30)}), fold_rows=10)
     assert "<details><summary>show all 30 rows</summary>" in long
     assert ci_text(0.4213, 0.3, 0.55) == "0.42 [0.30, 0.55]"
+    assert ci_cell(0.4213, 0.3, 0.55, 1) == "0.4<br><small>[0.3, 0.6]</small>"
 
 
 def test_bookbuild_rejects_missing_file_messages_and_hides_injected_cell(tmp_path: Path) -> None:
