@@ -55,13 +55,21 @@ def ci_text(estimate: float, low: float, high: float, digits: int = 2) -> str:
     return f"{estimate:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+def ci_cell(estimate: float, low: float, high: float, digits: int = 2) -> str:
+    """A table cell (HTML) with the estimate and, below it in small type, its interval: keeps the
+    pivoted k × head-set tables narrow enough for the text column."""
+    return f"{estimate:.{digits}f}<br><small>[{low:.{digits}f}, {high:.{digits}f}]</small>"
+
+
 def curve_table(curves: Any, x: str) -> Any:
     """A sweep's curves (`experiments.evaluate.sweep_curves`: task, head_set, `x`, score, lo, hi) as the book
-    shows them: one row per (task, `x`), one column per head set, each cell "score [lo, hi]"; the unmodified
-    model's own row (head set "none" at a value of `x` no other set has) is kept."""
-    cells = curves.assign(cell=[ci_text(s, lo, hi) for s, lo, hi in zip(curves.score, curves.lo, curves.hi)])
+    shows them: one row per (task, `x`), one column per head set, each cell the score with its interval
+    below it (:func:`ci_cell`); a fractional `x` (β) is written short ("0.4", "1")."""
+    cells = curves.assign(cell=[ci_cell(s, lo, hi) for s, lo, hi in zip(curves.score, curves.lo, curves.hi)])
     wide = cells.pivot_table(index=["task", x], columns="head_set", values="cell", aggfunc="first").reset_index()
     wide.columns.name = None
+    if wide[x].dtype.kind == "f":
+        wide[x] = wide[x].map(lambda value: f"{value:g}")
     return wide
 
 
@@ -69,16 +77,19 @@ def format_table(frame: Any, digits: int = 3, fold_rows: int = FOLD_ROWS) -> str
     """HTML of a DataFrame as the book shows tables: numbers rounded to `digits`, no index, and, past
     `fold_rows` rows, the first rows visible and the rest behind a toggle."""
     frame = frame.reset_index(drop=True)
-    numeric = frame.select_dtypes("number").columns
-    styler = frame.style.hide(axis="index").format({c: f"{{:.{digits}f}}" for c in numeric
-                                                      if frame[c].dtype.kind == "f"}, na_rep="–")
-    html = styler.to_html()
+
+    def styled(part: Any) -> str:
+        numeric = [c for c in part.columns if part[c].dtype.kind in "iuf"]
+        styler = part.style.hide(axis="index").format({c: f"{{:.{digits}f}}" for c in numeric
+                                                        if part[c].dtype.kind == "f"}, na_rep="–")
+        if numeric:
+            styler = styler.set_properties(subset=numeric, **{"text-align": "right"})
+        return styler.to_html()
+
     if len(frame) <= fold_rows:
-        return html
-    head = frame.head(fold_rows)
-    head_html = head.style.hide(axis="index").format({c: f"{{:.{digits}f}}" for c in numeric
-                                                      if head[c].dtype.kind == "f"}, na_rep="–").to_html()
-    return (f"{head_html}<details><summary>show all {len(frame)} rows</summary>{html}</details>")
+        return styled(frame)
+    return (f"{styled(frame.head(fold_rows))}<details><summary>show all {len(frame)} rows</summary>"
+            f"{styled(frame)}</details>")
 
 
 @dataclass
@@ -92,15 +103,15 @@ class Chapter:
     out: Path                 # results_root / <model slug>
     figures: Path             # out / "figures"
 
-    def figure(self, name: str, fig: Any) -> Path:
-        """Save `fig` as figures/<name>.png and glue it under `name` (shown by ``{glue:figure} name``)."""
+    def figure(self, name: str, fig: Any) -> None:
+        """Save `fig` as figures/<name>.png and glue it under `name` (shown by ``{glue:figure} name``).
+        Returns nothing, so a cell ending with this call prints nothing."""
         import matplotlib.pyplot as plt
 
         path = self.figures / f"{name}.png"
         fig.savefig(path)
         _glue(name, fig)
         plt.close(fig)
-        return path
 
     def image(self, name: str, path: str | os.PathLike) -> None:
         """Glue a PNG file (e.g. a contact sheet) under `name` (shown by ``{glue:figure} name``)."""

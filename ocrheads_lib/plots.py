@@ -107,14 +107,16 @@ def score_frequency_bars(scores: HeadScores, ax=None, top: int = 7, title: str |
                  ax=ax)
     best = [head[0] * n_heads + head[1] for head in inset_heads(scores, top, active_threshold)]
     position = {int(h): i for i, h in enumerate(order)}
-    for rank, flat in enumerate(best):
-        if int(flat) in position:
-            ax.annotate(f"{flat // n_heads}-{flat % n_heads}", (position[int(flat)], mean[flat]),
-                        xytext=(0, 4 + 11 * (rank % 2)), textcoords="offset points", ha="center", fontsize=9)
+    marked = [flat for flat in best if int(flat) in position]
+    ax.plot([position[int(f)] for f in marked], [mean[f] + 0.04 for f in marked], "v", color="black", ms=4)
+    names = [f"{flat // n_heads}-{flat % n_heads}" for flat in best]
+    lines = [", ".join(names[i:i + 4]) for i in range(0, len(names), 4)]
+    ax.text(0.98, 0.72, f"top {top} (layer-head):\n" + "\n".join(lines), transform=ax.transAxes, ha="right",
+            va="top", fontsize=9, bbox=dict(boxstyle="round", fc="white", ec="#bbbbbb", alpha=0.9))
     ax.set_xlim(-0.5, len(order) - 0.5)
     ax.set_ylim(0, 1.15)
     ax.set_xticks([])
-    ax.set_xlabel(f"heads, by activation frequency (first {len(order)}; labelled: top {top}, layer-head)")
+    ax.set_xlabel(f"heads by activation frequency (first {len(order)})")
     ax.set_ylabel("score / frequency")
     ax.legend(loc="upper right", frameon=True)
     ax.set_title(_title(scores, title))
@@ -128,6 +130,11 @@ def inset_heads(scores: HeadScores, top: int = 7, active_threshold: float = ACTI
     freq = scores.activation_frequency(active_threshold).reshape(-1)
     order = np.lexsort((np.arange(len(mean)), -mean, -freq))[:top]
     return [(int(i // scores.meta.n_heads), int(i % scores.meta.n_heads)) for i in order]
+
+
+def _short(value: float) -> str:
+    """A score in at most three characters for a heatmap cell: 1 -> "1", 0.9412 -> ".94"."""
+    return "1" if value >= 0.995 else f"{value:.2f}".lstrip("0")
 
 
 def head_heatmap(scores: HeadScores | np.ndarray, ax=None, title: str | None = None, rule: str = "readme",
@@ -147,7 +154,7 @@ def head_heatmap(scores: HeadScores | np.ndarray, ax=None, title: str | None = N
     annot = np.full(values.shape, "", dtype=object)
     for flat in np.argsort(-values.reshape(-1), kind="stable")[:annotate]:
         if values.reshape(-1)[flat] > 0:
-            annot[flat // n_heads, flat % n_heads] = f"{values.reshape(-1)[flat]:.2f}".lstrip("0")
+            annot[flat // n_heads, flat % n_heads] = _short(values.reshape(-1)[flat])
     cmap = ListedColormap(list(HEATMAP_COLORS))
     sns.heatmap(values, ax=ax, cmap=cmap, norm=BoundaryNorm(HEATMAP_BOUNDS, cmap.N), annot=annot, fmt="",
                 annot_kws={"fontsize": 9, "color": "black"}, cbar=colorbar, linewidths=0.3 if n_heads <= 16 else 0,

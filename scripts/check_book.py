@@ -16,7 +16,9 @@ What it does, per checked page:
 
 Pages checked by default: every page with saved widget state (the head explorer), one chapter
 page with figures (an executed notebook with <img> outputs), and the index. Exit status 1 when a
-widget page renders no widgets, an image fails to load, or the selection does not change the view.
+page logs a JavaScript error or a request fails (e.g. a 404 for a font), a widget page renders no
+widgets, an image fails to load, or the selection does not change the view. Figures shown at less
+than 80 % of their drawn width (smaller fonts than intended) are listed as notes.
 """
 from __future__ import annotations
 
@@ -70,6 +72,19 @@ PROBE_JS = r"""
     });
   }
   function count(sel) { return document.querySelectorAll(sel).length; }
+  function failedResources() {
+    // resource timing holds the HTTP status (Chromium >= 109): 404s of fonts and scripts never
+    // raise a window error, so they are collected here
+    return performance.getEntriesByType('resource').filter(function (r) {
+      return r.responseStatus && r.responseStatus >= 400;
+    }).map(function (r) { return r.responseStatus + ' ' + r.name.slice(-120); });
+  }
+  function scaledFigures() {
+    // figures shown much smaller than drawn (their fonts shrink with them)
+    return Array.prototype.filter.call(document.querySelectorAll('figure img, .cell_output img'), function (im) {
+      return im.naturalWidth > 0 && im.clientWidth > 0 && im.clientWidth < 0.8 * im.naturalWidth;
+    }).map(function (im) { return (im.currentSrc || im.src || '').slice(-60) + ' ' + im.clientWidth + '/' + im.naturalWidth; });
+  }
   function finish(extra) {
     var report = {
       errors: errors,
@@ -80,6 +95,8 @@ PROBE_JS = r"""
       sliders: count('.widget-slider, .widget-hslider'),
       widget_images: count('.widget-image'),
       images: imageReport(),
+      failed_resources: failedResources(),
+      scaled_figures: scaledFigures(),
     };
     for (var k in extra) { report[k] = extra[k]; }
     var pre = document.createElement('pre');
@@ -212,6 +229,11 @@ def check_page(chromium: str, port: int, html_root: Path, page: Path, kind: str,
     report = json.loads(html_lib.unescape(match.group(1)))
     result.report = report
 
+    if report["errors"]:
+        result.problems.append(f"{len(report['errors'])} JavaScript console error(s): " + "; ".join(report["errors"][:3]))
+    if report.get("failed_resources"):
+        result.problems.append(f"{len(report['failed_resources'])} failed request(s): "
+                               + "; ".join(report["failed_resources"][:6]))
     broken = [im for im in report["images"] if not (im["w"] > 0 and im["h"] > 0)]
     if broken:
         result.problems.append(f"{len(broken)} of {len(report['images'])} images did not load: "
@@ -229,8 +251,6 @@ def check_page(chromium: str, port: int, html_root: Path, page: Path, kind: str,
             elif before == after:
                 result.problems.append("changing the dropdown did not change the visible image "
                                        "(links between widgets do not work in the static page)")
-        if any("require" in e.lower() or "widget" in e.lower() for e in report["errors"]):
-            result.problems.append("JavaScript errors from the widget manager: " + "; ".join(report["errors"][:3]))
     elif kind == "figures":
         if not report["images"]:
             result.problems.append("figure page shows no <img>")
@@ -314,9 +334,9 @@ def main(argv: list[str] | None = None) -> int:
             for prob in res.problems:
                 print(f"[check]        problem: {prob}")
             for err in (r.get("errors") or [])[:5]:
-                known = " (known Jupyter Book 1 quirk: sphinx-thebe's snippet is included twice; harmless)" \
-                    if "THEBE_JS_URL" in err else ""
-                print(f"[check]        js error: {err}{known}")
+                print(f"[check]        js error: {err}")
+            for fig in (r.get("scaled_figures") or [])[:5]:
+                print(f"[check]        note: figure shown below 80 % of its drawn width: {fig}")
             for s in res.screenshots:
                 print(f"[check]        screenshot: {s}")
     finally:

@@ -3,6 +3,7 @@
 # builds and works offline (no CDN at build time or when a reader opens a page).
 #
 #   @jupyter-widgets/html-manager  dist/embed-amd.js  (widget manager + base/controls/output widgets)
+#                                  + its icon fonts (dist/*.woff2, *.woff -> book/widget_fonts/)
 #   requirejs                      require.js         (AMD loader that embed-amd.js needs)
 #   mathjax (3.x)                  es5/tex-chtml.js + its CHTML woff-v2 fonts + a11y/assistive-mml.js
 #                                  (the book's formulas; Sphinx would otherwise load MathJax from a CDN)
@@ -36,6 +37,14 @@ hm="$tmp/node_modules/@jupyter-widgets/html-manager"
 rq="$tmp/node_modules/requirejs"
 mkdir -p "$DEST"
 cp "$hm/dist/embed-amd.js" "$DEST/embed-amd.js"
+# the widget CSS's icon fonts (webpack assets the manager fetches relative to the page, from
+# <page folder>/@jupyter-widgets/ and <page folder>/@jupyter-widgets/html-manager/dist/, depending on the
+# stylesheet; without them every widget page logs 404s): woff2 for current browsers, woff as their
+# fallback. _config.yml copies book/widget_fonts/ into the HTML root (html_extra_path).
+for FONTS in book/widget_fonts/book/generated/@jupyter-widgets book/widget_fonts/book/generated/@jupyter-widgets/html-manager/dist; do
+    mkdir -p "$FONTS"
+    cp "$hm"/dist/*.woff2 "$hm"/dist/*.woff "$FONTS/"
+done
 cp "$rq/require.js" "$DEST/require.js"
 installed_hm=$(node -p "require('$hm/package.json').version")
 installed_rq=$(node -p "require('$rq/package.json').version")

@@ -545,7 +545,7 @@ def test_model_card_page_is_rendered_from_the_json_card(tmp_path: Path) -> None:
     assert len(re.sub(r"[|`#*\-–:]", " ", text).split()) <= 1500
     held = card["heldout"]["sets"]["a_key_unaligned"]
     lo, hi = wilson_interval(round(held["accuracy"] * held["n"]), held["n"])
-    assert f"| `a_key_unaligned` | {held['accuracy']:.3f} | {lo:.3f}–{hi:.3f} |" in text
+    assert f"| `a_key_unaligned` | {held['accuracy']:.3f} | {lo:.3f}\u00a0–\u00a0{hi:.3f} |" in text
     assert "{download}`model_card.json" in text and "literalinclude" not in text
     assert "../shared" not in text and "the issue" not in text.lower() and "$" not in text.replace("$$", "")
 
@@ -567,7 +567,7 @@ def test_results_dir_is_resolved_against_the_repository(tmp_path: Path, monkeypa
 def test_format_table_rounds_hides_the_index_and_folds() -> None:
     import pandas as pd
 
-    from ocrheads_lib.chapter import ci_text, format_table
+    from ocrheads_lib.chapter import ci_cell, ci_text, format_table
 
     html = format_table(pd.DataFrame({"head": ["L2H1", "L3H0"], "score": [0.123456, 1.0]}, index=[5, 6]), digits=2)
     assert ">0.12<" in html and ">1.00<" in html and "0.123456" not in html
@@ -575,6 +575,7 @@ def test_format_table_rounds_hides_the_index_and_folds() -> None:
     long = format_table(pd.DataFrame({"x": range(30)}), fold_rows=10)
     assert "<details><summary>show all 30 rows</summary>" in long
     assert ci_text(0.4213, 0.3, 0.55) == "0.42 [0.30, 0.55]"
+    assert ci_cell(0.4213, 0.3, 0.55, 1) == "0.4<br><small>[0.3, 0.6]</small>"
 
 
 def test_bookbuild_rejects_missing_file_messages_and_hides_injected_cell(tmp_path: Path) -> None:
@@ -631,3 +632,42 @@ def test_conclusions_follow_the_numbers() -> None:
     assert conclusions.heads_text([(0, 1), (2, 3), (4, 5)]) == "L0H1, L2H3 and L4H5"
     sink = conclusions.sink_chapter(None, 0.001, (0, 2))
     assert "No β sweep" in sink[0] and "No head uses the first token as a sink" in sink[1] and "L0H2" in sink[1]
+
+
+def test_sphinx_ext_drops_repeated_scripts() -> None:
+    from types import SimpleNamespace
+
+    from ocrheads_lib.sphinx_ext import unique_scripts
+
+    inline = SimpleNamespace(filename=None, attributes={"body": 'const THEBE_JS_URL = "x"'})
+    again = SimpleNamespace(filename="", attributes={"body": 'const THEBE_JS_URL = "x"'})   # as Sphinx re-adds it
+    other = SimpleNamespace(filename=None, attributes={"body": "const y = 1"})
+    assert unique_scripts(["a.js", inline, "b.js", again, "a.js", other]) == ["a.js", inline, "b.js", other]
+
+
+def test_built_pages_read_cleanly() -> None:
+    """Over the built HTML (skipped without a build): no page names PAPER.md or prints "not found" or a
+    traceback; every chapter shows a numbered captioned figure and its computed conclusion; the model card
+    page stays short."""
+    import re
+
+    html = ROOT / "_build" / "html"
+    if not (html / "index.html").is_file():
+        pytest.skip("no built book (_build/html): run `make book` first")
+    pages = [p for p in html.rglob("*.html") if "_static" not in p.parts]
+    for page in pages:
+        text = page.read_text(encoding="utf-8", errors="replace")
+        for bad in ("PAPER.md", "not found", "Traceback"):
+            assert bad not in text, f"{page.relative_to(html)} contains {bad!r}"
+    chapters = sorted((html / "book" / "generated").glob("[0-9][0-9]_*.html"))
+    anchor = 'id="what-this-run-shows"'
+    assert len(chapters) == len(NOTEBOOKS)
+    for page in chapters:
+        text = page.read_text(encoding="utf-8")
+        assert anchor in text, page.name
+        assert re.search(r'<span class="caption-number">Fig\. [\d.]+ </span>', text), f"{page.name}: no numbered figure"
+        section = text[text.index(anchor):]
+        assert "<li>" in section[:20000], f"{page.name}: the conclusion is empty"
+    card = (html / "book" / "model_card.html").read_text(encoding="utf-8")
+    body = re.sub(r"<[^>]+>", " ", card[card.find("<main"):card.find("</main>")] if "<main" in card else card)
+    assert len(body.split()) <= 2000, f"model card page has {len(body.split())} words"

@@ -498,8 +498,9 @@ def heldout_table(held: dict) -> str:
         lo, hi = wilson_interval(round(r["accuracy"] * r["n"]), r["n"])
         target = "" if r.get("target") is None else \
             f"{r['target']:.2f} ({'met' if r['accuracy'] >= r['target'] else 'missed'})"
-        rows.append(f"| `{name}` | {r['accuracy']:.3f} | {lo:.3f}–{hi:.3f} | {r['n']} "
-                    f"| {r['prompt_tokens'][0]}–{r['prompt_tokens'][1]} | {target} |")
+        dash = "\u00a0–\u00a0"           # no-break spaces: a range never wraps inside a narrow column
+        rows.append(f"| `{name}` | {r['accuracy']:.3f} | {lo:.3f}{dash}{hi:.3f} | {r['n']} "
+                    f"| {r['prompt_tokens'][0]}{dash}{r['prompt_tokens'][1]} | {target} |")
     return "\n".join(rows)
 
 
