@@ -21,8 +21,10 @@ Datasets: a name of a generator in ``ocrheads_lib.data`` (``passkey`` -> ``passk
 ``niah_images``, ``passkey-text`` -> ``passkey_text``, ``niah-text`` -> ``niah_text``, or the function's
 own name), or ``package.module:function`` / ``path/to/file.py:function``. The function is called as
 ``function(n, seed=seed, **dataset_args)`` and must return samples (ImageSample for --task ocr,
-TextSample for --task retrieval). ``--dataset-arg key=value`` passes extra keyword arguments (values
-parsed as JSON when possible: ``--dataset-arg pages=4``).
+TextSample for --task retrieval). The four aliased generators are built one sample at a time, as each is
+scored (a resumed run builds only the samples still to score); other functions (user datasets) are
+called once for all n samples up front and held in memory for the whole run. ``--dataset-arg key=value``
+passes extra keyword arguments (values parsed as JSON when possible: ``--dataset-arg pages=4``).
 
 Models: anything ``load_model`` accepts ("tiny", "smollm2", a hub id in the local cache, a folder), or
 ``tiny-random-<family>`` for an untrained tiny model of that family (tests, benchmarks).
@@ -114,12 +116,20 @@ def _check_keywords(function: Callable[..., Any], name: str, kwargs: dict[str, A
         raise UsageError(f"dataset {name!r} takes no argument {', '.join(unknown)}; its arguments are {valid}")
 
 
-def load_dataset(name: str, n: int, seed: int, args: Sequence[str] = ()) -> list[Any]:
+def load_dataset(name: str, n: int, seed: int, args: Sequence[str] = ()) -> Sequence[Any]:
+    """The n samples of a dataset: a lazy set (ids up front, each sample built when it is scored) for the
+    built-in generators that can build single samples (ocrheads_lib.data.lazy.INDEXED), else the list the
+    function returns (user datasets are built up front)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UsageError(f"--n {n!r}: the number of samples must be an integer >= 1")
     kwargs = parse_dataset_args(args)
     function = resolve_dataset(name)
     _check_keywords(function, name, kwargs)
+    from ocrheads_lib.data.lazy import lazy_samples
+
+    lazy = lazy_samples(function, n, seed, **kwargs)
+    if lazy is not None:
+        return lazy
     samples = list(function(n, seed=seed, **kwargs))
     if len(samples) != n:
         raise ValueError(f"dataset {name!r} returned {len(samples)} samples, {n} were requested")
@@ -129,12 +139,14 @@ def load_dataset(name: str, n: int, seed: int, args: Sequence[str] = ()) -> list
 def check_task_samples(task: str, dataset: str, samples: Sequence[Any]) -> None:
     """--task ocr needs ImageSamples, --task retrieval TextSamples: refuse a mismatch before any scoring."""
     from ocrheads_lib.data import samples as kinds
+    from ocrheads_lib.data.lazy import LazySamples
 
     wanted = TASK_SAMPLES[task]
-    wrong = [s for s in samples if not isinstance(s, getattr(kinds, wanted))]
+    classes = [samples.kind] if isinstance(samples, LazySamples) else [type(s) for s in samples]
+    wrong = [c for c in classes if not issubclass(c, getattr(kinds, wanted))]
     if wrong:
-        given = type(wrong[0]).__name__
-        other = [t for t, kind in TASK_SAMPLES.items() if isinstance(wrong[0], getattr(kinds, kind))]
+        given = wrong[0].__name__
+        other = [t for t, kind in TASK_SAMPLES.items() if issubclass(wrong[0], getattr(kinds, kind))]
         hint = f"use --task {other[0]}, or " if other else ""
         raise UsageError(f"--task {task} scores {wanted}s, but dataset {dataset!r} gives "
                          f"{given}s; {hint}pick a dataset of {wanted}s "
@@ -186,6 +198,22 @@ def check_score_args(args: argparse.Namespace) -> None:
     _parse_shard(args.shard)
 
 
+def build_first(samples: Sequence[Any], args: argparse.Namespace, batch: Any) -> None:
+    """A lazy set: build the first sample this call will score before the model loads, so bad dataset
+    arguments fail at once (as an eager set does), and hold it for scoring (built once). Samples already
+    done are never built; with `accelerate launch` the first pending sample may belong to another process."""
+    from ocrheads_lib.data.lazy import LazySamples
+
+    if not isinstance(samples, LazySamples) or args.limit == 0:
+        return
+    done = {} if args.overwrite or args.no_resume else batch.done_records(args.out, args.retry_failures)
+    shard = _parse_shard(args.shard)
+    order = range(len(samples)) if shard is None else range(shard[0], len(samples), shard[1])
+    first = next((i for i in order if samples.ids[i] not in done), None)
+    if first is not None:
+        samples.hold(first)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     check_score_args(args)
     import torch
@@ -199,6 +227,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     samples = load_dataset(args.dataset, args.n, args.seed, args.dataset_arg)
     check_task_samples(args.task, args.dataset, samples)
+    build_first(samples, args, batch)
     lm = load_lm(args.model, device=args.device, dtype=args.dtype, seed=args.model_seed)
     common = dict(answer_source=args.answer_source, max_new_tokens=args.max_new_tokens, weighting=args.weighting)
     passes = dict(passes=args.passes)
@@ -253,7 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="score every head of a model on a dataset (resumable, shardable)")
     score.add_argument("--model", required=True, help='"tiny", "smollm2", a hub id, a local folder, or tiny-random-<family>')
     score.add_argument("--task", required=True, choices=("ocr", "retrieval"))
-    score.add_argument("--dataset", required=True, help="generator name or module:function / file.py:function")
+    score.add_argument("--dataset", required=True,
+                       help="generator name (passkey, niah, passkey-text, niah-text: built one sample at a time) or "
+                            "module:function / file.py:function (all n samples built up front)")
     score.add_argument("--n", type=int, required=True, help="number of samples (>= 1)")
     score.add_argument("--out", required=True, help="output JSON (per-sample JSONL goes to <out>.parts/)")
     score.add_argument("--seed", type=int, default=0, help="dataset seed")

@@ -282,3 +282,34 @@ def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path: Path) -
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "x.parts").exists()   # refused before scoring
     debug = subprocess.run(command + ["--debug"], env=env, capture_output=True, text=True, timeout=300)
     assert debug.returncode == 2 and "Traceback (most recent call last)" in debug.stderr
+
+
+def test_a_resumed_run_builds_only_the_pending_samples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A built-in dataset is built one sample at a time: an interrupted (--limit) run builds only what it
+    scores, the resumed run only the rest, and the file equals a clean run's byte for byte."""
+    from ocrheads_lib.data import passkey
+
+    built: list[str] = []
+    real = passkey.image_sample
+
+    def counted(sample_id, *args, **kwargs):
+        built.append(sample_id)
+        return real(sample_id, *args, **kwargs)
+
+    monkeypatch.setattr(passkey, "image_sample", counted)
+    args = ["score", "--model", "tiny-random-qwen2_vl", "--task", "ocr", "--dataset", "passkey", "--n", "4",
+            "--answer-source", "gold"]
+    clean = tmp_path / "clean.json"
+    assert cli.main([*args, "--out", str(clean)]) == 0
+    assert built == [f"passkey-0-{i}" for i in range(4)]           # each sample built once
+    built.clear()
+    out = tmp_path / "resumed.json"
+    assert cli.main([*args, "--out", str(out), "--limit", "2"]) == 0
+    assert built == ["passkey-0-0", "passkey-0-1"] and not out.exists()
+    built.clear()
+    assert cli.main([*args, "--out", str(out)]) == 0
+    assert built == ["passkey-0-2", "passkey-0-3"]
+    assert out.read_bytes() == clean.read_bytes()
+    built.clear()
+    assert cli.main([*args, "--out", str(out)]) == 0                # a finished run is reused: nothing built
+    assert built == []

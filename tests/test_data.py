@@ -423,3 +423,49 @@ def test_text_version_and_draw_evidence(tmp_path):
     assert Image.open(path).size[0] == 8 + 2 * 368
     with pytest.raises(ValueError, match="not from a needle generator"):
         data.text_version(data.ImageSample("x", [Image.new("RGB", (4, 4))], "q", "a", 0, [], [], (0, 0, 1, 1), 0))
+
+
+# ------------------------------------------------------------------------------------------ lazy sets
+def _as_bytes(sample) -> dict:
+    """Every field of a sample, pages as (mode, size, pixel bytes): equal dicts = byte-identical samples."""
+    fields = dict(vars(sample))
+    if "pages" in fields:
+        fields["pages"] = [(p.mode, p.size, p.tobytes()) for p in fields["pages"]]
+    return fields
+
+
+LAZY_SETS = [   # (generator, arguments): the CLI's four aliases, with the layouts the book uses
+    (data.passkey_images, {}), (data.passkey_images, {"grid_offset": "random"}),
+    (data.passkey_images, {"filler": "varied"}), (data.passkey_images, {"layout": "free"}),
+    (data.passkey_images, {"layout": "free", "context_chars": 1024, "font_size": 24}),
+    (data.niah_images, {}), (data.niah_images, {"layout": "free"}), (data.passkey_text, {"context_chars": 320}),
+    (data.passkey_text, {}), (data.niah_text, {}), (data.niah_text, {"context_chars": 400}),
+]
+
+
+@pytest.mark.parametrize("build, kw", LAZY_SETS, ids=[f"{b.__name__}-{kw}" for b, kw in LAZY_SETS])
+def test_lazy_samples_equal_the_full_set_byte_for_byte(build, kw):
+    from ocrheads_lib.data.lazy import lazy_samples
+
+    n, seed = 4, 3
+    full = build(n, seed=seed, **kw)
+    lazy = lazy_samples(build, n, seed, **kw)
+    assert lazy is not None and list(lazy.ids) == [s.id for s in full] and lazy.built == 0
+    assert [_as_bytes(lazy[i]) for i in (3, 0, 2, 1)] == [_as_bytes(full[i]) for i in (3, 0, 2, 1)]
+    assert lazy.built == 4 and all(isinstance(s, lazy.kind) for s in full)
+    picked = build(n, seed=seed, indices=[2, 0], **kw)
+    assert [_as_bytes(s) for s in picked] == [_as_bytes(full[2]), _as_bytes(full[0])]
+
+
+def test_lazy_hold_builds_once_and_bad_indices_are_refused():
+    from ocrheads_lib.data.lazy import lazy_samples
+
+    lazy = lazy_samples(data.passkey_images, 3, 0)
+    held = lazy.hold(1)
+    assert lazy[1] is held and lazy.built == 1          # the held sample is handed out, not built again
+    assert lazy[1] is not held and lazy.built == 2      # and then released
+    assert lazy_samples(data.synthetic_docs, 3, 0) is None
+    with pytest.raises(ValueError, match=r"indices \[3\] are outside the set of n=3 samples; give integers in"):
+        data.passkey_images(3, indices=[0, 3])
+    with pytest.raises(IndexError, match="sample index 5 is outside the set of 3 samples"):
+        lazy[5]

@@ -1,6 +1,7 @@
 """Data: generated needle sets, document-QA loaders, rendering, contact sheets.
 
-Generators (seeded; sample i does not depend on n):
+Generators (seeded; sample i does not depend on n; the needle sets also take indices=[...] to build only
+those samples, and lazy.lazy_samples(generator, n, seed, **kw) builds them one at a time on access):
     passkey_images(n, seed, layout="grid"|"free", ...)   -> list[ImageSample]  (per-digit boxes)
     niah_images(n, seed, ...)                             -> list[ImageSample]  (per-word boxes)
     case_study_images(chars, n_per_char, seed, ...)       -> list[ImageSample]  (one-character keys)

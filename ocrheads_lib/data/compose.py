@@ -34,6 +34,24 @@ def sample_rng(tag: str, seed: int, index: int) -> random.Random:
     return random.Random(f"ocrheads:{tag}:{int(seed)}:{int(index)}")
 
 
+def sample_id(prefix: str, seed: int, index: int) -> str:
+    """The id of sample `index` of a generated set ("passkey-0-7"): known without building the sample."""
+    return f"{prefix}-{int(seed)}-{int(index)}"
+
+
+def sample_indices(n: int, indices: Sequence[int] | None) -> Sequence[int]:
+    """The indices a generator builds: all of range(n) (indices=None), or the given ones, each in [0, n).
+    Sample i depends only on (seed, i), so building a few indices gives exactly those samples of the full set."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if indices is None:
+        return range(n)
+    bad = [i for i in indices if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n]
+    if bad:
+        raise ValueError(f"indices {bad[:3]} are outside the set of n={n} samples; give integers in [0, {n})")
+    return list(indices)
+
+
 # ------------------------------------------------------------------------------------------ layout
 def resolve_layout_name(layout: str | None, *, font: Any = None, font_size: Any = None, line_height: Any = None,
                         margin: Any = None) -> str:

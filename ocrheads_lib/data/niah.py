@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any
+from typing import Any, Sequence
 
 from . import haystack
 from .compose import (ContextTooShortError, NeedleText, fill_window, image_sample, make_layout, needle_text,
                       resolve_depth,
-                      resolve_layout_name, sample_rng)
+                      resolve_layout_name, sample_id, sample_indices, sample_rng)
 from .loaders import DatasetUnavailableError
 from .samples import ImageSample, TextSample
 
 DEFAULT_TEXT_CHARS = 400
+IMAGES_ID, TEXT_ID = "niah", "niah-text"     # id prefixes: sample i of seed s is f"{prefix}-{s}-{i}"
 
 
 def _pick_needle(rng: random.Random, max_answer_chars: int | None) -> tuple[str, tuple[int, int], str, str]:
@@ -113,8 +114,9 @@ def niah_images(n: int, seed: int = 0, *, context_chars: int | None = None, dept
                 layout: str | None = None, font: str | None = None, font_size: int | None = None,
                 line_height: int | None = None, margin: int | None = None, chars_per_line: int | None = None,
                 lines_per_page: int | None = None, pages: int | None = None, grid_offset: Any = "aligned",
-                source: str = "ours", max_pages: int = 200) -> list[ImageSample]:
+                source: str = "ours", max_pages: int = 200, indices: Sequence[int] | None = None) -> list[ImageSample]:
     """n NIAH samples on pages; one fine box per answer word (units = the words), coarse = their union.
+    indices: build only the samples at these indices (equal to the same samples of the full set).
 
     Layout options as in passkey_images (grid default: fill `pages` (2) 16 x 6 cell pages, since a
     needle sentence takes 3-5 of a page's five 15-character lines; free: DejaVuSans 24 px,
@@ -122,14 +124,13 @@ def niah_images(n: int, seed: int = 0, *, context_chars: int | None = None, dept
     The answer is never split across lines; the whole needle is
     kept on one line when it fits.
     """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+    wanted = sample_indices(n, indices)
     layout = resolve_layout_name(layout, font=font, font_size=font_size, line_height=line_height, margin=margin)
     if (layout == "free" and pages is None or source == "needlebench") and context_chars is None:
         context_chars = 1024
     pages = 2 if pages is None else int(pages)
     samples = []
-    for i in range(n):
+    for i in wanted:
         rng = sample_rng("niah", seed, i)
         lay = make_layout(layout, sample_rng("niah-offset", seed, i), font=font, font_size=font_size,
                           line_height=line_height, margin=margin, chars_per_line=chars_per_line,
@@ -141,21 +142,20 @@ def niah_images(n: int, seed: int = 0, *, context_chars: int | None = None, dept
                     grid_offset=[lay.x_off, lay.y_off] if layout == "grid" else None,
                     font=lay.font if layout == "free" else "DejaVuSansMono-Bold (grid)",
                     font_size=lay.font_size if layout == "free" else None, index=i)
-        samples.append(image_sample(f"niah-{seed}-{i}", nt, lay, _word_spans(nt), question, seed, "auto", meta))
+        samples.append(image_sample(sample_id(IMAGES_ID, seed, i), nt, lay, _word_spans(nt), question, seed, "auto",
+                                    meta))
     return samples
 
 
 def niah_text(n: int, seed: int = 0, *, context_chars: int = DEFAULT_TEXT_CHARS, depth: float | None = None,
-              source: str = "ours") -> list[TextSample]:
-    """Plain-text NIAH samples (needle_span / answer_span are offsets in `context`)."""
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+              source: str = "ours", indices: Sequence[int] | None = None) -> list[TextSample]:
+    """Plain-text NIAH samples (needle_span / answer_span are offsets in `context`); indices: as in niah_images."""
     out = []
-    for i in range(n):
+    for i in sample_indices(n, indices):
         rng = sample_rng("niah", seed, i)
         nt, question = _document(rng, source=source, context_chars=context_chars, depth=depth, n_lines=None,
                                  width=None)
-        out.append(TextSample(id=f"niah-text-{seed}-{i}", context=nt.text, question=question, answer=nt.answer,
+        out.append(TextSample(id=sample_id(TEXT_ID, seed, i), context=nt.text, question=question, answer=nt.answer,
                               needle_span=nt.needle_span, answer_span=nt.answer_span, seed=int(seed),
                               golds=[nt.answer], meta=dict(generator="niah_text", source=source,
                                                            context_chars=context_chars, depth=nt.depth,

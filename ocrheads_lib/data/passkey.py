@@ -17,13 +17,14 @@ import string
 from typing import Any, Sequence
 
 from .compose import (fill_window, image_sample, make_layout, needle_text, resolve_depth, resolve_layout_name,
-                      sample_rng)
+                      sample_id, sample_indices, sample_rng)
 from .samples import ImageSample, TextSample
 
 PASSKEY_QUESTION = "What is the pass key?"
 NEEDLE_TEMPLATE = "The pass key is {key}."
 CASE_STUDY_CHARS = string.digits + string.ascii_lowercase
 DEFAULT_TEXT_CHARS = 320
+IMAGES_ID, TEXT_ID = "passkey", "passkey-text"     # id prefixes: sample i of seed s is f"{prefix}-{s}-{i}"
 
 
 def random_key(rng: random.Random, key_digits: int | Sequence[int] = (4, 5)) -> str:
@@ -63,8 +64,10 @@ def passkey_images(n: int, seed: int = 0, *, context_chars: int | None = None, d
                    margin: int | None = None, chars_per_line: int | None = None, lines_per_page: int | None = None,
                    layout: str | None = None, key_digits: int | Sequence[int] = (4, 5), pages: int | None = None,
                    filler: str = "classic", grid_offset: Any = "aligned", needle_template: str = NEEDLE_TEMPLATE,
-                   question: str = PASSKEY_QUESTION, max_pages: int = 200) -> list[ImageSample]:
-    """n pass-key samples rendered on pages.
+                   question: str = PASSKEY_QUESTION, max_pages: int = 200,
+                   indices: Sequence[int] | None = None) -> list[ImageSample]:
+    """n pass-key samples rendered on pages (only those at `indices`, in that order, when given: each sample
+    depends on (seed, index) alone, so they equal the same samples of the full set).
 
     layout: "grid" (the embedded model's book page: grid.py, 15 chars x 5 lines on a 16 x 6 cell
       page, one character per 28-px cell) or "free" (TrueType font at font_size px, default
@@ -80,14 +83,13 @@ def passkey_images(n: int, seed: int = 0, *, context_chars: int | None = None, d
       or "varied" (our English generator; digit-free). grid_offset: "aligned" | "random" | (x, y) px.
     Raises ContextTooShortError, FileNotFoundError (font), RenderError (page limit, line too short).
     """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+    wanted = sample_indices(n, indices)
     layout = resolve_layout_name(layout, font=font, font_size=font_size, line_height=line_height, margin=margin)
     if layout == "free" and context_chars is None and pages is None:
         context_chars = 1024
     pages = 1 if pages is None else int(pages)
     samples = []
-    for i in range(n):
+    for i in wanted:
         rng = sample_rng("passkey", seed, i)
         key = random_key(rng, key_digits)
         lay = make_layout(layout, sample_rng("passkey-offset", seed, i), font=font, font_size=font_size,
@@ -103,25 +105,24 @@ def passkey_images(n: int, seed: int = 0, *, context_chars: int | None = None, d
                     filler=filler, grid_offset=[lay.x_off, lay.y_off] if layout == "grid" else None,
                     font=lay.font if layout == "free" else "DejaVuSansMono-Bold (grid)",
                     font_size=lay.font_size if layout == "free" else None, index=i)
-        samples.append(image_sample(f"passkey-{seed}-{i}", nt, lay, units, question, seed, "auto", meta))
+        samples.append(image_sample(sample_id(IMAGES_ID, seed, i), nt, lay, units, question, seed, "auto", meta))
     return samples
 
 
 def passkey_text(n: int, seed: int = 0, *, context_chars: int = DEFAULT_TEXT_CHARS, depth: float | None = None,
                  key_digits: int | Sequence[int] = (4, 5), filler: str = "classic",
-                 needle_template: str = NEEDLE_TEMPLATE, question: str = PASSKEY_QUESTION) -> list[TextSample]:
+                 needle_template: str = NEEDLE_TEMPLATE, question: str = PASSKEY_QUESTION,
+                 indices: Sequence[int] | None = None) -> list[TextSample]:
     """Plain-text pass-key samples: context of <= context_chars characters, needle_span / answer_span
     are character offsets in `context`. With the same seed and context_chars, the text equals the
-    one passkey_images(layout="free" or an explicit context_chars) renders."""
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+    one passkey_images(layout="free" or an explicit context_chars) renders. indices: as in passkey_images."""
     out = []
-    for i in range(n):
+    for i in sample_indices(n, indices):
         rng = sample_rng("passkey", seed, i)
         key = random_key(rng, key_digits)
         nt = _passkey_document(rng, key, context_chars=context_chars, depth=depth, filler=filler,
                                needle_template=needle_template)
-        out.append(TextSample(id=f"passkey-text-{seed}-{i}", context=nt.text, question=question, answer=key,
+        out.append(TextSample(id=sample_id(TEXT_ID, seed, i), context=nt.text, question=question, answer=key,
                               needle_span=nt.needle_span, answer_span=nt.answer_span, seed=int(seed), golds=[key],
                               meta=dict(generator="passkey_text", context_chars=context_chars, depth=nt.depth,
                                         actual_depth=round(nt.actual_depth, 4), filler=filler, index=i)))

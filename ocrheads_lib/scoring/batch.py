@@ -286,12 +286,30 @@ def merge(out: str | os.PathLike) -> HeadScores:
     return scores
 
 
+def sample_ids(samples: Sequence[Any]) -> list[str]:
+    """The ids of `samples`: its `ids` attribute when it has one (a lazy set such as
+    ocrheads_lib.data.lazy.LazySamples, whose samples are built on access), else each sample's id."""
+    ids = getattr(samples, "ids", None)
+    return [str(i) for i in ids] if ids is not None else [str(sample.id) for sample in samples]
+
+
+def done_records(out: str | os.PathLike, retry_failures: bool = False) -> dict[str, dict[str, Any]]:
+    """id -> finished record of the run at `out` (read_done of its parts folder); with retry_failures only
+    the scored samples (recorded failures are to be scored again)."""
+    done = read_done(parts_dir(out))
+    if retry_failures:
+        done = {key: record for key, record in done.items() if not _is_failure(record)}
+    return done
+
+
 def run(samples: Sequence[Any], scorer: Scorer, meta: ScoreMeta, out: str | os.PathLike, *, resume: bool = True,
         overwrite: bool = False, retry_failures: bool = False, fault_retries: int = DEFAULT_FAULT_RETRIES,
         shard: tuple[int, int] | None = None, limit: int | None = None, progress: bool = False,
         log: Log | None = None) -> HeadScores | None:
     """Score `samples` with `scorer` (sample -> SampleScore | Failure), appending to per-shard JSONL files,
-    then merge into `out`. Returns the merged scores on the main process once everything is done; None on
+    then merge into `out`. `samples` is a list, or a lazy sequence with an `ids` attribute whose
+    `samples[i]` builds sample i on demand (LazySamples): only the samples this call scores are accessed,
+    one at a time. Returns the merged scores on the main process once everything is done; None on
     other processes, for an explicit shard, or when stopped early by `limit` (samples scored by this process).
 
     overwrite (or resume=False): discard any previous run at `out` first. retry_failures: rescore the samples
@@ -303,7 +321,7 @@ def run(samples: Sequence[Any], scorer: Scorer, meta: ScoreMeta, out: str | os.P
         raise ValueError(f"limit must be >= 0 (samples to score in this call), got {limit}")
     out = Path(out)
     folder = parts_dir(out)
-    ids = [str(sample.id) for sample in samples]
+    ids = sample_ids(samples)
     if len(set(ids)) != len(ids):
         duplicates = sorted({i for i in ids if ids.count(i) > 1})[:3]
         raise ValueError(f"sample ids are not unique (e.g. {duplicates}); the resumable run identifies samples by id")
@@ -318,9 +336,7 @@ def run(samples: Sequence[Any], scorer: Scorer, meta: ScoreMeta, out: str | os.P
     finished_file = _check_run(out, meta, ids, is_main or shard is not None)
     if state is not None:
         state.wait_for_everyone()
-    done = read_done(folder)
-    if retry_failures:
-        done = {key: record for key, record in done.items() if not _is_failure(record)}
+    done = done_records(out, retry_failures)
     pending = [i for i, sample_id in enumerate(ids) if sample_id not in done]
     if finished_file and retry_failures:
         raise ValueError(f"{out} has no parts folder to rescore failures in; pass --overwrite to score it again")
