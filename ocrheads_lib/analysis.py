@@ -72,11 +72,11 @@ def sparsity_bins(scores: HeadScores | np.ndarray, filtered: bool = False) -> Sp
 
 
 # --------------------------------------------------------------------------- distinctness
-def jaccard(a: set[Head] | list[Head], b: set[Head] | list[Head]) -> float:
-    """|A ∩ B| / |A ∪ B|; NaN when both sets are empty (nothing to compare)."""
+def jaccard(a: set[Head] | list[Head], b: set[Head] | list[Head], empty: float = float("nan")) -> float:
+    """|A ∩ B| / |A ∪ B|; `empty` when both sets are empty (default NaN: nothing to compare)."""
     a, b = set(map(tuple, a)), set(map(tuple, b))
     union = a | b
-    return len(a & b) / len(union) if union else float("nan")
+    return len(a & b) / len(union) if union else empty
 
 
 def topk_overlap(a: list[Head], b: list[Head], k: int) -> float:

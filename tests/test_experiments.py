@@ -21,6 +21,7 @@ from ocrheads_lib.data.samples import ImageSample, TextSample
 from ocrheads_lib.experiments import case_study, cot
 from ocrheads_lib.experiments.evaluate import PredictionCache, bootstrap_ci, evaluate, summarize
 from ocrheads_lib.experiments.masking import mask_conditions, random_heads, run_masking, scale_ks
+from ocrheads_lib.experiments.sweep import Condition
 from ocrheads_lib.experiments.sink import run_sink
 from ocrheads_lib.models.testing import tiny_random
 
@@ -117,9 +118,9 @@ def image_sample(index: int = 0) -> ImageSample:
 
 
 def _logits(lm, sample, plan=None):
-    from ocrheads_lib.experiments.evaluate import sample_inputs
+    from ocrheads_lib.inference import sample_prompt
 
-    pages, text = sample_inputs(sample)
+    pages, text = sample_prompt(sample)
     inputs = lm.build_inputs(pages, text)
     with torch.no_grad():
         if plan is None:
@@ -210,7 +211,7 @@ def test_k0_masking_equals_baseline_exactly(reader_lm, reader_tasks, vl_lm):
     with_plan = evaluate(reader_lm, reader_tasks["digit_text"], Plan(mask=[]), max_new_tokens=2)
     assert [p.prediction for p in base] == [p.prediction for p in with_plan]
     cond = mask_conditions(2, 4, {"ocr": [READER]}, ks=[1], seeds=[0])
-    assert cond[0] == dict(head_set="none", k=0, seed=-1, heads=[], random_pool="")
+    assert cond[0] == Condition(head_set="none", k=0, seed=-1, heads=[], random_pool="")
 
 
 # ------------------------------------------------------------------------------------------ random heads
@@ -232,19 +233,19 @@ def test_random_heads_reproducible_disjoint_and_own_rng():
     ocr, retrieval = [(0, 0), (0, 1), (0, 2), (0, 3)], [(1, 0), (1, 1)]
     with pytest.warns(UserWarning, match="no random_layer_matched control at k=3"):
         conds = mask_conditions(2, 4, {"ocr": ocr, "retrieval": retrieval}, ks=[2, 3], seeds=[0, 1, 2])
-    matched = [c for c in conds if c["head_set"] == "random_layer_matched"]
-    assert [c["k"] for c in matched] == [2, 2, 2]             # layer 0 has 4 heads: no 3 outside the OCR top-3
-    assert all(sorted(c["heads"]) != sorted(ocr[:2]) and {l for l, _ in c["heads"]} == {0} for c in matched)
-    rand = [c for c in conds if c["head_set"] == "random"]
+    matched = [c for c in conds if c.head_set == "random_layer_matched"]
+    assert [c.k for c in matched] == [2, 2, 2]             # layer 0 has 4 heads: no 3 outside the OCR top-3
+    assert all(sorted(c.heads) != sorted(ocr[:2]) and {l for l, _ in c.heads} == {0} for c in matched)
+    rand = [c for c in conds if c.head_set == "random"]
     assert len(rand) == 6
     for c in rand:
-        assert len(set(c["heads"])) == c["k"]
-        if c["k"] == 2:
-            assert c["random_pool"] == "outside selected"
-            assert not set(c["heads"]) & set(ocr + retrieval)
+        assert len(set(c.heads)) == c.k
+        if c.k == 2:
+            assert c.random_pool == "outside selected"
+            assert not set(c.heads) & set(ocr + retrieval)
         else:   # only 2 heads lie outside the selected sets: avoid the top-3 of each set
-            assert c["random_pool"] == "outside top-k"
-            assert not set(c["heads"]) & set(ocr[:3] + retrieval[:3])
+            assert c.random_pool == "outside top-k"
+            assert not set(c.heads) & set(ocr[:3] + retrieval[:3])
     with pytest.raises(ValueError, match="cannot draw"):
         mask_conditions(2, 4, {"ocr": ocr, "retrieval": retrieval}, ks=[4], seeds=[0])
 
