@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ocrheads_lib.analysis import bootstrap_mean_ci as bootstrap_ci  # the experiment tables' CIs
 from ocrheads_lib.types import Head
 
 PASSKEY_METRICS = ("accuracy", "em", "char_sim")
@@ -238,20 +239,6 @@ def evaluate(lm: Any, samples: Sequence[Any], plan: Any = None, *, metrics: Sequ
 # ----------------------------------------------------------------------------------------------------------
 # Summaries
 # ----------------------------------------------------------------------------------------------------------
-
-
-def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, alpha: float = 0.05,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean (resampling samples with replacement; own RNG from `seed`).
-    NaNs for an empty list; (v, v) for a single value."""
-    data = np.asarray(list(values), dtype=float)  # (n,)
-    if data.size == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    index = rng.integers(0, data.size, size=(n_boot, data.size))  # (n_boot, n)
-    means = data[index].mean(axis=1)  # (n_boot,)
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
 
 
 def summarize(predictions: Sequence[Prediction], metrics: Sequence[str], n_boot: int = 1000,
