@@ -272,6 +272,16 @@ def test_layer_matched_heads_copy_the_reference_layers():
         layer_matched_heads(4, 8, [(5, 0)], [], seed=0)
 
 
+def test_condition_cache_keys():
+    """The cache file names of sweep conditions (results on disk are found by them: they must not drift)."""
+    mask = Condition("ocr", 2, heads=[(0, 1), (2, 3)])
+    assert mask.key == "head_set=ocr__k=2__seed=-1__heads=c7ef67d157"          # sha1('[[0, 1], [2, 3]]')[:10]
+    sink = Condition("random", 2, seed=1, heads=[(2, 3), (0, 1)], random_pool="outside selected", beta=0.5)
+    assert sink.key == "head_set=random__k=2__beta=0.5__seed=1__heads=4c3c1c9499"   # [[0, 1, 0.5], [2, 3, 0.5]]
+    assert sink.target() == {(2, 3): 0.5, (0, 1): 0.5}
+    assert Condition("none", 0, beta=1.0).key == "head_set=none__k=0__beta=1.0__seed=-1__heads=none"
+
+
 def test_scale_ks():
     assert scale_ks(784) == [2, 5, 10, 20]
     assert scale_ks(32) == [2, 5, 8]
@@ -325,6 +335,9 @@ def test_bootstrap_and_cache(tmp_path):
     lo, hi = bootstrap_ci([0.0, 1.0] * 20, n_boot=500, seed=0)
     assert 0.3 < lo < 0.5 < hi < 0.7
     assert bootstrap_ci([0.0, 1.0] * 20, seed=4) == bootstrap_ci([0.0, 1.0] * 20, seed=4)
+    # golden value of the experiment tables' CI (the vectorised numpy bootstrap this project used before
+    # analysis.bootstrap_interval became the one bootstrap gives exactly this)
+    assert bootstrap_ci([0.1, 0.4, 0.9, 0.3, 0.7, 0.0], n_boot=200, seed=5) == (0.16625, 0.6670833333333334)
     # a cache line cut by an interrupted write is dropped and the file repaired
     from ocrheads_lib.experiments.evaluate import Prediction
 
