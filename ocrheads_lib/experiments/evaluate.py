@@ -6,7 +6,8 @@ sample of a task under some :class:`~ocrheads_lib.attention.Plan`, score each an
     preds = evaluate(lm, samples, Plan(mask=[(3, 1)]), cache=PredictionCache(path))
     summary = summarize(preds, metrics_for(samples))       # {"accuracy": (mean, lo, hi), "n": ..., ...}
 
-* Predictions are greedy (``lm.generate``); the empty plan is the stock model.
+* Predictions are greedy (``lm.generate``); the empty plan is the stock model. Sweeps over many conditions
+  (masking, sink) are :mod:`ocrheads_lib.experiments.sweep`.
 * Per-sample records are appended to a JSONL cache as they are produced, so an interrupted run resumes
   where it stopped and ends with the same numbers (a cache file belongs to one condition: its name says
   which, see :func:`condition_key`).
@@ -200,7 +201,8 @@ def evaluate(lm: Any, samples: Sequence[Any], plan: Any = None, *, metrics: Sequ
     """Answer every sample under `plan` (None = stock model) and score the answers.
 
     answer_fn(lm, sample, max_new_tokens) -> str overrides how a sample is answered (the chain-of-thought
-    experiment uses it for its prompts); default: ``ocrheads_lib.inference.answer``. Returns one Prediction per sample, in sample order.
+    experiment uses it for its prompts); default: ``ocrheads_lib.inference.answer``. Returns one Prediction
+    per sample, in sample order.
     """
     from ocrheads_lib.attention import Plan, apply
 

@@ -97,7 +97,8 @@ def top_k_conditions(head_sets: Mapping[str, Sequence[Head]], k: int,
     beta = None if beta is None else float(beta)
     out = [Condition(name, int(k), -1, [(int(l), int(h)) for l, h in heads[:k]], "", beta)
            for name, heads in head_sets.items()]
-    out += [Condition(head_set, int(k), int(seed), heads, pool_name, beta) for head_set, seed, heads, pool_name in draws]
+    out += [Condition(head_set, int(k), int(seed), heads, pool_name, beta)
+            for head_set, seed, heads, pool_name in draws]
     return out
 
 
