@@ -20,8 +20,8 @@ from ocrheads_lib.attention import Plan, apply
 from ocrheads_lib.data.samples import ImageSample, TextSample
 from ocrheads_lib.experiments import case_study, cot
 from ocrheads_lib.experiments.evaluate import PredictionCache, bootstrap_ci, evaluate, summarize
-from ocrheads_lib.experiments.masking import mask_conditions, random_heads, run_masking, scale_ks
-from ocrheads_lib.experiments.sweep import Condition
+from ocrheads_lib.experiments.masking import mask_conditions, run_masking, scale_ks
+from ocrheads_lib.experiments.sweep import Condition, layer_matched_heads, random_heads
 from ocrheads_lib.experiments.sink import run_sink
 from ocrheads_lib.models.testing import tiny_random
 
@@ -251,8 +251,6 @@ def test_random_heads_reproducible_disjoint_and_own_rng():
 
 
 def test_layer_matched_heads_copy_the_reference_layers():
-    from ocrheads_lib.experiments.masking import layer_matched_heads
-
     reference = [(3, 2), (3, 5), (2, 2), (3, 0)]              # layer 3 three times, layer 2 once
     selected = [(3, 1), (3, 3), (2, 0)]
     heads, pool = layer_matched_heads(4, 8, reference, [("outside selected", selected)], seed=1)

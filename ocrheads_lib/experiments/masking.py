@@ -26,17 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from ocrheads_lib.experiments.evaluate import format_heads
-from ocrheads_lib.experiments.sweep import (  # noqa: F401  (the control draws are also public here)
+from ocrheads_lib.experiments.sweep import (
     BASELINE,
     CONTROLS,
-    LAYER_MATCHED,
-    RANDOM,
     Condition,
-    all_heads,
     control_draws,
-    layer_matched_heads,
-    random_heads,
-    random_pool_for,
     run_sweep,
     selected_union,
     sweep_curves,
