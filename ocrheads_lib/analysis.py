@@ -6,7 +6,9 @@
 3. *Statically activated* — :func:`static_activation`: activation frequency vs mean score
    (Pearson, Spearman, Kendall) over all heads.
 
-Plus :func:`bootstrap_ci` for any statistic of a :class:`HeadScores`, resampling samples (seeded).
+Plus the project's one percentile bootstrap, :func:`bootstrap_interval`, used by :func:`bootstrap_ci` (any
+statistic of a :class:`HeadScores`, resampling samples) and :func:`bootstrap_mean_ci` (the mean of a list of
+per-sample values: the CIs of the experiment tables). All seeded: same seed, same interval.
 
 Bins follow the paper's donut figure (PAPER.md §5.1): ``==0``, ``(0, .1]``, ``(.1, .3]``,
 ``(.3, .5]``, ``(.5, 1]``. :func:`sparsity_bins` bins the RAW mean by default (``filtered=False``):
@@ -18,6 +20,7 @@ for the Qwen2-VL-2B text file raw = 120/158/26/14/18 and filtered = 138/158/26/1
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -72,11 +75,11 @@ def sparsity_bins(scores: HeadScores | np.ndarray, filtered: bool = False) -> Sp
 
 
 # --------------------------------------------------------------------------- distinctness
-def jaccard(a: set[Head] | list[Head], b: set[Head] | list[Head]) -> float:
-    """|A ∩ B| / |A ∪ B|; NaN when both sets are empty (nothing to compare)."""
+def jaccard(a: set[Head] | list[Head], b: set[Head] | list[Head], empty: float = float("nan")) -> float:
+    """|A ∩ B| / |A ∪ B|; `empty` when both sets are empty (default NaN: nothing to compare)."""
     a, b = set(map(tuple, a)), set(map(tuple, b))
     union = a | b
-    return len(a & b) / len(union) if union else float("nan")
+    return len(a & b) / len(union) if union else empty
 
 
 def topk_overlap(a: list[Head], b: list[Head], k: int) -> float:
@@ -178,14 +181,34 @@ class Interval:
         return f"{self.estimate:.4g} [{self.low:.4g}, {self.high:.4g}]"
 
 
+def bootstrap_interval(replicate: Callable[[np.random.Generator], float], n_boot: int, seed: int = 0,
+                       alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap interval (low, high) at level 1 - alpha: `replicate(rng)` computes the statistic on
+    one resample drawn with `rng` (``np.random.default_rng(seed)``, shared by the n_boot replicates in
+    order); NaN replicates are ignored."""
+    rng = np.random.default_rng(seed)
+    values = np.array([float(replicate(rng)) for _ in range(n_boot)])
+    low, high = np.nanquantile(values, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
 def bootstrap_ci(scores: HeadScores, statistic: Callable[[HeadScores], float], n_boot: int = 200,
                  seed: int = 0, alpha: float = 0.05) -> Interval:
     """Percentile bootstrap interval of ``statistic(scores)`` over samples (seeded: same seed, same interval).
     Example: ``bootstrap_ci(s, lambda x: len(select(x)))``."""
-    rng = np.random.default_rng(seed)
-    values = np.array([float(statistic(resample(scores, rng))) for _ in range(n_boot)])
-    low, high = np.nanquantile(values, [alpha / 2, 1 - alpha / 2])
-    return Interval(estimate=float(statistic(scores)), low=float(low), high=float(high), n_boot=n_boot)
+    low, high = bootstrap_interval(lambda rng: statistic(resample(scores, rng)), n_boot, seed, alpha)
+    return Interval(estimate=float(statistic(scores)), low=low, high=high, n_boot=n_boot)
+
+
+def bootstrap_mean_ci(values: Sequence[float], n_boot: int = 1000, alpha: float = 0.05,
+                      seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of `values` (resampling them with replacement; own RNG from `seed`).
+    NaNs for an empty list; (v, v) for a single value."""
+    data = np.asarray(list(values), dtype=float)  # (n,)
+    if data.size == 0:
+        return float("nan"), float("nan")
+    return bootstrap_interval(lambda rng: data[rng.integers(0, data.size, size=data.size)].mean(), n_boot, seed,
+                              alpha)
 
 
 def summary(scores: HeadScores, threshold: float = 0.1) -> dict[str, object]:

@@ -54,6 +54,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from ocrheads_lib.types import Head
+
 __all__ = [
     "PROBE_ATTENTION",
     "Plan",
@@ -71,7 +73,6 @@ PROBE_ATTENTION = "ocrheads_probe"
 """Name under which the probe is registered with transformers' attention and mask interfaces."""
 
 SinkKey = Literal["first", "max"] | int
-Head = tuple[int, int]
 
 # Query rows processed at once when a sink head needs its full attention rows: bounds the temporary
 # (B, sink_heads, chunk, keys) float32 block to a few hundred MB even at 32k keys.

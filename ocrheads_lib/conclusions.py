@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-Head = tuple[int, int]
+from ocrheads_lib.types import Head
 
 
 def head_name(head: Sequence[int]) -> str:

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from ocrheads_lib.types import Head
+
 Box = tuple[float, float, float, float]
-Head = tuple[int, int]
 MIN_OVERLAP = 0.001          # share of the character box's area, as for evidence tokens
 
 

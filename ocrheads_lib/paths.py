@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +25,31 @@ def results_dir(model_id: str, root: str | os.PathLike = "results") -> Path:
 FILE_MODE = 0o644  # result files are readable by everyone (mkstemp alone would leave them 0600)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` through a temporary file in the same folder, then a rename
-    (``os.replace``), so a reader never sees a half-written file: `path` holds either the old content or
-    the complete new one. The file gets mode 0644. This is the project's one atomic writer."""
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary file path next to `path` to write to (with any writer, e.g. ``torch.save``); when the block
+    ends without error it is renamed onto `path` (``os.replace``) with mode 0644, else deleted. A reader
+    never sees a half-written file: `path` holds either the old content or the complete new one. This is
+    the project's one atomic writer; :func:`atomic_write_text` and :func:`atomic_write_json` use it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        yield Path(tmp)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` atomically (:func:`atomic_path`); the file gets mode 0644."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    return Path(path)
 
 
 def atomic_write_json(path: str | os.PathLike, payload: Any, indent: int | None = 1) -> Path:

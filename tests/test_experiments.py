@@ -20,7 +20,8 @@ from ocrheads_lib.attention import Plan, apply
 from ocrheads_lib.data.samples import ImageSample, TextSample
 from ocrheads_lib.experiments import case_study, cot
 from ocrheads_lib.experiments.evaluate import PredictionCache, bootstrap_ci, evaluate, summarize
-from ocrheads_lib.experiments.masking import mask_conditions, random_heads, run_masking, scale_ks
+from ocrheads_lib.experiments.masking import mask_conditions, run_masking, scale_ks
+from ocrheads_lib.experiments.sweep import Condition, layer_matched_heads, random_heads
 from ocrheads_lib.experiments.sink import run_sink
 from ocrheads_lib.models.testing import tiny_random
 
@@ -117,9 +118,9 @@ def image_sample(index: int = 0) -> ImageSample:
 
 
 def _logits(lm, sample, plan=None):
-    from ocrheads_lib.experiments.evaluate import sample_inputs
+    from ocrheads_lib.inference import sample_prompt
 
-    pages, text = sample_inputs(sample)
+    pages, text = sample_prompt(sample)
     inputs = lm.build_inputs(pages, text)
     with torch.no_grad():
         if plan is None:
@@ -210,7 +211,7 @@ def test_k0_masking_equals_baseline_exactly(reader_lm, reader_tasks, vl_lm):
     with_plan = evaluate(reader_lm, reader_tasks["digit_text"], Plan(mask=[]), max_new_tokens=2)
     assert [p.prediction for p in base] == [p.prediction for p in with_plan]
     cond = mask_conditions(2, 4, {"ocr": [READER]}, ks=[1], seeds=[0])
-    assert cond[0] == dict(head_set="none", k=0, seed=-1, heads=[], random_pool="")
+    assert cond[0] == Condition(head_set="none", k=0, seed=-1, heads=[], random_pool="")
 
 
 # ------------------------------------------------------------------------------------------ random heads
@@ -232,26 +233,24 @@ def test_random_heads_reproducible_disjoint_and_own_rng():
     ocr, retrieval = [(0, 0), (0, 1), (0, 2), (0, 3)], [(1, 0), (1, 1)]
     with pytest.warns(UserWarning, match="no random_layer_matched control at k=3"):
         conds = mask_conditions(2, 4, {"ocr": ocr, "retrieval": retrieval}, ks=[2, 3], seeds=[0, 1, 2])
-    matched = [c for c in conds if c["head_set"] == "random_layer_matched"]
-    assert [c["k"] for c in matched] == [2, 2, 2]             # layer 0 has 4 heads: no 3 outside the OCR top-3
-    assert all(sorted(c["heads"]) != sorted(ocr[:2]) and {l for l, _ in c["heads"]} == {0} for c in matched)
-    rand = [c for c in conds if c["head_set"] == "random"]
+    matched = [c for c in conds if c.head_set == "random_layer_matched"]
+    assert [c.k for c in matched] == [2, 2, 2]             # layer 0 has 4 heads: no 3 outside the OCR top-3
+    assert all(sorted(c.heads) != sorted(ocr[:2]) and {l for l, _ in c.heads} == {0} for c in matched)
+    rand = [c for c in conds if c.head_set == "random"]
     assert len(rand) == 6
     for c in rand:
-        assert len(set(c["heads"])) == c["k"]
-        if c["k"] == 2:
-            assert c["random_pool"] == "outside selected"
-            assert not set(c["heads"]) & set(ocr + retrieval)
+        assert len(set(c.heads)) == c.k
+        if c.k == 2:
+            assert c.random_pool == "outside selected"
+            assert not set(c.heads) & set(ocr + retrieval)
         else:   # only 2 heads lie outside the selected sets: avoid the top-3 of each set
-            assert c["random_pool"] == "outside top-k"
-            assert not set(c["heads"]) & set(ocr[:3] + retrieval[:3])
+            assert c.random_pool == "outside top-k"
+            assert not set(c.heads) & set(ocr[:3] + retrieval[:3])
     with pytest.raises(ValueError, match="cannot draw"):
         mask_conditions(2, 4, {"ocr": ocr, "retrieval": retrieval}, ks=[4], seeds=[0])
 
 
 def test_layer_matched_heads_copy_the_reference_layers():
-    from ocrheads_lib.experiments.masking import layer_matched_heads
-
     reference = [(3, 2), (3, 5), (2, 2), (3, 0)]              # layer 3 three times, layer 2 once
     selected = [(3, 1), (3, 3), (2, 0)]
     heads, pool = layer_matched_heads(4, 8, reference, [("outside selected", selected)], seed=1)
@@ -269,6 +268,16 @@ def test_layer_matched_heads_copy_the_reference_layers():
         layer_matched_heads(2, 2, [(0, 0), (0, 1)], [], seed=0)
     with pytest.raises(ValueError, match="layer 5"):
         layer_matched_heads(4, 8, [(5, 0)], [], seed=0)
+
+
+def test_condition_cache_keys():
+    """The cache file names of sweep conditions (results on disk are found by them: they must not drift)."""
+    mask = Condition("ocr", 2, heads=[(0, 1), (2, 3)])
+    assert mask.key == "head_set=ocr__k=2__seed=-1__heads=c7ef67d157"          # sha1('[[0, 1], [2, 3]]')[:10]
+    sink = Condition("random", 2, seed=1, heads=[(2, 3), (0, 1)], random_pool="outside selected", beta=0.5)
+    assert sink.key == "head_set=random__k=2__beta=0.5__seed=1__heads=4c3c1c9499"   # [[0, 1, 0.5], [2, 3, 0.5]]
+    assert sink.target() == {(2, 3): 0.5, (0, 1): 0.5}
+    assert Condition("none", 0, beta=1.0).key == "head_set=none__k=0__beta=1.0__seed=-1__heads=none"
 
 
 def test_scale_ks():
@@ -324,6 +333,9 @@ def test_bootstrap_and_cache(tmp_path):
     lo, hi = bootstrap_ci([0.0, 1.0] * 20, n_boot=500, seed=0)
     assert 0.3 < lo < 0.5 < hi < 0.7
     assert bootstrap_ci([0.0, 1.0] * 20, seed=4) == bootstrap_ci([0.0, 1.0] * 20, seed=4)
+    # golden value of the experiment tables' CI (the vectorised numpy bootstrap this project used before
+    # analysis.bootstrap_interval became the one bootstrap gives exactly this)
+    assert bootstrap_ci([0.1, 0.4, 0.9, 0.3, 0.7, 0.0], n_boot=200, seed=5) == (0.16625, 0.6670833333333334)
     # a cache line cut by an interrupted write is dropped and the file repaired
     from ocrheads_lib.experiments.evaluate import Prediction
 

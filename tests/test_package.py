@@ -3,7 +3,7 @@ import json
 import pytest
 
 import ocrheads_lib
-from ocrheads_lib.paths import atomic_write_json, model_slug, results_dir
+from ocrheads_lib.paths import atomic_path, atomic_write_json, model_slug, results_dir
 
 
 def test_version_and_lazy_names():
@@ -25,3 +25,16 @@ def test_atomic_write_json_leaves_no_temporary_files(tmp_path):
     atomic_write_json(target, {"a": [3]})
     assert json.loads(target.read_text()) == {"a": [3]}
     assert [p.name for p in target.parent.iterdir()] == ["x.json"]
+
+
+def test_atomic_path_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    target = tmp_path / "ckpt.bin"
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"first")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.bin"]
+    assert target.stat().st_mode & 0o777 == 0o644

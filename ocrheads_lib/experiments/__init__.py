@@ -4,8 +4,10 @@
     table = run_masking(lm, {"passkey_image": images, "passkey_text": texts},
                         {"ocr": ocr_heads, "retrieval": retrieval_heads}, out_dir="results/tiny")
 
-Modules: ``evaluate`` (answer a task under a Plan, score, bootstrap CIs, prediction cache), ``masking``,
-``sink``, ``case_study``, ``cot``, ``head_sets`` (which heads to use, from results/ or computed).
+Modules: ``evaluate`` (answer a task under a Plan, score, bootstrap CIs, prediction cache), ``sweep`` (the
+machinery masking and sink share: ``Condition``, random controls, cache paths, ``run_sweep``, curves and
+figures), ``masking``, ``sink``, ``case_study``, ``cot``, ``head_sets`` (which heads to use, from results/ or
+computed), ``tasks`` (evaluation tasks by name).
 Submodules are imported lazily so ``import ocrheads_lib.experiments`` stays cheap.
 """
 from __future__ import annotations
@@ -19,7 +21,9 @@ _LAZY = {
     "PredictionCache": "ocrheads_lib.experiments.evaluate",
     "Prediction": "ocrheads_lib.experiments.evaluate",
     "run_masking": "ocrheads_lib.experiments.masking",
-    "random_heads": "ocrheads_lib.experiments.masking",
+    "random_heads": "ocrheads_lib.experiments.sweep",
+    "Condition": "ocrheads_lib.experiments.sweep",
+    "run_sweep": "ocrheads_lib.experiments.sweep",
     "scale_ks": "ocrheads_lib.experiments.masking",
     "plot_masking": "ocrheads_lib.experiments.masking",
     "run_sink": "ocrheads_lib.experiments.sink",

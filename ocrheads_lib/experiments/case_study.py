@@ -28,23 +28,19 @@ from typing import Any
 
 import numpy as np
 
+from ocrheads_lib.analysis import jaccard
+
 CHARACTERS = "0123456789abcdefghijklmnopqrstuvwxyz"
 TOP = 5
 
 
-def jaccard(a: Sequence[Any], b: Sequence[Any]) -> float:
-    """|A ∩ B| / |A ∪ B| (1.0 for two empty sets)."""
-    sa, sb = set(map(tuple, a)), set(map(tuple, b))
-    union = sa | sb
-    return len(sa & sb) / len(union) if union else 1.0
-
-
 def mean_pairwise_jaccard(sets: Sequence[Sequence[Any]]) -> float:
-    """Mean Jaccard over all unordered pairs of sets (NaN with fewer than two sets)."""
+    """Mean Jaccard over all unordered pairs of sets (NaN with fewer than two sets; two empty sets count as
+    equal, 1.0)."""
     pairs = list(itertools.combinations(sets, 2))
     if not pairs:
         return float("nan")
-    return float(np.mean([jaccard(a, b) for a, b in pairs]))
+    return float(np.mean([jaccard(a, b, empty=1.0) for a, b in pairs]))
 
 
 def chance_jaccard(n_total: int, k: int = TOP) -> float:

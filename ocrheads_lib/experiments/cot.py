@@ -28,8 +28,6 @@ from typing import Any
 import numpy as np
 
 from ocrheads_lib.experiments.evaluate import (
-    Head,
-    PredictionCache,
     condition_key,
     evaluate,
     metrics_for,
@@ -37,6 +35,8 @@ from ocrheads_lib.experiments.evaluate import (
     summarize,
     write_csv_atomic,
 )
+from ocrheads_lib.experiments.sweep import prediction_cache
+from ocrheads_lib.types import Head
 
 COT_QUESTION = "First copy the line that contains the pass key, then write: The pass key is <key>."
 CONDITIONS = ("direct", "cot")
@@ -109,9 +109,8 @@ def run_cot(lm: Any, tasks: Mapping[str, Sequence[Any]], head_sets: Mapping[str,
         for condition in CONDITIONS:
             cond_samples = samples if condition == "direct" else [cot_sample(s, cot_question) for s in samples]
             budget = max_new_tokens_direct if condition == "direct" else max_new_tokens_cot
-            cache = PredictionCache(None if out_dir is None else Path(out_dir) / "cache" /
-                                    (getattr(lm, "revision", None) or "unversioned") / "cot" / task /
-                                    f"{condition_key(condition=condition, tokens=budget)}.jsonl")
+            cache = prediction_cache(out_dir, getattr(lm, "revision", None), "cot", task,
+                                     condition_key(condition=condition, tokens=budget))
             preds = evaluate(lm, cond_samples, None, metrics=metrics, cache=cache, max_new_tokens=budget)
             row: dict[str, Any] = dict(model=model_id, task=task, modality=modality(samples), condition=condition,
                                        question=cond_samples[0].question if cond_samples else "")

@@ -6,7 +6,8 @@ sample of a task under some :class:`~ocrheads_lib.attention.Plan`, score each an
     preds = evaluate(lm, samples, Plan(mask=[(3, 1)]), cache=PredictionCache(path))
     summary = summarize(preds, metrics_for(samples))       # {"accuracy": (mean, lo, hi), "n": ..., ...}
 
-* Predictions are greedy (``lm.generate``); the empty plan is the stock model.
+* Predictions are greedy (``lm.generate``); the empty plan is the stock model. Sweeps over many conditions
+  (masking, sink) are :mod:`ocrheads_lib.experiments.sweep`.
 * Per-sample records are appended to a JSONL cache as they are produced, so an interrupted run resumes
   where it stopped and ends with the same numbers (a cache file belongs to one condition: its name says
   which, see :func:`condition_key`).
@@ -31,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-Head = tuple[int, int]
+from ocrheads_lib.analysis import bootstrap_mean_ci as bootstrap_ci  # the experiment tables' CIs
+from ocrheads_lib.types import Head
 
 PASSKEY_METRICS = ("accuracy", "em", "char_sim")
 DOC_METRICS = ("anls", "em", "f1", "char_sim")
@@ -42,43 +44,11 @@ DOC_METRICS = ("anls", "em", "f1", "char_sim")
 # ----------------------------------------------------------------------------------------------------------
 
 
-def sample_inputs(sample: Any) -> tuple[list, str]:
-    """(pages, user text) the model sees for a sample, by kind.
-
-    image: pages + question; text: [] + context/question (``TextSample.prompt``); doc: pages + question
-    (image documents) or the formatted context + question (text QA such as NQ / HotpotQA).
-    """
-    kind = getattr(sample, "kind", None)
-    if kind == "image":
-        return list(sample.pages), sample.question
-    if kind == "text":
-        return [], sample.prompt
-    if kind == "doc":
-        if sample.pages:
-            return list(sample.pages), sample.question
-        return [], f"{sample.context}\n\n{sample.question}" if sample.context else sample.question
-    raise TypeError(f"unknown sample kind {kind!r} for sample {getattr(sample, 'id', '?')}: expected an "
-                    "ImageSample, TextSample or DocSample from ocrheads_lib.data")
-
-
 def _default_answer(lm: Any, sample: Any, max_new_tokens: int) -> str:
-    """The project's answer function when it exists (ocrheads_lib.inference.answer), else the adapter's
-    chat template + greedy generate + decode."""
-    try:
-        from ocrheads_lib.inference import answer
-    except ImportError:
-        answer = None
-    if answer is not None:
-        return answer(lm, sample, max_new_tokens=max_new_tokens)
-    pages, text = sample_inputs(sample)
-    return generate_text(lm, pages, text, max_new_tokens)
+    """The project's answer: :func:`ocrheads_lib.inference.answer` (chat template, greedy generate, decode)."""
+    from ocrheads_lib.inference import answer   # torch-heavy: imported when a sample is first answered
 
-
-def generate_text(lm: Any, pages: list, text: str, max_new_tokens: int) -> str:
-    """Greedy answer to (pages, text) through the adapter: special tokens removed, whitespace stripped."""
-    inputs = lm.build_inputs(pages, text)
-    new_ids = lm.generate(inputs, max_new_tokens=max_new_tokens)  # (L,)
-    return lm.decode(new_ids)
+    return answer(lm, sample, max_new_tokens=max_new_tokens)
 
 
 @dataclass
@@ -231,8 +201,8 @@ def evaluate(lm: Any, samples: Sequence[Any], plan: Any = None, *, metrics: Sequ
     """Answer every sample under `plan` (None = stock model) and score the answers.
 
     answer_fn(lm, sample, max_new_tokens) -> str overrides how a sample is answered (the chain-of-thought
-    experiment uses it for its prompts); default: ``ocrheads_lib.inference.answer`` (or the adapter's
-    generate when that module is absent). Returns one Prediction per sample, in sample order.
+    experiment uses it for its prompts); default: ``ocrheads_lib.inference.answer``. Returns one Prediction
+    per sample, in sample order.
     """
     from ocrheads_lib.attention import Plan, apply
 
@@ -273,20 +243,6 @@ def evaluate(lm: Any, samples: Sequence[Any], plan: Any = None, *, metrics: Sequ
 # ----------------------------------------------------------------------------------------------------------
 
 
-def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, alpha: float = 0.05,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean (resampling samples with replacement; own RNG from `seed`).
-    NaNs for an empty list; (v, v) for a single value."""
-    data = np.asarray(list(values), dtype=float)  # (n,)
-    if data.size == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    index = rng.integers(0, data.size, size=(n_boot, data.size))  # (n_boot, n)
-    means = data[index].mean(axis=1)  # (n_boot,)
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
-
-
 def summarize(predictions: Sequence[Prediction], metrics: Sequence[str], n_boot: int = 1000,
               boot_seed: int = 0) -> dict[str, Any]:
     """Mean and bootstrap CI per metric over the answered samples; counts of answered/failed samples.
@@ -300,62 +256,6 @@ def summarize(predictions: Sequence[Prediction], metrics: Sequence[str], n_boot:
         row[name] = float(np.mean(values)) if values else float("nan")
         row[f"{name}_lo"], row[f"{name}_hi"] = bootstrap_ci(values, n_boot=n_boot, seed=boot_seed)
     return row
-
-
-def run_sweep(lm: Any, tasks: Mapping[str, Sequence[Any]], conditions: Sequence[dict[str, Any]], *,
-              experiment: str, plan_for: Callable[[dict[str, Any]], Any],
-              cache_for: Callable[[str, dict[str, Any]], PredictionCache],
-              columns_for: Callable[[dict[str, Any]], dict[str, Any]], model_id: str,
-              out_csv: str | os.PathLike | None, max_new_tokens: int, n_boot: int, boot_seed: int,
-              progress: bool) -> Any:
-    """Evaluate every task under every condition; the tidy table shared by the masking and sink experiments.
-
-    plan_for(condition) -> the Plan applied around generation; cache_for(task, condition) -> its prediction
-    cache; columns_for(condition) -> the condition's own columns (in table order, after model/task/modality).
-    One row per (task, condition): those columns, ``metric`` (the task's headline metric) and
-    :func:`summarize`'s n, n_failed and per-metric mean and CI. Written atomically to `out_csv` when given.
-    """
-    import pandas as pd
-
-    rows = []
-    for task, samples in tasks.items():
-        samples = list(samples)
-        metrics = metrics_for(samples)
-        for cond in conditions:
-            preds = evaluate(lm, samples, plan_for(cond), metrics=metrics, cache=cache_for(task, cond),
-                             max_new_tokens=max_new_tokens)
-            row = dict(model=model_id, task=task, modality=modality(samples), **columns_for(cond),
-                       metric=primary_metric(metrics))
-            row.update(summarize(preds, metrics, n_boot=n_boot, boot_seed=boot_seed))
-            rows.append(row)
-            if progress:
-                where = " ".join(f"{key}={cond[key]}" for key in ("head_set", "k", "beta", "seed") if key in cond)
-                print(f"[{experiment}] {task} {where} {row['metric']}={row[row['metric']]:.3f} "
-                      f"(n={row['n']}, failed={row['n_failed']})")
-    table = pd.DataFrame(rows)
-    if out_csv is not None:
-        write_csv_atomic(table, out_csv)
-    return table
-
-
-def sweep_curves(table: Any, x: str, metric: str | None = None) -> Any:
-    """Per (task, head_set, `x`): the metric (default: each task's headline metric). A single row keeps its
-    bootstrap CI as lo/hi; several rows (random draws over seeds) give their mean, with lo/hi = min/max.
-    Columns: task, modality, head_set, `x`, metric, score, lo, hi, n_seeds."""
-    import pandas as pd
-
-    metric_name = metric
-    rows = []
-    for (task, head_set, at), group in table.groupby(["task", "head_set", x], sort=True):
-        metric = metric_name or group["metric"].iloc[0]
-        if len(group) == 1:
-            score, lo, hi = group[metric].iloc[0], group[f"{metric}_lo"].iloc[0], group[f"{metric}_hi"].iloc[0]
-        else:
-            score, lo, hi = group[metric].mean(), group[metric].min(), group[metric].max()
-        rows.append({"task": task, "modality": group["modality"].iloc[0], "head_set": head_set,
-                     x: at.item() if hasattr(at, "item") else at, "metric": metric, "score": float(score),
-                     "lo": float(lo), "hi": float(hi), "n_seeds": len(group)})
-    return pd.DataFrame(rows)
 
 
 def write_csv_atomic(frame: Any, path: str | os.PathLike) -> Path:
@@ -376,54 +276,3 @@ def modality(samples: Sequence[Any]) -> str:
 def format_heads(heads: Iterable[Head]) -> str:
     """"l1_h2 l3_h0" (the official key format, space separated)."""
     return " ".join(f"l{int(l)}_h{int(h)}" for l, h in heads)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Figures
-# ----------------------------------------------------------------------------------------------------------
-
-
-def sweep_figure(curves: Any, x: str, xlabel: str, baseline: str, title: str | None = None,
-                 path: str | os.PathLike | None = None) -> Any:
-    """Score vs `x` per head set (band = lo..hi), one panel per task, image tasks first; the masking and
-    sink plots share this so their panels stay comparable. Returns the matplotlib figure.
-
-    curves: tidy table with columns task, modality, head_set, metric, score, lo, hi and `x`.
-    baseline: how the unmodified row (head_set "none") is drawn: "start" = the first point of every curve
-    (masking's k = 0), "line" = a dashed horizontal line. path: when given, the figure is saved there.
-    """
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    from ocrheads_lib.experiments.masking import BASELINE, LAYER_MATCHED, RANDOM
-
-    if baseline not in ("start", "line"):
-        raise ValueError(f"baseline must be 'start' or 'line', got {baseline!r}")
-    tasks = sorted(curves["task"].unique(), key=lambda t: (curves[curves.task == t].modality.iloc[0] != "image", t))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
-    colors = {"ocr": "tab:red", "retrieval": "tab:blue", RANDOM: "tab:gray", LAYER_MATCHED: "tab:olive"}
-    for ax, task in zip(axes[0], tasks):
-        sub = curves[curves.task == task]
-        base = sub[sub.head_set == BASELINE]
-        if baseline == "line" and not base.empty:
-            ax.axhline(base.score.iloc[0], color="black", ls="--", lw=1, label="baseline")
-        for name in [h for h in sub.head_set.unique() if h != BASELINE]:
-            line = sub[sub.head_set == name].sort_values(x)
-            if baseline == "start" and not base.empty:
-                line = pd.concat([base.assign(head_set=name), line], ignore_index=True)
-            color = colors.get(name)
-            ax.plot(line[x], line.score, marker="o", label=name, color=color)
-            ax.fill_between(line[x], line.lo, line.hi, alpha=0.15, color=color)
-        ax.set_title(f"{task} ({sub.modality.iloc[0]})")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(sub.metric.iloc[0])
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-    return fig

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-Head = tuple[int, int]
+from ocrheads_lib.types import Head
+
 KINDS = ("ocr", "retrieval")
 
 

@@ -17,9 +17,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ocrheads_lib.experiments.evaluate import Head, format_heads, run_sweep, sweep_curves, sweep_figure
-from ocrheads_lib.experiments.masking import BASELINE, _cache, control_draws
+from ocrheads_lib.experiments.evaluate import format_heads
+from ocrheads_lib.experiments.sweep import (
+    BASELINE,
+    Condition,
+    control_draws,
+    run_sweep,
+    selected_union,
+    sweep_curves,
+    sweep_figure,
+    task_baselines,
+    top_k_conditions,
+)
 from ocrheads_lib.paths import model_slug
+from ocrheads_lib.types import Head
 
 DEFAULT_BETAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -27,21 +38,16 @@ DEFAULT_BETAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 def sink_conditions(n_layers: int, n_heads: int, head_sets: Mapping[str, Sequence[Head]], k: int,
                     betas: Sequence[float], seeds: Sequence[int],
                     exclude: Sequence[Head] | None = None,
-                    layer_matched_to: str | None = "ocr") -> list[dict[str, Any]]:
+                    layer_matched_to: str | None = "ocr") -> list[Condition]:
     """Baseline, then for every beta: top-k of each head set and the random controls of k heads per seed
-    (``random`` and ``random_layer_matched``, see :func:`ocrheads_lib.experiments.masking.control_draws`;
+    (``random`` and ``random_layer_matched``, see :func:`ocrheads_lib.experiments.sweep.control_draws`;
     the same draw for every beta, so the beta curve of one seed is one set of heads)."""
     if exclude is None:
-        exclude = sorted({(int(l), int(h)) for heads in head_sets.values() for l, h in heads})
+        exclude = selected_union(head_sets)
     draws = control_draws(n_layers, n_heads, head_sets, k, seeds, exclude, layer_matched_to)
-    conditions: list[dict[str, Any]] = [dict(head_set=BASELINE, k=0, beta=1.0, seed=-1, heads=[], random_pool="")]
+    conditions = [Condition(BASELINE, 0, beta=1.0)]
     for beta in betas:
-        for name, heads in head_sets.items():
-            conditions.append(dict(head_set=name, k=int(k), beta=float(beta), seed=-1,
-                                   heads=[(int(l), int(h)) for l, h in heads[:k]], random_pool=""))
-        for head_set, seed, heads, pool_name in draws:
-            conditions.append(dict(head_set=head_set, k=int(k), beta=float(beta), seed=seed, heads=heads,
-                                   random_pool=pool_name))
+        conditions += top_k_conditions(head_sets, int(k), draws, beta=beta)
     return conditions
 
 
@@ -61,27 +67,19 @@ def run_sink(lm: Any, tasks: Mapping[str, Sequence[Any]], head_sets: Mapping[str
 
     n_layers, n_heads = int(lm.n_layers), int(lm.n_heads)
     conditions = sink_conditions(n_layers, n_heads, head_sets, k, betas, seeds, exclude, layer_matched_to)
-    revision = getattr(lm, "revision", None)
-
-    def sink_of(cond: dict[str, Any]) -> dict[Head, float]:
-        return {head: cond["beta"] for head in cond["heads"]}
-
     return run_sweep(
-        lm, tasks, conditions, experiment="sink",
-        plan_for=lambda cond: Plan(sink=sink_of(cond), sink_key=sink_key),
-        cache_for=lambda task, cond: _cache(out_dir, f"sink_{sink_key}", task, cond["head_set"], cond["k"],
-                                            cond["beta"], cond["seed"], sink_of(cond), revision=revision),
-        columns_for=lambda cond: dict(head_set=cond["head_set"], k=cond["k"], beta=cond["beta"], seed=cond["seed"],
-                                      sink_key=str(sink_key), n_heads_changed=len(sink_of(cond)),
-                                      random_pool=cond["random_pool"], heads=format_heads(cond["heads"])),
-        model_id=model_id or str(getattr(lm, "model_id", "model")),
-        out_csv=Path(out_dir) / "sink.csv" if out_dir is not None else None,
-        max_new_tokens=max_new_tokens, n_boot=n_boot, boot_seed=boot_seed, progress=progress)
+        lm, tasks, conditions, experiment="sink", cache_name=f"sink_{sink_key}",
+        plan_for=lambda cond: Plan(sink=cond.target(), sink_key=sink_key),
+        columns_for=lambda cond: dict(head_set=cond.head_set, k=cond.k, beta=cond.beta, seed=cond.seed,
+                                      sink_key=str(sink_key), n_heads_changed=len(cond.target()),
+                                      random_pool=cond.random_pool, heads=format_heads(cond.heads)),
+        model_id=model_id, out_dir=out_dir, max_new_tokens=max_new_tokens, n_boot=n_boot, boot_seed=boot_seed,
+        progress=progress)
 
 
 def sink_curves(table: Any, metric: str | None = None) -> Any:
     """Per (task, head_set, beta): primary metric; random rows averaged over seeds (lo/hi = min/max of seeds);
-    see :func:`~ocrheads_lib.experiments.evaluate.sweep_curves`."""
+    see :func:`~ocrheads_lib.experiments.sweep.sweep_curves`."""
     return sweep_curves(table, "beta", metric)
 
 
@@ -97,18 +95,12 @@ def compare_betas(table: Any, metric: str | None = None) -> Any:
     relative to the baseline (columns ``delta@<beta>``; random: mean over seeds)."""
     import pandas as pd
 
-    metric_name = metric  # None: each task's headline metric
     rows = []
-    for task, sub in table.groupby("task", sort=True):
-        metric = metric_name or sub["metric"].iloc[0]
-        base_rows = sub[sub.head_set == BASELINE]
-        if base_rows.empty:
-            continue
-        baseline = float(base_rows[metric].iloc[0])
-        for name, group in sub[sub.head_set != BASELINE].groupby("head_set", sort=True):
+    for start, baseline, changed in task_baselines(table, metric):
+        metric = start["metric"]
+        for name, group in changed.groupby("head_set", sort=True):
             by_beta = group.groupby("beta")[metric].mean()
-            row: dict[str, Any] = dict(task=task, modality=sub["modality"].iloc[0], metric=metric, head_set=name,
-                                       baseline=baseline, best_beta=float(by_beta.idxmax()),
+            row: dict[str, Any] = dict(start, head_set=name, baseline=baseline, best_beta=float(by_beta.idxmax()),
                                        best_score=float(by_beta.max()), worst_beta=float(by_beta.idxmin()),
                                        worst_score=float(by_beta.min()))
             for beta, value in by_beta.items():

@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ocrheads_lib.attention import decoder_layers
+
 from .geometry import ImageTokenMap
 
 # Tensors of shape (1, T) that follow the tokens; when answer tokens are appended for teacher forcing
@@ -72,7 +74,7 @@ class ModelAdapter:
         self.n_heads: int = int(text_cfg.num_attention_heads)
         self.n_kv_heads: int = int(getattr(text_cfg, "num_key_value_heads", None) or self.n_heads)
         self.head_dim: int = int(getattr(text_cfg, "head_dim", None) or text_cfg.hidden_size // self.n_heads)
-        self.decoder_layers: list[nn.Module] = list(find_decoder_layers(model))
+        self.decoder_layers: list[nn.Module] = decoder_layers(model)
         if len(self.decoder_layers) != self.n_layers:
             raise RuntimeError(f"{model_id}: found {len(self.decoder_layers)} decoder layers but the config says "
                                f"{self.n_layers}")
@@ -263,7 +265,3 @@ def find_language_model(model: nn.Module) -> nn.Module:
         if module is not None and isinstance(getattr(module, "layers", None), nn.ModuleList):
             return module
     raise RuntimeError(f"cannot find the language model's decoder layers in {type(model).__name__}")
-
-
-def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
-    return find_language_model(model).layers

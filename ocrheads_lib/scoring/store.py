@@ -40,13 +40,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ocrheads_lib.paths import atomic_write_text
+from ocrheads_lib.types import Head
 
 FORMAT = "ocrheads.scores/1"
 KINDS = ("ocr", "retrieval")
 ROWS = ("emit", "consume")
 _HEAD_KEY = re.compile(r"^l(\d+)_h(\d+)$")
-
-Head = tuple[int, int]  # (layer, query head), both 0-based
 
 
 def head_key(layer: int, head: int) -> str:

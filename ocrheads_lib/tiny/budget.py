@@ -40,9 +40,10 @@ from dataclasses import asdict, dataclass, field
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ocrheads_lib.paths import atomic_path, atomic_write_json
 from ocrheads_lib.tiny.build import SPECIAL_TOKENS, TinyConfig
 from ocrheads_lib.tiny.tasks import Example, dense_page_example, read_page_example
-from ocrheads_lib.tiny.train import (Curriculum, TinyTrainer, _atomic_json, collate, draw_batch,
+from ocrheads_lib.tiny.train import (Curriculum, TinyTrainer, collate, draw_batch,
                                      eval_sets, exact_match)
 
 CHECKPOINT = "checkpoint.pt"
@@ -190,8 +191,8 @@ class BudgetRun:
                      torch_rng=torch.get_rng_state(), cur=asdict(self.cur), history=self.history,
                      wall_s=self.wall_s, cpu_s=self.cpu_s)
         path = os.path.join(self.out, CHECKPOINT)
-        torch.save(state, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
 
     def load(self) -> None:
         path = os.path.join(self.out, CHECKPOINT)
@@ -250,7 +251,7 @@ class BudgetRun:
     def finish(self) -> dict:
         model_dir = os.path.join(self.out, "model")
         self.trainer.export(model_dir)
-        _atomic_json(os.path.join(model_dir, "training_summary.json"), self.summary())
+        atomic_write_json(os.path.join(model_dir, "training_summary.json"), self.summary())
         heldout = {}
         if self.plan.heldout_n:
             from ocrheads_lib.tiny.evaluate import evaluate
@@ -262,7 +263,7 @@ class BudgetRun:
                       cpu_s={k: round(v, 1) for k, v in self.cpu_s.items()},
                       total_wall_min=round(sum(self.wall_s.values()) / 60, 1), threads=torch.get_num_threads(),
                       history=self.history, heldout=heldout, model=model_dir)
-        _atomic_json(os.path.join(self.out, RESULT), result)
+        atomic_write_json(os.path.join(self.out, RESULT), result)
         return result
 
 

@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import Qwen2VLForConditionalGeneration
 
+from ocrheads_lib.paths import atomic_path, atomic_write_json
 from ocrheads_lib.tiny.build import (CHARACTERS, TinyConfig, build_config, build_generation_config,
                                      build_processor, build_tokenizer, user_messages)
 from ocrheads_lib.tiny.tasks import Example, key_example, page_example, text_example
@@ -399,13 +400,6 @@ def eval_sets(n: int, seed: int = EVAL_SEED) -> dict[str, list[Example]]:
     }
 
 
-def _atomic_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/tiny", help="run folder (checkpoint, log.jsonl, model/)")
@@ -479,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resumed at step {trainer.step_count}, wall {meta['wall_s']:.0f} s", flush=True)
     if args.export:
         trainer.export(args.export)
-        _atomic_json(os.path.join(args.export, "training_summary.json"), _summary(trainer, meta))
+        atomic_write_json(os.path.join(args.export, "training_summary.json"), _summary(trainer, meta))
         print(f"exported step {trainer.step_count} to {args.export}", flush=True)
         return 0
 
@@ -515,8 +509,8 @@ def main(argv: list[str] | None = None) -> int:
         meta["wall_s"], meta["cpu_s"] = time.time() - wall0, time.process_time() - cpu0
         st = trainer.state()
         st["meta"] = meta
-        torch.save(st, ckpt_path + ".tmp")
-        os.replace(ckpt_path + ".tmp", ckpt_path)
+        with atomic_path(ckpt_path) as tmp:
+            torch.save(st, tmp)
 
     stop_requested: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: stop_requested.append(signum))   # checkpoint, then exit
@@ -564,8 +558,8 @@ def main(argv: list[str] | None = None) -> int:
         if done:
             break
     trainer.export(os.path.join(args.out, "model"))
-    _atomic_json(os.path.join(args.out, "model", "training_summary.json"), _summary(trainer, meta))
-    _atomic_json(os.path.join(args.out, "summary.json"), _summary(trainer, meta))
+    atomic_write_json(os.path.join(args.out, "model", "training_summary.json"), _summary(trainer, meta))
+    atomic_write_json(os.path.join(args.out, "summary.json"), _summary(trainer, meta))
     print(f"DONE step {trainer.step_count} wall {meta['wall_s']:.0f}s cpu {meta['cpu_s']:.0f}s", flush=True)
     return 0
 
