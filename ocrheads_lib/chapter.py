@@ -62,7 +62,7 @@ def ci_cell(estimate: float, low: float, high: float, digits: int = 2) -> str:
 
 
 def curve_table(curves: Any, x: str) -> Any:
-    """A sweep's curves (`experiments.evaluate.sweep_curves`: task, head_set, `x`, score, lo, hi) as the book
+    """A sweep's curves (`experiments.sweep.sweep_curves`: task, head_set, `x`, score, lo, hi) as the book
     shows them: one row per (task, `x`), one column per head set, each cell the score with its interval
     below it (:func:`ci_cell`); a fractional `x` (β) is written short ("0.4", "1")."""
     cells = curves.assign(cell=[ci_cell(s, lo, hi) for s, lo, hi in zip(curves.score, curves.lo, curves.hi)])

@@ -508,3 +508,26 @@ def test_first_token_mass_matches_stock_eager_attention(vl_lm):
     np.testing.assert_allclose(table.to_numpy(), expected.numpy(), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="no samples"):
         first_token_mass(vl_lm, [])
+
+
+def test_evaluate_records_sample_errors_but_never_stores_faults(reader_lm, reader_tasks, tmp_path):
+    """A sample error (e.g. a context too long) is a recorded failure; a fault of the machine (out of memory)
+    stops the experiment and leaves nothing in the prediction cache, so a rerun retries the sample."""
+    from ocrheads_lib.experiments.evaluate import PredictionCache, evaluate
+
+    samples = list(next(iter(reader_tasks.values())))[:2]
+
+    def too_long(lm, sample, max_new_tokens):
+        raise ValueError("context of 9000 tokens is longer than the model's 2048 positions")
+
+    failed = evaluate(reader_lm, samples, answer_fn=too_long)
+    assert [p.failure for p in failed] == ["ValueError: context of 9000 tokens is longer than the model's 2048 "
+                                           "positions"] * 2
+
+    def out_of_memory(lm, sample, max_new_tokens):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    cache_path = tmp_path / "cache.jsonl"
+    with pytest.raises(torch.OutOfMemoryError):
+        evaluate(reader_lm, samples, answer_fn=out_of_memory, cache=PredictionCache(cache_path))
+    assert not cache_path.exists() or cache_path.read_text() == ""

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ocrheads_lib.analysis import bootstrap_mean_ci as bootstrap_ci  # the experiment tables' CIs
+from ocrheads_lib.scoring.batch import is_fault
 from ocrheads_lib.types import Head
 
 PASSKEY_METRICS = ("accuracy", "em", "char_sim")
@@ -230,6 +231,8 @@ def evaluate(lm: Any, samples: Sequence[Any], plan: Any = None, *, metrics: Sequ
         except NotImplementedError:  # the intervention itself is unsupported for this model: fail loudly
             raise
         except (ValueError, RuntimeError) as error:  # e.g. context longer than the model's window
+            if is_fault(error):   # out of memory or a device error is the machine's: never stored as a result
+                raise
             record = Prediction(str(sample.id), None, golds, failure=f"{type(error).__name__}: {error}")
         else:
             record = Prediction(str(sample.id), prediction, golds, score_prediction(prediction, golds, metrics))
