@@ -196,6 +196,32 @@ def test_from_weights_restores_the_trained_parts(trainer, tmp_path):
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+def test_card_reports_intervals_targets_and_the_text_comparison():
+    from ocrheads_lib.smolvl.card import card_markdown
+
+    config = train.TrainConfig().record()
+    record = {"step": 300, "segments": [{"init": "scratch", "start_step": 0, "end_step": 300, "config": config,
+                                         "wall_seconds": 3600, "threads": 2}],
+              "history": [{"step": 100, "key_aligned": {"n": 24, "accuracy": 0.5, "em": 0.5}}]}
+
+    def result(correct, n):
+        from ocrheads_lib.metrics import wilson_interval
+
+        return {"n": n, "correct": correct, "accuracy": correct / n, "em": correct / n,
+                "wilson95": list(wilson_interval(correct, n))}
+
+    card = {"n": 200, "seed": 8_000_003, "results": {"key_aligned": result(199, 200), "page_book": result(150, 200),
+                                                      "text_passkey": result(180, 200),
+                                                      "text_passkey_smollm2": result(186, 200)}}
+    text = card_markdown(card, record)
+    assert "| 100 | 50.0 % |" in text                      # the training evaluations
+    assert "99.5 % [97.2 %, 99.9 %]" in text                # Wilson interval of 199/200, by hand
+    assert ">= 98.0 %: met" in text and ">= 90.0 %: not met" in text
+    assert "SmolLM2 alone answers 93.0 %" in text and "minus 5 points: met" in text
+    assert "2.0 CPU-hours" in text
+    assert "Not evaluated yet" in card_markdown({}, record)
+
+
 def test_missing_parts_error_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="--export"):
         weights_io.parts_hash(tmp_path)

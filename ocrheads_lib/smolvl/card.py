@@ -77,7 +77,9 @@ def card_markdown(card: dict, record: dict) -> str:
         cpu_hours = sum(s.get("wall_seconds", 0) * s.get("threads", 1) for s in segments) / 3600
         lines += [f"{record.get('step')} optimizer steps of {config['batch_size']} examples in {len(segments)} "
                   f"segment(s), {wall / 3600:.1f} h wall ({cpu_hours:.1f} CPU-hours) on a shared 2-core CPU, "
-                  f"bfloat16 autocast: {'on' if config['bf16'] else 'off'}.", "",
+                  "Precision: " + ("bfloat16 autocast." if config["bf16"] else
+                                   "float32 (bfloat16 autocast measured 8x slower per linear layer on the training "
+                                   "CPU, which lacks avx512_bf16; `benchmarks/smolvl_autocast.py`)."), "",
                   f"- LoRA rank {config['lora_rank']}, alpha {config['lora_alpha']}, learning rate "
                   f"{config['lora_lr']}; merger learning rate {config['merger_lr']}; eye "
                   f"{'frozen' if not config['eye_lr'] else 'learning rate ' + str(config['eye_lr'])}; AdamW, "
@@ -94,7 +96,21 @@ def card_markdown(card: dict, record: dict) -> str:
                   "seeds >= 10^7; the held-out sets use fixed seeds below that.",
                   f"- Replay: `python -m ocrheads_lib.smolvl.train --replay ocrheads_lib/smolvl/weights/{RECORD} "
                   "--out runs/replay` prints the commands that re-run every segment in order.", ""]
+    history = record.get("history", [])
+    if history:
+        names = [k for k in SET_NAMES if any(k in row for row in history)]
+        lines += ["## Held-out accuracy during training", "",
+                  f"Small sets (n = {history[-1][names[0]]['n'] if names else '?'} per set, seed 7,000,003+, greedy) "
+                  "evaluated while training; the intervals are wide at this size.", "",
+                  "| step | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for row in history:
+            lines.append(f"| {row['step']} | " + " | ".join(_pct(row[k]["accuracy"]) if k in row else "" for k in names) + " |")
+        lines.append("")
     results = card.get("results", {})
+    if not results:
+        lines += ["## Held-out results", "",
+                  f"Not evaluated yet: training is in progress (shipped weights: step {record.get('step')}). "
+                  "`python -m ocrheads_lib.smolvl.card --n 200` evaluates them and rewrites this card.", ""]
     if results:
         lines += ["## Held-out results", "",
                   f"{card['n']} samples per set, fresh seeds ({card['seed']}+), greedy, float32. Accuracy is the "
@@ -137,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     weights = Path(args.weights)
     if args.write_only:
-        card = json.loads((weights / CARD_JSON).read_text())
+        card = json.loads((weights / CARD_JSON).read_text()) if (weights / CARD_JSON).is_file() else {}
     else:
         card = evaluate_card(args.n, args.seed)
         atomic_write_json(weights / CARD_JSON, card)
