@@ -76,7 +76,7 @@ def card_markdown(card: dict, record: dict) -> str:
         wall = sum(s.get("wall_seconds", 0) for s in segments)
         cpu_hours = sum(s.get("wall_seconds", 0) * s.get("threads", 1) for s in segments) / 3600
         lines += [f"{record.get('step')} optimizer steps of {config['batch_size']} examples in {len(segments)} "
-                  f"segment(s), {wall / 3600:.1f} h wall ({cpu_hours:.1f} CPU-hours) on a shared 2-core CPU, "
+                  f"segment(s), {wall / 3600:.1f} h wall ({cpu_hours:.1f} CPU-hours) on a shared 2-core CPU. "
                   "Precision: " + ("bfloat16 autocast." if config["bf16"] else
                                    "float32 (bfloat16 autocast measured 8x slower per linear layer on the training "
                                    "CPU, which lacks avx512_bf16; `benchmarks/smolvl_autocast.py`)."), "",
@@ -109,7 +109,9 @@ def card_markdown(card: dict, record: dict) -> str:
     results = card.get("results", {})
     if not results:
         lines += ["## Held-out results", "",
-                  f"Not evaluated yet: training is in progress (shipped weights: step {record.get('step')}). "
+                  f"Not evaluated yet: training is in progress (shipped weights: step {record.get('step')}"
+                  + ("; at step 0 the merger is the least-squares initialisation and the LoRA deltas are zero, so "
+                     "the model does not read pages yet" if not record.get("step") else "") + "). "
                   "`python -m ocrheads_lib.smolvl.card --n 200` evaluates them and rewrites this card.", ""]
     if results:
         lines += ["## Held-out results", "",

@@ -50,6 +50,8 @@ def save_parts(model: torch.nn.Module, config: Any, folder: Path, record: dict) 
                                             "lora_alpha": config.lora_alpha, "base_gguf_sha256": GGUF_SHA256,
                                             "step": record.get("step")})
     atomic_write_json(folder / RECORD, record)
+    for name in (PARTS, PARTS_META, RECORD):      # package files: readable by everyone
+        (folder / name).chmod(0o644)
 
 
 def parts_hash(folder: Path) -> str:
