@@ -178,6 +178,11 @@ def resolve_source(model_id: str) -> tuple[str, bool]:
     if model_id == "smollm2":
         with _quiet_loading():
             return str(ensure_smollm2()), True
+    if model_id == "smol-vl":   # imported here: smolvl builds on this package's models
+        from ocrheads_lib.smolvl.load import ensure_smolvl
+
+        with _quiet_loading():
+            return str(ensure_smolvl()), True
     if model_id == "tiny":
         if not (TINY_WEIGHTS_DIR / "config.json").is_file() or not any(TINY_WEIGHTS_DIR.glob("*.safetensors")):
             raise WeightsNotFoundError(

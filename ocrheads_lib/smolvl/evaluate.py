@@ -1,0 +1,37 @@
+"""Held-out evaluation of smol-vl: greedy answers through the adapter, scored as the book scores them.
+
+`evaluate_sets(adapter, sets)` answers every example with the adapter's own prompt path
+(`ocrheads_lib.experiments.evaluate.generate_text`) and reports, per set, the book's pass-key accuracy
+(the gold occurs in the answer), exact match, and the Wilson 95 % interval of the accuracy.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ocrheads_lib.experiments.evaluate import generate_text, score_prediction
+from ocrheads_lib.metrics import wilson_interval
+from ocrheads_lib.tiny.tasks import Example
+
+MAX_NEW_TOKENS = 16     # longest gold: 15 characters (three short words) -> at most 15 tokens, + <|im_end|>
+
+
+def evaluate_sets(adapter: Any, sets: dict[str, list[Example]], max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, dict]:
+    """{set name: {n, correct, accuracy, em, wilson95, failures}} (failures: the first 10 wrong answers)."""
+    out: dict[str, dict] = {}
+    for name, examples in sets.items():
+        correct = exact = 0
+        failures = []
+        for ex in examples:
+            golds = list(ex.meta.get("golds") or [ex.answer])
+            prediction = generate_text(adapter, list(ex.pages), ex.prompt, max_new_tokens)
+            scores = score_prediction(prediction, golds, ("accuracy", "em"))
+            correct += int(scores["accuracy"])
+            exact += int(scores["em"])
+            if not scores["accuracy"] and len(failures) < 10:
+                failures.append({"gold": ex.answer, "prediction": prediction})
+        n = len(examples)
+        out[name] = {"n": n, "correct": correct, "accuracy": round(correct / n, 4) if n else 0.0,
+                     "em": round(exact / n, 4) if n else 0.0,
+                     "wilson95": [round(x, 4) for x in wilson_interval(correct, n)] if n else [0.0, 1.0],
+                     "failures": failures}
+    return out

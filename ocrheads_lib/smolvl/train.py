@@ -1,0 +1,540 @@
+"""Train smol-vl on a CPU: LoRA on SmolLM2's projections + the merger, resumable, step-budgeted.
+
+    OMP_NUM_THREADS=2 python -m ocrheads_lib.smolvl.train --out runs/smolvl --steps 600
+    python -m ocrheads_lib.smolvl.train --out runs/smolvl --resume --steps 1200      # continue (same config)
+    python -m ocrheads_lib.smolvl.train --out runs/smolvl2 --from_weights ocrheads_lib/smolvl/weights --steps 300
+                                                        # continue from shipped weights, fresh optimizer
+    python -m ocrheads_lib.smolvl.train --out runs/smolvl --export ocrheads_lib/smolvl/weights   # ship the newest
+    python -m ocrheads_lib.smolvl.train --replay ocrheads_lib/smolvl/weights/training_record.json --out runs/replay
+
+Recipe (every knob is a field of `TrainConfig`; the run record is `asdict(config)` per segment):
+- the language half adapts through LoRA on all seven projections of the 30 layers (base weights frozen,
+  so the shipped deltas stay small and the text model can be recovered exactly by disabling them);
+- the merger (LayerNorm + both layers) trains at a higher rate; the eye's blocks stay frozen by default;
+- one task per step, drawn from the curriculum's mixture for that step: key pages (aligned first) ->
+  paragraph pages (the book's `passkey_images`) -> NIAH pages (`niah_images`); plus text tasks
+  (`passkey_text`, `niah_text`) whose loss is the KL divergence to SmolLM2 itself (the same network with
+  the LoRA deltas disabled), so the language half keeps its text behaviour instead of learning new text skills;
+- image tasks: cross-entropy on the answer tokens + <|im_end|>, prompts built exactly as the
+  adapter builds them (chat template + processor);
+- the data of step s is drawn from `random.Random(f"{seed}:{s}")`: a resumed or replayed run sees the same
+  batches; training samples use generator seeds >= 10^7, held-out sets fixed seeds below it (the book's
+  own samples use small seeds).
+"""
+from __future__ import annotations
+
+import torch
+
+torch.set_flush_denormal(True)   # denormals slow CPU steps badly
+
+import argparse
+import json
+import math
+import os
+import random
+import shlex
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch.nn.functional as F
+
+from ocrheads_lib.data import niah_images, niah_text, passkey_images, passkey_text
+from ocrheads_lib.paths import atomic_write_json
+from ocrheads_lib.smolvl.build import assemble, fit_merger_output
+from ocrheads_lib.tiny.tasks import Example, key_example, page_example
+
+TRAIN_SEED_FLOOR = 10_000_000        # generator seeds of training samples are drawn from [1e7, 1e9)
+CHECKPOINT = "checkpoint.pt"
+RECORD = "training_record.json"
+
+
+# ------------------------------------------------------------------------------------------ config
+DEFAULT_CURRICULUM: tuple[tuple[int, tuple[tuple[str, float], ...]], ...] = (
+    (0, (("key_aligned", 0.60), ("key_mixed", 0.15), ("page_book", 0.15), ("text_passkey", 0.10))),
+    (150, (("key_aligned", 0.15), ("key_mixed", 0.20), ("page_book", 0.25), ("page_varied", 0.10),
+           ("niah_book", 0.10), ("text_passkey", 0.12), ("text_niah", 0.08))),
+    (500, (("key_aligned", 0.08), ("key_mixed", 0.14), ("page_book", 0.18), ("page_book_unaligned", 0.08),
+           ("page_varied", 0.06), ("niah_book", 0.26), ("text_passkey", 0.12), ("text_niah", 0.08))),
+)
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training segment (the run record is asdict(config))."""
+
+    seed: int = 0                      # data of step s: random.Random(f"{seed}:{s}"); also the init seed
+    batch_size: int = 8                # examples per step (one task per step: no padding across tasks)
+    lora_rank: int = 32                # rank 32 on 7 projections x 30 layers = 9.8 M params (39 MB fp32)
+    lora_alpha: float = 32.0           # scale alpha/rank = 1
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    lora_lr: float = 5e-4              # ~10x the prototype's full fine-tuning rate (5e-5), usual for LoRA
+    merger_lr: float = 1e-3            # the prototype's merger rate
+    eye_lr: float = 0.0                # 0 = the tiny eye's blocks frozen (char-cell accuracy 0.995 already)
+    weight_decay: float = 0.0          # deltas start at zero; no pull needed
+    warmup_steps: int = 20             # linear warm-up from 0
+    total_steps: int = 3000            # cosine horizon (across sessions); lr never below min_lr_ratio
+    min_lr_ratio: float = 0.1          # cosine floor
+    grad_clip: float = 1.0             # clip the global grad norm (KL and CE steps alternate)
+    bf16: bool = False                 # CPU bf16 autocast: a 744x576 @ 576x1536 linear is 8x slower than fp32 here (no avx512_bf16 on this VM)
+    text_kl_weight: float = 1.0        # weight of the KL-to-SmolLM2 loss on text steps
+    text_chars: tuple[int, int] = (150, 450)   # text-task context range (book default 320); a text step costs 3 forwards
+    curriculum: tuple = DEFAULT_CURRICULUM     # (from step, ((task, weight), ...)) phases, in step order
+    lsq_pages: int = 200               # pages for the merger's least-squares init (~100 cells each)
+    eval_every: int = 200              # held-out evaluation interval (steps; one evaluation ~5 min)
+    eval_n: int = 48                   # samples per held-out set while training (the card uses more)
+    eval_seed: int = 7_000_003         # held-out generator seeds (fresh: never drawn for training)
+    checkpoint_every: int = 25         # steps between checkpoints (about 2-4 minutes)
+
+    def __post_init__(self) -> None:
+        self.lora_targets = tuple(self.lora_targets)
+        self.text_chars = tuple(self.text_chars)
+        self.curriculum = tuple((int(s), tuple((str(t), float(w)) for t, w in mix)) for s, mix in self.curriculum)
+        starts = [s for s, _ in self.curriculum]
+        if not starts or starts[0] != 0 or starts != sorted(starts):
+            raise ValueError(f"curriculum phases must start at step 0 and be in step order, got starts {starts}")
+        for _, mix in self.curriculum:
+            unknown = [t for t, _ in mix if t not in TASKS]
+            if unknown:
+                raise ValueError(f"unknown curriculum task(s) {unknown}; valid: {sorted(TASKS)}")
+        if self.batch_size < 1 or self.lora_rank < 1:
+            raise ValueError(f"batch_size ({self.batch_size}) and lora_rank ({self.lora_rank}) must be >= 1")
+
+    def record(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))    # tuples -> lists: what a JSON record holds
+
+    @classmethod
+    def from_record(cls, payload: dict) -> "TrainConfig":
+        return cls(**payload)
+
+    def mixture(self, step: int) -> tuple[tuple[str, float], ...]:
+        return [mix for start, mix in self.curriculum if start <= step][-1]
+
+    def lr_factor(self, step: int) -> float:
+        """Linear warm-up, then cosine from 1 to min_lr_ratio at total_steps (flat after)."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ------------------------------------------------------------------------------------------ tasks
+def _seed(rng: random.Random) -> int:
+    return rng.randrange(TRAIN_SEED_FLOOR, 1_000_000_000)
+
+
+def _from_sample(sample: Any) -> Example:
+    if sample.kind == "text":
+        return Example("text", [], sample.prompt, sample.answer, meta=dict(id=sample.id, golds=list(sample.golds)))
+    return Example("page", list(sample.pages), sample.question, sample.answer,
+                   meta=dict(id=sample.id, golds=list(sample.golds)))
+
+
+def _text_chars(rng: random.Random, config: "TrainConfig") -> int:
+    return rng.randint(*config.text_chars)
+
+
+TASKS: dict[str, Callable[[random.Random, TrainConfig], Example]] = {
+    "key_aligned": lambda rng, c: key_example(rng, "aligned"),
+    "key_mixed": lambda rng, c: key_example(rng, rng.choice(["offset", "2lines", "2lines_offset"])),
+    "page_book": lambda rng, c: _from_sample(passkey_images(1, seed=_seed(rng))[0]),
+    "page_book_unaligned": lambda rng, c: _from_sample(passkey_images(1, seed=_seed(rng), grid_offset="random")[0]),
+    "page_varied": lambda rng, c: page_example(rng, offset=rng.random() < 0.5),
+    "niah_book": lambda rng, c: _from_sample(niah_images(1, seed=_seed(rng))[0]),
+    "text_passkey": lambda rng, c: _from_sample(passkey_text(1, seed=_seed(rng), context_chars=_text_chars(rng, c))[0]),
+    "text_niah": lambda rng, c: _from_sample(niah_text(1, seed=_seed(rng), context_chars=_text_chars(rng, c))[0]),
+}
+
+
+def draw_step(config: TrainConfig, step: int) -> tuple[str, list[Example]]:
+    """The task and examples of step `step` (a pure function of the config's seed and the step)."""
+    rng = random.Random(f"{config.seed}:{step}")
+    names, weights = zip(*config.mixture(step))
+    task = rng.choices(names, weights=weights)[0]
+    return task, [TASKS[task](rng, config) for _ in range(config.batch_size)]
+
+
+def heldout_sets(n: int, seed: int) -> dict[str, list[Example]]:
+    """Held-out sets (fresh seeds, never drawn for training): keys alone on a page (aligned, unaligned), the
+    book's pass-key paragraph page (aligned), the book's NIAH pages, the book's text pass key (320 chars)."""
+    def keys(offset: int, layout: str) -> list[Example]:
+        rng = random.Random(seed + offset)
+        return [key_example(rng, layout) for _ in range(n)]
+
+    return {
+        "key_aligned": keys(1, "aligned"),
+        "key_unaligned": keys(2, "offset"),
+        "page_book": [_from_sample(s) for s in passkey_images(n, seed=seed + 3)],
+        "niah_book": [_from_sample(s) for s in niah_images(n, seed=seed + 4)],
+        "text_passkey": [_from_sample(s) for s in passkey_text(n, seed=seed + 5)],
+    }
+
+
+# ------------------------------------------------------------------------------------------ encoding
+def chat_prompt(processor, n_pages: int, text: str) -> str:
+    """The user turn as every adapter renders it (ModelAdapter.chat_prompt)."""
+    content = [{"type": "image"} for _ in range(n_pages)] + [{"type": "text", "text": text}]
+    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
+def collate(processor, examples: list[Example]) -> dict[str, torch.Tensor]:
+    """Right-padded batch: prompt + answer + <|im_end|>; labels on the answer and <|im_end|> only."""
+    tokenizer = processor.tokenizer
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    rows, pixels, grids = [], [], []
+    for ex in examples:
+        enc = processor(text=[chat_prompt(processor, len(ex.pages), ex.prompt)], images=ex.pages or None,
+                        return_tensors="pt")
+        answer = tokenizer(ex.answer, add_special_tokens=False)["input_ids"] + [end]
+        prompt = enc["input_ids"][0].tolist()
+        rows.append((prompt + answer, [-100] * len(prompt) + answer, enc["mm_token_type_ids"][0].tolist() + [0] * len(answer)))
+        if ex.pages:
+            pixels.append(enc["pixel_values"])
+            grids.append(enc["image_grid_thw"])
+    width = max(len(r[0]) for r in rows)
+    batch = {"input_ids": torch.full((len(rows), width), end), "labels": torch.full((len(rows), width), -100),
+             "attention_mask": torch.zeros(len(rows), width, dtype=torch.long),
+             "mm_token_type_ids": torch.zeros(len(rows), width, dtype=torch.long)}
+    for i, (ids, labels, types) in enumerate(rows):
+        batch["input_ids"][i, :len(ids)] = torch.tensor(ids)
+        batch["labels"][i, :len(ids)] = torch.tensor(labels)
+        batch["attention_mask"][i, :len(ids)] = 1
+        batch["mm_token_type_ids"][i, :len(ids)] = torch.tensor(types)
+    if pixels:
+        batch["pixel_values"] = torch.cat(pixels)
+        batch["image_grid_thw"] = torch.cat(grids)
+    return batch
+
+
+# ------------------------------------------------------------------------------------------ model
+def answer_loss(model, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """The model's own causal-LM loss (mean cross-entropy over the labelled tokens), with the 49k-way output
+    layer applied only at the positions that predict a label: the same number as `model(..., labels).loss`
+    at ~25 % less compute (the output layer and log-softmax over every position took ~30 % of a key step)."""
+    hidden = model.model(**batch).last_hidden_state                       # (B, T, 576)
+    targets = labels[:, 1:]
+    keep = targets != -100                                                 # (B, T-1)
+    logits = model.lm_head(hidden[:, :-1][keep])                           # (N, V)
+    return F.cross_entropy(logits.float(), targets[keep])
+
+
+def lora_config(config: TrainConfig):
+    from peft import LoraConfig
+
+    pattern = r".*language_model\.layers\.\d+\.(self_attn|mlp)\.(" + "|".join(config.lora_targets) + ")"
+    return LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=pattern,
+                      bias="none", init_lora_weights=True)
+
+
+class Trainer:
+    """The peft-wrapped model, optimizer and step; `run()` trains until a step or time budget."""
+
+    def __init__(self, config: TrainConfig, out: Path, log: Callable[[str], None] = print) -> None:
+        from peft import get_peft_model
+
+        self.config, self.out, self.log = config, out, log
+        torch.manual_seed(config.seed)
+        base, self.processor = assemble(seed=config.seed)
+        self.fit_accuracy = None
+        self.peft = get_peft_model(base, lora_config(config))
+        self.model = self.peft.get_base_model()       # the Qwen2-VL model, LoRA layers injected in place
+        groups: dict[str, list[torch.nn.Parameter]] = {"lora": [], "merger": [], "eye": []}
+        for name, param in self.model.named_parameters():
+            if "lora_" in name:
+                group = "lora"
+            elif name.startswith("model.visual.merger."):
+                group = "merger"
+            elif name.startswith("model.visual.") and config.eye_lr > 0:
+                group = "eye"
+            else:
+                param.requires_grad_(False)
+                continue
+            param.requires_grad_(True)
+            groups[group].append(param)
+        self.base_lrs = {"lora": config.lora_lr, "merger": config.merger_lr, "eye": config.eye_lr}
+        self.optimizer = torch.optim.AdamW(
+            [{"params": ps, "lr": self.base_lrs[g], "name": g} for g, ps in groups.items() if ps],
+            weight_decay=config.weight_decay)
+        self.step = 0
+        self.history: list[dict] = []          # one row per evaluation
+        self.losses: list[dict] = []           # one row per step: step, task, loss, seconds
+        self.segments: list[dict] = []
+
+    # ---------------------------------------------------------------- state
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def init_merger(self) -> None:
+        self.fit_accuracy = fit_merger_output(self.model, self.processor, n_pages=self.config.lsq_pages,
+                                              seed=self.config.seed)
+        self.log(f"[smolvl] merger output layer fit by least squares: nearest-token accuracy {self.fit_accuracy:.4f}")
+
+    def save_checkpoint(self) -> None:
+        payload = {"step": self.step, "config": self.config.record(), "trainable": self.trainable_state(),
+                   "optimizer": self.optimizer.state_dict(), "history": self.history, "losses": self.losses,
+                   "segments": self.segments, "fit_accuracy": self.fit_accuracy}
+        tmp = self.out / (CHECKPOINT + ".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, self.out / CHECKPOINT)
+        self.write_record()
+
+    def load_checkpoint(self) -> None:
+        path = self.out / CHECKPOINT
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {self.out}; start a run without --resume "
+                                    f"(or pass the --out folder of the run to continue)")
+        payload = torch.load(path, weights_only=False)
+        if payload["config"] != self.config.record():
+            changed = sorted(k for k in payload["config"] if payload["config"][k] != self.config.record().get(k))
+            raise ValueError(f"--resume: the config differs from the checkpoint's in {changed}. Resume with the "
+                             f"same options, or start a new segment with --from_weights (fresh optimizer).")
+        self.load_trainable(payload["trainable"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.step, self.history, self.losses = payload["step"], payload["history"], payload["losses"]
+        self.segments, self.fit_accuracy = payload["segments"], payload.get("fit_accuracy")
+
+    def load_trainable(self, state: dict[str, torch.Tensor]) -> None:
+        params = dict(self.model.named_parameters())
+        missing = [n for n, p in params.items() if p.requires_grad and n not in state]
+        if missing:
+            raise ValueError(f"the saved state lacks {len(missing)} trainable tensors, e.g. {missing[:3]}")
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value)
+
+    def write_record(self) -> None:
+        atomic_write_json(self.out / RECORD, {"segments": self.segments, "history": self.history,
+                                              "fit_accuracy": self.fit_accuracy, "step": self.step})
+
+    # ---------------------------------------------------------------- step
+    def set_lr(self) -> None:
+        factor = self.config.lr_factor(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.base_lrs[group["name"]] * factor
+
+    def loss(self, task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        labels = batch.pop("labels")
+        if not task.startswith("text_"):
+            return answer_loss(self.model, batch, labels)
+        mask = batch["attention_mask"].bool()
+        with torch.no_grad(), self.peft.disable_adapter():
+            teacher = self.model(**batch).logits[mask].float()
+        student = self.model(**batch).logits[mask].float()
+        kl = F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True, reduction="batchmean")
+        return self.config.text_kl_weight * kl
+
+    def train_step(self) -> dict:
+        started = time.time()
+        task, examples = draw_step(self.config, self.step)
+        batch = collate(self.processor, examples)
+        self.model.train()
+        self.set_lr()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16):
+            loss = self.loss(task, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"step {self.step}: loss {loss.item()} on task {task}; not stored")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                       self.config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        row = {"step": self.step, "task": task, "loss": round(float(loss.detach()), 5),
+               "seconds": round(time.time() - started, 3), "tokens": int(batch["attention_mask"].sum())}
+        self.losses.append(row)
+        return row
+
+    # ---------------------------------------------------------------- evaluation
+    def adapter(self):
+        from ocrheads_lib.models.qwen2_vl import QwenVLAdapter
+
+        return QwenVLAdapter(self.model, self.processor, self.processor.tokenizer, "smol-vl")
+
+    @torch.no_grad()
+    def evaluate(self, n: int | None = None, sets: list[str] | None = None, base_text: bool = False) -> dict:
+        """Greedy held-out accuracies in fp32 through the adapter (what the book runs). base_text: also
+        SmolLM2's own accuracy (LoRA disabled) on the text set."""
+        from ocrheads_lib.smolvl.evaluate import evaluate_sets
+
+        self.model.eval()
+        held = heldout_sets(n or self.config.eval_n, self.config.eval_seed)
+        held = {k: v for k, v in held.items() if sets is None or k in sets}
+        started = time.time()
+        results = evaluate_sets(self.adapter(), held)
+        if base_text and "text_passkey" in held:
+            with self.peft.disable_adapter():
+                results["text_passkey_smollm2"] = evaluate_sets(self.adapter(), {"t": held["text_passkey"]})["t"]
+        row = {"step": self.step, "seconds": round(time.time() - started, 1),
+               **{k: {key: v[key] for key in ("n", "em", "accuracy")} for k, v in results.items()},
+               "failures": {k: v["failures"][:3] for k, v in results.items()}}
+        self.history.append(row)
+        return row
+
+
+# ------------------------------------------------------------------------------------------ export
+def export(trainer: Trainer, folder: Path) -> Path:
+    """Write the shipped weights (eye, merger, new token embeddings, LoRA factors) + record to `folder`."""
+    from ocrheads_lib.smolvl.weights_io import save_parts
+
+    save_parts(trainer.model, trainer.config, folder,
+               record={"segments": trainer.segments, "history": trainer.history, "step": trainer.step,
+                       "fit_accuracy": trainer.fit_accuracy})
+    return folder
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def parse_config(args: argparse.Namespace) -> TrainConfig:
+    if args.config:
+        return TrainConfig.from_record(json.loads(Path(args.config).read_text()))
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None})
+
+
+def status_line(trainer: Trainer, row: dict, rate: float) -> str:
+    scores = " ".join(f"{k} {row[k]['accuracy']:.2f}" for k in row if isinstance(row[k], dict) and "accuracy" in row[k])
+    recent = trainer.losses[-50:]
+    loss = sum(r["loss"] for r in recent if not r["task"].startswith("text_")) / max(
+        1, sum(not r["task"].startswith("text_") for r in recent))
+    return (f"| {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC | step {trainer.step} | image loss (last 50) "
+            f"{loss:.3f} | {rate:.2f} s/step | {scores} (n={trainer.config.eval_n}, eval {row['seconds']:.0f} s) |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="run folder (checkpoint, record, exports)")
+    ap.add_argument("--steps", type=int, help="train until this global step")
+    ap.add_argument("--minutes", type=float, help="stop (after a checkpoint) once this wall time has passed")
+    ap.add_argument("--resume", action="store_true", help="continue the run in --out (refuses a changed config)")
+    ap.add_argument("--from_weights", help="start from shipped weights (a folder like ocrheads_lib/smolvl/weights), fresh optimizer")
+    ap.add_argument("--export", help="write the newest checkpoint's weights to this folder and exit")
+    ap.add_argument("--replay", help="print the commands that re-run a training record, in order")
+    ap.add_argument("--config", help="a JSON file with a TrainConfig record (overrides the knob options)")
+    ap.add_argument("--export_every_eval", default="latest",
+                    help="subfolder of --out that receives the weights after every evaluation ('' = off)")
+    ap.add_argument("--status_file", help="append a markdown status line here after every evaluation")
+    for name, spec in TrainConfig.__dataclass_fields__.items():   # scalar knobs as options
+        if isinstance(spec.default, bool):
+            ap.add_argument(f"--{name}", type=lambda text: text.lower() in ("1", "true", "yes", "on"))
+        elif isinstance(spec.default, (int, float)):
+            ap.add_argument(f"--{name}", type=type(spec.default))
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.replay:
+        record = json.loads(Path(args.replay).read_text())
+        for i, segment in enumerate(record["segments"]):
+            atomic_write_json(out / f"segment{i}_config.json", segment["config"])
+        for command in replay_commands(record, str(out)):
+            print(shlex.join(command))
+        return 0
+    log_file = open(out / "train.log", "a", buffering=1)
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+        log_file.write(message + "\n")
+
+    if args.export:
+        payload = torch.load(out / CHECKPOINT, weights_only=False)
+        trainer = Trainer(TrainConfig.from_record(payload["config"]), out, log)
+        trainer.load_checkpoint()
+        export(trainer, Path(args.export))
+        log(f"[smolvl] exported step {trainer.step} to {args.export}")
+        return 0
+    if args.resume:
+        payload = torch.load(out / CHECKPOINT, weights_only=False) if (out / CHECKPOINT).is_file() else None
+        config = parse_config(args) if (args.config or payload is None) else TrainConfig.from_record(payload["config"])
+        if payload is not None and any(getattr(args, k, None) is not None for k in TrainConfig.__dataclass_fields__):
+            config = TrainConfig(**{**payload["config"], **{k: v for k, v in vars(args).items()
+                                                            if k in TrainConfig.__dataclass_fields__ and v is not None}})
+    else:
+        config = parse_config(args)
+    trainer = Trainer(config, out, log)
+    threads = torch.get_num_threads()
+    if args.resume:
+        trainer.load_checkpoint()
+        log(f"[smolvl] resumed at step {trainer.step}")
+        trainer.segments.append({"init": "resume", "start_step": trainer.step, "config": config.record(),
+                                 "threads": threads})
+    elif args.from_weights:
+        from ocrheads_lib.smolvl.weights_io import load_parts_into, parts_hash
+
+        previous = load_parts_into(trainer.model, Path(args.from_weights))
+        trainer.step = int(previous.get("step", 0))
+        trainer.segments = list(previous.get("segments", []))
+        trainer.history = list(previous.get("history", []))
+        trainer.fit_accuracy = previous.get("fit_accuracy")
+        trainer.segments.append({"init": "from_weights", "weights_sha256": parts_hash(Path(args.from_weights)),
+                                 "start_step": trainer.step, "config": config.record(), "threads": threads})
+        log(f"[smolvl] from weights {args.from_weights} (step {trainer.step}), fresh optimizer")
+    else:
+        if (out / CHECKPOINT).is_file():
+            raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue it or another --out")
+        trainer.init_merger()
+        trainer.segments.append({"init": "scratch", "start_step": 0, "config": config.record(), "threads": threads})
+    segment = trainer.segments[-1]
+    started = time.time()
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    target = args.steps if args.steps is not None else trainer.step + 10**9
+    segment_steps = 0
+    while trainer.step < target and stop["signal"] is None:
+        if args.minutes is not None and time.time() - started > args.minutes * 60:
+            break
+        row = trainer.train_step()
+        segment_steps += 1
+        if trainer.step % 10 == 0:
+            recent = trainer.losses[-10:]
+            log(f"[smolvl] step {trainer.step} {row['task']} loss {row['loss']:.3f} "
+                f"{sum(r['seconds'] for r in recent) / len(recent):.2f} s/step")
+        if trainer.step % config.checkpoint_every == 0:
+            segment.update(end_step=trainer.step, wall_seconds=round(time.time() - started, 1))
+            trainer.save_checkpoint()
+        if trainer.step % config.eval_every == 0:
+            evaluated = trainer.evaluate()
+            log(f"[smolvl] step {trainer.step} eval {json.dumps({k: v for k, v in evaluated.items() if k != 'failures'})}")
+            segment.update(end_step=trainer.step, wall_seconds=round(time.time() - started, 1))
+            trainer.save_checkpoint()
+            if args.export_every_eval:
+                export(trainer, out / args.export_every_eval)
+            if args.status_file:
+                recent = trainer.losses[-50:]
+                rate = sum(r["seconds"] for r in recent) / max(1, len(recent))
+                with open(args.status_file, "a") as handle:
+                    handle.write(status_line(trainer, evaluated, rate) + "\n")
+    segment.update(end_step=trainer.step, wall_seconds=round(time.time() - started, 1))
+    trainer.save_checkpoint()
+    log(f"[smolvl] stopped at step {trainer.step} ({segment_steps} steps this segment"
+        f"{', signal ' + str(stop['signal']) if stop['signal'] else ''})")
+    return 0
+
+
+def replay_commands(record: dict, out: str) -> list[list[str]]:
+    """Commands that re-run a record's segments in order, each with its recorded config (written by `--replay`
+    to <out>/segment<i>_config.json), the same start (scratch / resume / from the previous segment's export,
+    fresh optimizer) and the same end step."""
+    commands: list[list[str]] = []
+    run = out
+    for i, segment in enumerate(record["segments"]):
+        base = ["python", "-m", "ocrheads_lib.smolvl.train"]
+        tail = ["--steps", str(segment["end_step"]), "--config", f"{out}/segment{i}_config.json"]
+        if segment["init"] == "scratch":
+            commands.append(base + ["--out", run] + tail)
+        elif segment["init"] == "resume":
+            commands.append(base + ["--out", run, "--resume"] + tail)
+        else:
+            commands.append(base + ["--out", run, "--export", f"{out}/segment{i}_start"])
+            run = f"{out}/segment{i}"
+            commands.append(base + ["--out", run, "--from_weights", f"{out}/segment{i}_start"] + tail)
+    return commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

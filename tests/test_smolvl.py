@@ -1,0 +1,243 @@
+"""smol-vl: the Qwen2-VL whose language half is SmolLM2 — assembly, processor, training pieces, shipped deltas,
+and `load_model("smol-vl")`."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from ocrheads_lib.models.smollm2 import ensure_smollm2
+from ocrheads_lib.smolvl import build, train, weights_io
+from ocrheads_lib.smolvl.load import WEIGHTS_DIR
+
+TEXT = "The grass is green. The sky is blue. The pass key is 4817. Remember it. What is the pass key?"
+
+
+@pytest.fixture(scope="module")
+def assembled():
+    return build.assemble()
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    folder = ensure_smollm2(verbose=False)
+    return LlamaForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def test_text_logits_equal_smollm2(assembled, smollm2):
+    model, processor = assembled
+    smol, _ = smollm2
+    ids = processor.tokenizer(TEXT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        ours = model(input_ids=ids).logits
+        theirs = smol(input_ids=ids).logits
+    assert ours.shape[-1] == 49152 + 4
+    # measured 0.0: same weights, zero q/k/v biases, M-RoPE with equal text positions on every axis
+    assert (ours[..., :49152] - theirs).abs().max().item() == 0.0
+
+
+def test_config_shapes(assembled):
+    model, processor = assembled
+    text = model.config.text_config
+    assert (text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads, text.head_dim) == (30, 9, 3, 64)
+    assert text.rope_parameters["mrope_section"] == [8, 12, 12] and text.rope_parameters["rope_theta"] == 1e5
+    assert model.model.visual.merger.mlp[2].weight.shape == (576, 512)
+    tid = processor.tokenizer.convert_tokens_to_ids
+    assert [tid(t) for t in build.VISION_TOKENS] == [49152, 49153, 49154, 49155]
+    assert model.config.image_token_id == 49154
+    q_bias = model.model.language_model.layers[3].self_attn.q_proj.bias
+    assert torch.count_nonzero(q_bias) == 0
+
+
+def test_text_chat_prompt_equals_smollm2(assembled, smollm2):
+    _, processor = assembled
+    _, tokenizer = smollm2
+    ours = train.chat_prompt(processor, 0, TEXT)
+    theirs = tokenizer.apply_chat_template([{"role": "user", "content": TEXT}], add_generation_prompt=True,
+                                           tokenize=False)
+    assert ours == theirs
+    assert processor.tokenizer(ours).input_ids == tokenizer(ours).input_ids
+
+
+def test_processor_round_trips_with_autoprocessor(assembled, tmp_path):
+    from transformers import AutoProcessor
+
+    from ocrheads_lib.tiny.tasks import key_example
+
+    _, processor = assembled
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    example = key_example(random.Random(3), "aligned")
+    prompt = train.chat_prompt(processor, 1, example.prompt)
+    assert train.chat_prompt(loaded, 1, example.prompt) == prompt
+    a = processor(text=[prompt], images=example.pages, return_tensors="pt")
+    b = loaded(text=[prompt], images=example.pages, return_tensors="pt")
+    assert a["input_ids"].tolist() == b["input_ids"].tolist()
+    assert torch.equal(a["pixel_values"], b["pixel_values"])
+    # one <|image_pad|> per 28-px cell: the page is never resized
+    w, h = example.pages[0].size
+    assert int((a["input_ids"] == 49154).sum()) == (w // 28) * (h // 28)
+
+
+def test_merger_fit_maps_cells_to_character_embeddings(assembled):
+    model, processor = assembled
+    accuracy = build.fit_merger_output(model, processor, n_pages=40, seed=1)
+    assert accuracy > 0.95   # measured 0.998 on 100 pages
+
+
+def test_draw_step_is_a_function_of_seed_and_step():
+    config = train.TrainConfig(batch_size=2)
+    task, a = train.draw_step(config, 7)
+    task2, b = train.draw_step(config, 7)
+    assert task == task2 and [e.answer for e in a] == [e.answer for e in b]
+    other = train.TrainConfig(batch_size=2, seed=1)
+    assert [e.answer for e in train.draw_step(other, 7)[1]] != [e.answer for e in a]
+
+
+def test_curriculum_and_lr_schedule():
+    config = train.TrainConfig(warmup_steps=10, total_steps=110, min_lr_ratio=0.1)
+    assert config.mixture(0) == config.curriculum[0][1]
+    assert config.mixture(10_000) == config.curriculum[-1][1]
+    assert config.lr_factor(0) == pytest.approx(0.1)
+    assert config.lr_factor(10) == pytest.approx(1.0)
+    assert config.lr_factor(60) == pytest.approx(0.55)
+    assert config.lr_factor(500) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="unknown curriculum task"):
+        train.TrainConfig(curriculum=((0, (("nope", 1.0),)),))
+    with pytest.raises(ValueError, match="start at step 0"):
+        train.TrainConfig(curriculum=((5, (("key_aligned", 1.0),)),))
+    assert train.TrainConfig.from_record(config.record()) == config
+
+
+def test_collate_labels_only_the_answer(assembled):
+    _, processor = assembled
+    config = train.TrainConfig(batch_size=3, curriculum=((0, (("page_book", 1.0),)),))
+    _, examples = train.draw_step(config, 0)
+    batch = train.collate(processor, examples)
+    for i, ex in enumerate(examples):
+        labelled = batch["labels"][i][batch["labels"][i] != -100].tolist()
+        assert processor.tokenizer.decode(labelled) == ex.answer + "<|im_end|>"
+        n = int(batch["attention_mask"][i].sum())
+        assert batch["labels"][i, n:].eq(-100).all()
+        assert int((batch["input_ids"][i] == 49154).sum()) == 96      # the book page: 16 x 6 cells
+    assert batch["pixel_values"].shape[0] == 3 * 96 * 4
+
+
+@pytest.fixture(scope="module")
+def trainer(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smolvl_run")
+    config = train.TrainConfig(batch_size=1, lora_rank=2, lsq_pages=4,
+                               curriculum=((0, (("key_aligned", 1.0), ("text_passkey", 1.0))),))
+    return train.Trainer(config, out, log=lambda message: None)
+
+
+def test_train_step_checkpoint_and_changed_config_refused(trainer):
+    rows = [trainer.train_step() for _ in range(2)]
+    assert all(r["loss"] >= 0 for r in rows) and trainer.step == 2
+    trainer.segments = [{"init": "scratch", "start_step": 0, "end_step": 2, "config": trainer.config.record()}]
+    trainer.save_checkpoint()
+    state = trainer.trainable_state()
+    again = train.Trainer(trainer.config, trainer.out, log=lambda message: None)
+    again.load_checkpoint()
+    assert again.step == 2
+    assert all(torch.equal(state[k], v) for k, v in again.trainable_state().items())
+    changed = train.Trainer(train.TrainConfig(**{**trainer.config.record(), "lora_lr": 1e-4}), trainer.out)
+    with pytest.raises(ValueError, match=r"differs from the checkpoint's in \['lora_lr'\]"):
+        changed.load_checkpoint()
+    record = json.loads((trainer.out / train.RECORD).read_text())
+    assert record["segments"][0]["config"] == trainer.config.record()
+
+
+def test_answer_loss_equals_the_models_own_loss(trainer):
+    config = train.TrainConfig(batch_size=2, curriculum=((0, (("key_aligned", 1.0),)),))
+    batch = train.collate(trainer.processor, train.draw_step(config, 3)[1])
+    labels = batch.pop("labels")
+    trainer.model.eval()
+    with torch.no_grad():
+        ours = train.answer_loss(trainer.model, dict(batch), labels)
+        theirs = trainer.model(**batch, labels=labels).loss
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+
+
+def test_merged_weights_equal_base_plus_delta(trainer, tmp_path):
+    torch.manual_seed(0)
+    with torch.no_grad():   # non-zero deltas everywhere, so the merge is really tested
+        for module in weights_io._lora_modules(trainer.model).values():
+            module.lora_B["default"].weight.normal_(0, 0.01)
+    weights_io.save_parts(trainer.model, trainer.config, tmp_path, record={"step": trainer.step})
+    merged, _ = build.assemble()
+    base = {k: v.clone() for k, v in merged.state_dict().items()}
+    weights_io.merge_deltas(merged, tmp_path)
+    scale = trainer.config.lora_alpha / trainer.config.lora_rank
+    name = "model.language_model.layers.5.mlp.down_proj"
+    lora = dict(trainer.model.named_modules())[name]
+    expected = base[name + ".weight"] + scale * lora.lora_B["default"].weight @ lora.lora_A["default"].weight
+    assert torch.allclose(merged.state_dict()[name + ".weight"], expected, atol=1e-7)
+    untouched = "model.language_model.norm.weight"
+    assert torch.equal(merged.state_dict()[untouched], base[untouched])
+    # the merged model computes what the LoRA-injected model computes
+    ids = trainer.processor.tokenizer(TEXT, return_tensors="pt").input_ids
+    trainer.model.eval()
+    with torch.no_grad():
+        diff = (merged(input_ids=ids).logits - trainer.model(input_ids=ids).logits).abs().max().item()
+    assert diff < 1e-3
+
+
+def test_from_weights_restores_the_trained_parts(trainer, tmp_path):
+    weights_io.save_parts(trainer.model, trainer.config, tmp_path, record={"step": 2, "segments": []})
+    fresh = train.Trainer(trainer.config, tmp_path / "run", log=lambda message: None)
+    record = weights_io.load_parts_into(fresh.model, tmp_path)
+    assert record["step"] == 2
+    ours, theirs = trainer.trainable_state(), fresh.trainable_state()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_card_reports_intervals_targets_and_the_text_comparison():
+    from ocrheads_lib.smolvl.card import card_markdown
+
+    config = train.TrainConfig().record()
+    record = {"step": 300, "segments": [{"init": "scratch", "start_step": 0, "end_step": 300, "config": config,
+                                         "wall_seconds": 3600, "threads": 2}],
+              "history": [{"step": 100, "key_aligned": {"n": 24, "accuracy": 0.5, "em": 0.5}}]}
+
+    def result(correct, n):
+        from ocrheads_lib.metrics import wilson_interval
+
+        return {"n": n, "correct": correct, "accuracy": correct / n, "em": correct / n,
+                "wilson95": list(wilson_interval(correct, n))}
+
+    card = {"n": 200, "seed": 8_000_003, "results": {"key_aligned": result(199, 200), "page_book": result(150, 200),
+                                                      "text_passkey": result(180, 200),
+                                                      "text_passkey_smollm2": result(186, 200)}}
+    text = card_markdown(card, record)
+    assert "| 100 | 50.0 % |" in text                      # the training evaluations
+    assert "99.5 % [97.2 %, 99.9 %]" in text                # Wilson interval of 199/200, by hand
+    assert ">= 98.0 %: met" in text and ">= 90.0 %: not met" in text
+    assert "SmolLM2 alone answers 93.0 %" in text and "minus 5 points: met" in text
+    assert "2.0 CPU-hours" in text
+    assert "Not evaluated yet" in card_markdown({}, record)
+
+
+def test_missing_parts_error_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--export"):
+        weights_io.parts_hash(tmp_path)
+
+
+@pytest.mark.skipif(not (WEIGHTS_DIR / weights_io.PARTS).is_file(), reason="no shipped smol-vl weights yet")
+def test_load_model_smol_vl_and_probe():
+    from ocrheads_lib.data import passkey_images
+    from ocrheads_lib.models.loading import load_model
+    from ocrheads_lib.scoring import score_ocr
+
+    lm = load_model("smol-vl")
+    assert (lm.family, lm.n_layers, lm.n_heads, lm.n_kv_heads) == ("qwen2_vl", 30, 9, 3)
+    assert type(lm).__name__ == "QwenVLAdapter"
+    samples = passkey_images(2, seed=0)
+    scores = score_ocr(lm, samples, max_new_tokens=8)
+    assert len(scores.samples) + len(scores.failures) == 2
+    for failure in scores.failures:      # a wrong answer is recorded with its reason, never dropped
+        assert failure.reason
