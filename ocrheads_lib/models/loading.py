@@ -395,8 +395,9 @@ def weights_revision(model: Any, source: str) -> str | None:
         return str(commit)
     folder = Path(source)
     converted = folder / SOURCE_RECORD if folder.is_dir() else None
-    if converted is not None and converted.is_file():   # converted from a GGUF: the GGUF's own hash
-        return str(json.loads(converted.read_text())["gguf_sha256"])[:16]
+    if converted is not None and converted.is_file():   # built from a GGUF: its recorded revision, else the GGUF's hash
+        record = json.loads(converted.read_text())
+        return str(record.get("revision") or record["gguf_sha256"][:16])
     files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
     if not files:
         return None
