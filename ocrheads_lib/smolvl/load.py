@@ -8,13 +8,10 @@ retrained weights get a new folder; `ocrheads_source.json` records the full hash
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from ocrheads_lib.models.smollm2 import GGUF_SHA256, SOURCE_RECORD, cache_root, ensure_smollm2
-from ocrheads_lib.paths import atomic_write_json
+from ocrheads_lib.paths import atomic_folder, atomic_write_json
 from ocrheads_lib.smolvl.weights_io import PARTS, merge_deltas, parts_hash
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -46,9 +43,7 @@ def build_merged(weights: Path, folder: Path) -> None:
 
     model, processor = assemble(ensure_smollm2(verbose=False))
     meta = merge_deltas(model, weights)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with atomic_folder(folder) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         atomic_write_json(staging / SOURCE_RECORD, {
@@ -56,10 +51,3 @@ def build_merged(weights: Path, folder: Path) -> None:
             "gguf_sha256": GGUF_SHA256, "parts_sha256": parts_hash(weights), "revision": parts_hash(weights)[:16],
             "step": meta.get("step"),
             "lora_rank": meta["lora_rank"], "lora_alpha": meta["lora_alpha"]})
-        staging.chmod(0o755)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
