@@ -46,3 +46,8 @@ def generate_ids(lm: ModelAdapter, sample: Sample, max_new_tokens: int = 32) -> 
 def answer(lm: ModelAdapter, sample: Sample, max_new_tokens: int = 32) -> str:
     """The model's greedy answer to `sample`, special tokens stripped, whitespace stripped."""
     return lm.decode(generate_ids(lm, sample, max_new_tokens=max_new_tokens))
+
+
+def answer_prompt(lm: ModelAdapter, pages: list[Image.Image], text: str, max_new_tokens: int = 32) -> str:
+    """The model's greedy answer to a prompt given as pages + user text (what `answer` does for a sample)."""
+    return lm.decode(lm.generate(lm.build_inputs(list(pages), text), max_new_tokens=max_new_tokens))

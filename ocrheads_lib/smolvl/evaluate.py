@@ -1,14 +1,15 @@
 """Held-out evaluation of smol-vl: greedy answers through the adapter, scored as the book scores them.
 
 `evaluate_sets(adapter, sets)` answers every example with the adapter's own prompt path
-(`ocrheads_lib.experiments.evaluate.generate_text`) and reports, per set, the book's pass-key accuracy
+(`ocrheads_lib.inference.answer_prompt`) and reports, per set, the book's pass-key accuracy
 (the gold occurs in the answer), exact match, and the Wilson 95 % interval of the accuracy.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from ocrheads_lib.experiments.evaluate import generate_text, score_prediction
+from ocrheads_lib.experiments.evaluate import score_prediction
+from ocrheads_lib.inference import answer_prompt
 from ocrheads_lib.metrics import wilson_interval
 from ocrheads_lib.tiny.tasks import Example
 
@@ -23,7 +24,7 @@ def evaluate_sets(adapter: Any, sets: dict[str, list[Example]], max_new_tokens: 
         failures = []
         for ex in examples:
             golds = list(ex.meta.get("golds") or [ex.answer])
-            prediction = generate_text(adapter, list(ex.pages), ex.prompt, max_new_tokens)
+            prediction = answer_prompt(adapter, list(ex.pages), ex.prompt, max_new_tokens)
             scores = score_prediction(prediction, golds, ("accuracy", "em"))
             correct += int(scores["accuracy"])
             exact += int(scores["em"])
