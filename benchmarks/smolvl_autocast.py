@@ -27,7 +27,7 @@ def linear_seconds(bf16: bool, repeats: int = 20) -> float:
 
 
 def main() -> None:
-    from ocrheads_lib.smolvl import train
+    from ocrheads_lib.embedded.smolvl import train
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=2, help="timed steps per task and precision")

@@ -14,7 +14,7 @@ RSS minus RSS after building the trainer).
 
     python benchmarks/tiny_width_cost.py        # ~2.5 min on 2 CPU cores
     -> prints a markdown table, writes benchmarks/results/tiny_width_cost.md and .json
-       (python -m ocrheads_lib.tiny.evaluate puts the JSON into the model card)
+       (python -m ocrheads_lib.embedded.tiny.evaluate puts the JSON into the model card)
 """
 from __future__ import annotations
 
@@ -55,8 +55,8 @@ def measure(name: str) -> dict:
     """CPU-s per training step of one width (run inside its own subprocess)."""
     import torch
 
-    from ocrheads_lib.tiny.build import TinyConfig
-    from ocrheads_lib.tiny.train import TinyTrainer, curriculum_from
+    from ocrheads_lib.embedded.tiny.build import TinyConfig
+    from ocrheads_lib.embedded.tiny.train import TinyTrainer, curriculum_from
 
     torch.set_flush_denormal(True)
     torch.set_num_threads(1)

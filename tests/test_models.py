@@ -170,7 +170,7 @@ def test_weights_missing_offline_names_id_and_fix(monkeypatch, tmp_path):
 
 def test_tiny_missing_names_the_training_command(monkeypatch, tmp_path):
     monkeypatch.setattr(loading, "TINY_WEIGHTS_DIR", tmp_path / "weights")
-    with pytest.raises(WeightsNotFoundError, match="python -m ocrheads_lib.tiny.train"):
+    with pytest.raises(WeightsNotFoundError, match="python -m ocrheads_lib.embedded.tiny.train"):
         load_model("tiny")
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ocrheads_lib.models.smollm2 import ensure_smollm2
-from ocrheads_lib.smolvl import build, train, weights_io
-from ocrheads_lib.smolvl.load import WEIGHTS_DIR
+from ocrheads_lib.embedded.smolvl import build, train, weights_io
+from ocrheads_lib.embedded.smolvl.load import WEIGHTS_DIR
 
 TEXT = "The grass is green. The sky is blue. The pass key is 4817. Remember it. What is the pass key?"
 
@@ -66,7 +66,7 @@ def test_text_chat_prompt_equals_smollm2(assembled, smollm2):
 def test_processor_round_trips_with_autoprocessor(assembled, tmp_path):
     from transformers import AutoProcessor
 
-    from ocrheads_lib.tiny.tasks import key_example
+    from ocrheads_lib.embedded.tiny.tasks import key_example
 
     _, processor = assembled
     processor.save_pretrained(tmp_path)
@@ -197,7 +197,7 @@ def test_from_weights_restores_the_trained_parts(trainer, tmp_path):
 
 
 def test_card_reports_intervals_targets_and_the_text_comparison():
-    from ocrheads_lib.smolvl.card import card_markdown
+    from ocrheads_lib.embedded.smolvl.card import card_markdown
 
     config = train.TrainConfig().record()
     record = {"step": 300, "segments": [{"init": "scratch", "start_step": 0, "end_step": 300, "config": config,

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from ocrheads_lib.data.grid import BOOK_PAGE, render_grid
-from ocrheads_lib.tiny import WEIGHTS_DIR, weights_available
-from ocrheads_lib.tiny.build import (CHARACTERS, SPECIAL_TOKENS, TinyConfig, build_config, build_processor,
+from ocrheads_lib.embedded.tiny import WEIGHTS_DIR, weights_available
+from ocrheads_lib.embedded.tiny.build import (CHARACTERS, SPECIAL_TOKENS, TinyConfig, build_config, build_processor,
                                      build_tokenizer, user_messages)
-from ocrheads_lib.tiny.tasks import key_example, page_example, text_example
+from ocrheads_lib.embedded.tiny.tasks import key_example, page_example, text_example
 
 MICRO = dict(hidden=32, layers=2, heads=4, kv_heads=2, head_dim=8, intermediate=64, mrope_section=[2, 1, 1],
              vision_depth=1, vision_embed=32, vision_heads=2)
@@ -80,16 +80,16 @@ def test_tasks_are_seeded_and_consistent():
 
 
 @pytest.mark.skipif(not weights_available(), reason=f"no shipped weights in {WEIGHTS_DIR} yet "
-                    "(train with `python -m ocrheads_lib.tiny.train` and export with --export)")
+                    "(train with `python -m ocrheads_lib.embedded.tiny.train` and export with --export)")
 def test_shipped_weights_read_fresh_grid_passkey_pages():
-    from ocrheads_lib.tiny.evaluate import generate_answers, load
+    from ocrheads_lib.embedded.tiny.evaluate import generate_answers, load
 
     torch.manual_seed(0)
     model, processor = load(WEIGHTS_DIR)
     assert sum(p.numel() for p in model.parameters()) > 1e6
     assert os.path.getsize(os.path.join(WEIGHTS_DIR, "model.safetensors")) <= 25 * 2**20
     from ocrheads_lib.data import passkey_images
-    from ocrheads_lib.tiny.tasks import Example
+    from ocrheads_lib.embedded.tiny.tasks import Example
 
     # the book's default grid pages, from a seed nobody trained on
     samples = passkey_images(10, seed=424242, layout="grid")
@@ -100,7 +100,7 @@ def test_shipped_weights_read_fresh_grid_passkey_pages():
 
 
 def _run(tmp_path, *extra):
-    from ocrheads_lib.tiny.train import main
+    from ocrheads_lib.embedded.tiny.train import main
 
     args = ["--out", str(tmp_path), "--threads", "1", "--size", json.dumps(MICRO), "--batch_key", "2",
             "--batch_page", "2", "--batch_text", "2", "--eval_n", "2", "--warmup", "2", *extra]
@@ -128,7 +128,7 @@ def test_training_smoke_run_resumes_exactly(tmp_path):
 
 
 def test_export_records_the_training_arguments_not_its_own(tmp_path):
-    from ocrheads_lib.tiny.train import main, replay_commands
+    from ocrheads_lib.embedded.tiny.train import main, replay_commands
 
     _run(tmp_path, "--max_steps", "2", "--seed", "5", "--warmup", "3", "--lr", "7e-4")
     assert main(["--out", str(tmp_path), "--size", json.dumps(MICRO), "--export", str(tmp_path / "shipped")]) == 0
@@ -139,7 +139,7 @@ def test_export_records_the_training_arguments_not_its_own(tmp_path):
 
 
 def test_learning_rate_warms_up_then_follows_the_cosine_decay():
-    from ocrheads_lib.tiny.train import TinyTrainer
+    from ocrheads_lib.embedded.tiny.train import TinyTrainer
 
     trainer = TinyTrainer.__new__(TinyTrainer)      # the schedule needs no model
     trainer.lr, trainer.warmup, trainer.decay, trainer.warmup_from = 1e-3, 50, None, 0
@@ -154,7 +154,7 @@ def test_learning_rate_warms_up_then_follows_the_cosine_decay():
 
 
 def test_replay_of_recorded_segments_reproduces_the_weights(tmp_path):
-    from ocrheads_lib.tiny.train import main, replay_commands
+    from ocrheads_lib.embedded.tiny.train import main, replay_commands
 
     # two segments: constant lr, then a resumed one with another lr, batch and a cosine decay
     _run(tmp_path / "orig", "--max_steps", "2")
@@ -180,7 +180,7 @@ def test_replay_of_recorded_segments_reproduces_the_weights(tmp_path):
 
 
 def test_straddle_share_moves_offsets_into_the_band_and_leaves_share_zero_batches_unchanged():
-    from ocrheads_lib.tiny.train import KEY_LAYOUTS, STRADDLE_BAND, Curriculum, draw_batch
+    from ocrheads_lib.embedded.tiny.train import KEY_LAYOUTS, STRADDLE_BAND, Curriculum, draw_batch
 
     lo, hi = STRADDLE_BAND
     cur = Curriculum(key_phase=1)
@@ -213,7 +213,7 @@ def test_straddle_share_moves_offsets_into_the_band_and_leaves_share_zero_batche
 
 
 def test_alnum_share_draws_mixed_case_keys_and_share_zero_keeps_the_mixture():
-    from ocrheads_lib.tiny.train import Curriculum, draw_batch
+    from ocrheads_lib.embedded.tiny.train import Curriculum, draw_batch
 
     cur = Curriculum(key_phase=1)
 
@@ -232,8 +232,8 @@ def test_alnum_share_draws_mixed_case_keys_and_share_zero_keeps_the_mixture():
 
 
 def test_eye_batches_train_the_vision_tower_and_cell_classifier_only():
-    from ocrheads_lib.tiny.build import TinyConfig
-    from ocrheads_lib.tiny.train import TinyTrainer, draw_batch
+    from ocrheads_lib.embedded.tiny.build import TinyConfig
+    from ocrheads_lib.embedded.tiny.train import TinyTrainer, draw_batch
 
     trainer = TinyTrainer(TinyConfig(**MICRO), seed=0, lr=1e-3, warmup=1, aux_weight=1.0,
                           batch=dict(key=0, page=0, text=0, eye=3))
@@ -249,7 +249,7 @@ def test_eye_batches_train_the_vision_tower_and_cell_classifier_only():
 
 
 def test_model_card_status_says_met_or_missed_from_the_numbers():
-    from ocrheads_lib.tiny.evaluate import status_lines
+    from ocrheads_lib.embedded.tiny.evaluate import status_lines
 
     def result(accuracy, target):
         return dict(accuracy=accuracy, n=200, prompt_tokens=[40, 120], target=target, failures=[])
@@ -269,7 +269,7 @@ def test_model_card_status_says_met_or_missed_from_the_numbers():
 
 
 def test_heldout_results_split_by_kind_of_key_and_the_card_tabulates_them():
-    from ocrheads_lib.tiny.evaluate import _style_rows, evaluate
+    from ocrheads_lib.embedded.tiny.evaluate import _style_rows, evaluate
 
     results = evaluate(n=6, sets=["a_key_unaligned", "b_book_passkey_text_320"])
     key = results["a_key_unaligned"]
@@ -288,7 +288,7 @@ def test_heldout_results_split_by_kind_of_key_and_the_card_tabulates_them():
 
 def test_heldout_decoding_budget_fits_the_longest_answer():
     """The held-out evaluation once generated 12 tokens for answers of up to 15 characters."""
-    from ocrheads_lib.tiny.evaluate import MAX_NEW_TOKENS, heldout_sets
+    from ocrheads_lib.embedded.tiny.evaluate import MAX_NEW_TOKENS, heldout_sets
 
     longest = max(len(e.answer) for examples in heldout_sets(60).values() for e in examples)
     assert longest >= 13                              # word answers are longer than the old budget
@@ -296,7 +296,7 @@ def test_heldout_decoding_budget_fits_the_longest_answer():
 
 
 def test_style_rows_and_confusions_are_tallied_by_hand():
-    from ocrheads_lib.tiny.diagnose import PageReading, format_styles, rows_by_style, top_confusions
+    from ocrheads_lib.embedded.tiny.diagnose import PageReading, format_styles, rows_by_style, top_confusions
 
     readings = [PageReading(dict(style="alnum"), 3, 5, False, [("S", "5"), ("g", "9")]),
                 PageReading(dict(style="alnum"), 4, 5, False, [("S", "5")]),
@@ -312,7 +312,7 @@ def test_style_rows_and_confusions_are_tallied_by_hand():
 
 
 def test_offset_diagnosis_bins_every_unaligned_page_once_per_axis(tmp_path):
-    from ocrheads_lib.tiny.diagnose import BIN_PX, cell_accuracy_by_offset, format_bins, load_trainer, main
+    from ocrheads_lib.embedded.tiny.diagnose import BIN_PX, cell_accuracy_by_offset, format_bins, load_trainer, main
 
     _run(tmp_path, "--max_steps", "1")
     trainer = load_trainer(str(tmp_path / "checkpoint.pt"))
@@ -333,14 +333,14 @@ def test_offset_diagnosis_bins_every_unaligned_page_once_per_axis(tmp_path):
     assert last[3] == str(sum(b.chars for b in x_bins))
     assert last[4] == f"{sum(b.pages_correct for b in x_bins)}/12"
     # the style table groups the same pages: every page once, the same characters
-    from ocrheads_lib.tiny.diagnose import bins_by_offset, read_pages, rows_by_style
+    from ocrheads_lib.embedded.tiny.diagnose import bins_by_offset, read_pages, rows_by_style
     readings = read_pages(trainer, n=12, seed=3)
     assert bins_by_offset(readings) == bins
     rows = rows_by_style(readings)
     assert sum(r.pages for r in rows) == 12 and sum(r.chars for r in rows) == sum(b.chars for b in x_bins)
     # an exported folder carries the cell classifier: the same readings as from the checkpoint
-    from ocrheads_lib.tiny.train import CELL_CLASSIFIER
-    from ocrheads_lib.tiny.train import main as train_main
+    from ocrheads_lib.embedded.tiny.train import CELL_CLASSIFIER
+    from ocrheads_lib.embedded.tiny.train import main as train_main
 
     assert train_main(["--out", str(tmp_path), "--size", json.dumps(MICRO), "--export", str(tmp_path / "w")]) == 0
     assert read_pages(load_trainer(str(tmp_path / "w")), n=12, seed=3) == readings
@@ -362,7 +362,7 @@ def test_a_segment_can_start_from_an_exported_folder_and_replays(tmp_path):
     re-creates such a segment by exporting the replayed run where it started."""
     from safetensors.torch import load_file
 
-    from ocrheads_lib.tiny.train import CELL_CLASSIFIER, main, replay_commands
+    from ocrheads_lib.embedded.tiny.train import CELL_CLASSIFIER, main, replay_commands
 
     first = _run(tmp_path / "orig", "--max_steps", "2", "--batch_eye", "2")
     shipped = tmp_path / "shipped"
@@ -395,7 +395,7 @@ def test_a_segment_can_start_from_an_exported_folder_and_replays(tmp_path):
 
 
 def test_warm_up_restarts_where_a_fresh_optimizer_started():
-    from ocrheads_lib.tiny.train import TinyTrainer
+    from ocrheads_lib.embedded.tiny.train import TinyTrainer
 
     trainer = TinyTrainer.__new__(TinyTrainer)
     trainer.lr, trainer.warmup, trainer.decay, trainer.warmup_from = 1e-3, 50, None, 1000
@@ -404,7 +404,7 @@ def test_warm_up_restarts_where_a_fresh_optimizer_started():
 
 
 def test_dense_and_reading_pages_label_every_glyph_and_are_seeded():
-    from ocrheads_lib.tiny.tasks import dense_page_example, read_page_example
+    from ocrheads_lib.embedded.tiny.tasks import dense_page_example, read_page_example
 
     for make in (dense_page_example, lambda r: read_page_example(r, random_share=0.5)):
         first = [make(random.Random(s)) for s in range(30)]
@@ -426,14 +426,14 @@ def test_dense_and_reading_pages_label_every_glyph_and_are_seeded():
 
 
 def _budget_plan(**kw):
-    from ocrheads_lib.tiny.budget import BudgetPlan
+    from ocrheads_lib.embedded.tiny.budget import BudgetPlan
 
     return BudgetPlan(eye_steps=3, eye_batch=4, joint_steps=4, batch=dict(key=2, page=2, text=2, read=2),
                       eval_every=2, eval_n=2, size=dict(MICRO), **kw)
 
 
 def test_budget_run_trains_the_tower_then_only_the_decoder_and_resumes_exactly(tmp_path):
-    from ocrheads_lib.tiny.budget import BudgetRun
+    from ocrheads_lib.embedded.tiny.budget import BudgetRun
 
     full = BudgetRun(_budget_plan(heldout_n=1), str(tmp_path / "full"))
     start = {n: p.detach().clone() for n, p in full.trainer.model.named_parameters()}
@@ -450,7 +450,7 @@ def test_budget_run_trains_the_tower_then_only_the_decoder_and_resumes_exactly(t
     assert {"a_key_unaligned", "b_text_256", "c_page_book"} <= set(result["heldout"])
     assert json.load(open(tmp_path / "full" / "budget.json"))["plan"]["joint_steps"] == 4
     assert os.path.exists(tmp_path / "full" / "model" / "model.safetensors")
-    from ocrheads_lib.tiny.diagnose import load_trainer     # the exported folder is diagnosable
+    from ocrheads_lib.embedded.tiny.diagnose import load_trainer     # the exported folder is diagnosable
     diagnosed = load_trainer(str(tmp_path / "full" / "model"))
     assert torch.equal(diagnosed.aux_head.weight, full.trainer.aux_head.weight)
     assert json.load(open(tmp_path / "full" / "model" / "training_summary.json"))["steps"] == 3 + 4
@@ -485,7 +485,7 @@ def test_budget_run_trains_the_tower_then_only_the_decoder_and_resumes_exactly(t
 def test_the_card_reports_the_60_minute_run_against_targets_and_keeps_it_when_its_file_is_gone(tmp_path):
     from types import SimpleNamespace
 
-    from ocrheads_lib.tiny.evaluate import _with_measurements, scratch_lines, scratch_summary, status_lines
+    from ocrheads_lib.embedded.tiny.evaluate import _with_measurements, scratch_lines, scratch_summary, status_lines
 
     budget = dict(plan=dict(eye_steps=2400, joint_steps=2200, eval_n=64), threads=2, total_wall_min=59.5,
                   wall_s=dict(eye=900.0, joint=2670.0), cpu_s=dict(eye=1700.0, joint=5200.0),

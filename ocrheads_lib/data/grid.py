@@ -3,7 +3,7 @@
 Qwen2-VL cuts an image into 14x14 patches and merges 2x2 of them into one visual token, so one
 token covers a 28x28 pixel cell. Drawing one monospace character centred in each cell makes
 "one token = one character" true by construction — the easy case for a tiny reader, and the one
-the embedded model (``ocrheads_lib.tiny``) is trained on. A pixel offset of the whole text block
+the embedded model (``ocrheads_lib.embedded.tiny``) is trained on. A pixel offset of the whole text block
 (``x_off``, ``y_off``) moves the characters off the cell boundaries ("unaligned" text, where a
 glyph straddles two or four tokens).
 

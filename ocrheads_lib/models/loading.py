@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from ..embedded.tiny import WEIGHTS_DIR as TINY_WEIGHTS
 from .base import ModelAdapter
 from .internvl import PAPER_MAX_TILES, InternVLAdapter
 from .llava import LlavaAdapter
@@ -41,7 +42,7 @@ _FAMILIES: dict[str, tuple[type[ModelAdapter], str]] = {
 }
 SUPPORTED_MODEL_TYPES = tuple(_FAMILIES)
 
-TINY_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "tiny" / "weights"
+TINY_WEIGHTS_DIR = Path(TINY_WEIGHTS)    # the shipped folder; its one definition is in embedded.tiny
 
 
 class UnknownFamilyError(ValueError):
@@ -179,7 +180,7 @@ def resolve_source(model_id: str) -> tuple[str, bool]:
         with _quiet_loading():
             return str(ensure_smollm2()), True
     if model_id == "smol-vl":   # imported here: smolvl builds on this package's models
-        from ocrheads_lib.smolvl.load import ensure_smolvl
+        from ocrheads_lib.embedded.smolvl.load import ensure_smolvl
 
         with _quiet_loading():
             return str(ensure_smolvl()), True
@@ -188,7 +189,7 @@ def resolve_source(model_id: str) -> tuple[str, bool]:
             raise WeightsNotFoundError(
                 f"the embedded tiny model is missing: {TINY_WEIGHTS_DIR} has no config.json or no *.safetensors "
                 f"weights. Reinstall the package (the weights ship with it), or retrain them with `python -m "
-                f"ocrheads_lib.tiny.train --replay <repository>/ocrheads_lib/tiny/weights/training_summary.json "
+                f"ocrheads_lib.embedded.tiny.train --replay <repository>/ocrheads_lib/embedded/tiny/weights/training_summary.json "
                 f"--out runs/tiny` and `--export {TINY_WEIGHTS_DIR}` (about 13 hours on 2 CPU cores; the book's model card gives the exact cost).")
         return str(TINY_WEIGHTS_DIR), True
     if Path(model_id).expanduser().is_dir():

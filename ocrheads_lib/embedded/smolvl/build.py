@@ -26,11 +26,12 @@ from transformers import (AutoTokenizer, LlamaForCausalLM, Qwen2VLConfig, Qwen2V
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
+from ocrheads_lib.embedded.tiny import WEIGHTS_DIR as TINY_WEIGHTS_DIR
+from ocrheads_lib.embedded.tiny.build import MAX_PIXELS, MIN_PIXELS
+from ocrheads_lib.embedded.tiny.tasks import dense_page_example, page_example
 from ocrheads_lib.models.smollm2 import ensure_smollm2
-from ocrheads_lib.tiny.build import MAX_PIXELS, MIN_PIXELS
-from ocrheads_lib.tiny.tasks import dense_page_example, page_example
 
-TINY_DIR = Path(__file__).resolve().parent.parent / "tiny" / "weights"
+TINY_DIR = Path(TINY_WEIGHTS_DIR)
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 MROPE_SECTION = [8, 12, 12]        # temporal, height, width; sums to head_dim / 2 = 32
 MERGER_OUT = "model.visual.merger.mlp.2"   # the new last merger layer (512 -> 576)

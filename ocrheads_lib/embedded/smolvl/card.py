@@ -1,7 +1,7 @@
 """smol-vl's model card: a held-out evaluation of the shipped weights and the card written from it.
 
-    python -m ocrheads_lib.smolvl.card --n 200          # evaluate (through load_model) and write the card
-    python -m ocrheads_lib.smolvl.card --write_only     # rewrite card.md from weights/model_card.json
+    python -m ocrheads_lib.embedded.smolvl.card --n 200          # evaluate (through load_model) and write the card
+    python -m ocrheads_lib.embedded.smolvl.card --write_only     # rewrite card.md from weights/model_card.json
 
 The evaluation loads `smol-vl` and `smollm2` exactly as the book does (`load_model`), answers greedily
 in float32, and scores with the book's pass-key accuracy (the gold occurs in the answer) and exact match,
@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from ocrheads_lib.paths import atomic_write_json, atomic_write_text
-from ocrheads_lib.smolvl.load import WEIGHTS_DIR
-from ocrheads_lib.smolvl.weights_io import RECORD
+from ocrheads_lib.embedded.smolvl.load import WEIGHTS_DIR
+from ocrheads_lib.embedded.smolvl.weights_io import RECORD
 
 CARD_SEED = 8_000_003
 CARD_JSON = "model_card.json"
@@ -36,8 +36,8 @@ SET_NAMES = {
 def evaluate_card(n: int, seed: int = CARD_SEED) -> dict:
     """Held-out results of the shipped smol-vl, and SmolLM2's own on the same text samples."""
     from ocrheads_lib.models.loading import load_model
-    from ocrheads_lib.smolvl.evaluate import evaluate_sets
-    from ocrheads_lib.smolvl.train import heldout_sets
+    from ocrheads_lib.embedded.smolvl.evaluate import evaluate_sets
+    from ocrheads_lib.embedded.smolvl.train import heldout_sets
 
     sets = heldout_sets(n, seed)
     started = time.time()
@@ -94,7 +94,7 @@ def card_markdown(card: dict, record: dict) -> str:
                   "keeps its own text behaviour rather than learning the task anew.",
                   "- Training samples come from the book's generators and the tiny model's task generators with "
                   "seeds >= 10^7; the held-out sets use fixed seeds below that.",
-                  f"- Replay: `python -m ocrheads_lib.smolvl.train --replay ocrheads_lib/smolvl/weights/{RECORD} "
+                  f"- Replay: `python -m ocrheads_lib.embedded.smolvl.train --replay ocrheads_lib/embedded/smolvl/weights/{RECORD} "
                   "--out runs/replay` prints the commands that re-run every segment in order.", ""]
     history = record.get("history", [])
     if history:
@@ -112,7 +112,7 @@ def card_markdown(card: dict, record: dict) -> str:
                   f"Not evaluated yet: training is in progress (shipped weights: step {record.get('step')}"
                   + ("; at step 0 the merger is the least-squares initialisation and the LoRA deltas are zero, so "
                      "the model does not read pages yet" if not record.get("step") else "") + "). "
-                  "`python -m ocrheads_lib.smolvl.card --n 200` evaluates them and rewrites this card.", ""]
+                  "`python -m ocrheads_lib.embedded.smolvl.card --n 200` evaluates them and rewrites this card.", ""]
     if results:
         lines += ["## Held-out results", "",
                   f"{card['n']} samples per set, fresh seeds ({card['seed']}+), greedy, float32. Accuracy is the "

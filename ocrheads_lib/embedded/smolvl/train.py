@@ -1,11 +1,11 @@
 """Train smol-vl on a CPU: LoRA on SmolLM2's projections + the merger, resumable, step-budgeted.
 
-    OMP_NUM_THREADS=2 python -m ocrheads_lib.smolvl.train --out runs/smolvl --steps 600
-    python -m ocrheads_lib.smolvl.train --out runs/smolvl --resume --steps 1200      # continue (same config)
-    python -m ocrheads_lib.smolvl.train --out runs/smolvl2 --from_weights ocrheads_lib/smolvl/weights --steps 300
+    OMP_NUM_THREADS=2 python -m ocrheads_lib.embedded.smolvl.train --out runs/smolvl --steps 600
+    python -m ocrheads_lib.embedded.smolvl.train --out runs/smolvl --resume --steps 1200      # continue (same config)
+    python -m ocrheads_lib.embedded.smolvl.train --out runs/smolvl2 --from_weights ocrheads_lib/embedded/smolvl/weights --steps 300
                                                         # continue from shipped weights, fresh optimizer
-    python -m ocrheads_lib.smolvl.train --out runs/smolvl --export ocrheads_lib/smolvl/weights   # ship the newest
-    python -m ocrheads_lib.smolvl.train --replay ocrheads_lib/smolvl/weights/training_record.json --out runs/replay
+    python -m ocrheads_lib.embedded.smolvl.train --out runs/smolvl --export ocrheads_lib/embedded/smolvl/weights   # ship the newest
+    python -m ocrheads_lib.embedded.smolvl.train --replay ocrheads_lib/embedded/smolvl/weights/training_record.json --out runs/replay
 
 Recipe (every knob is a field of `TrainConfig`; the run record is `asdict(config)` per segment):
 - the language half adapts through LoRA on all seven projections of the 30 layers (base weights frozen,
@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from ocrheads_lib.data import (ContextTooShortError, RenderError, niah_images, niah_text, passkey_images,
                                passkey_text)
 from ocrheads_lib.paths import atomic_write_json
-from ocrheads_lib.smolvl.build import assemble, fit_merger_output
-from ocrheads_lib.tiny.tasks import Example, key_example, page_example
+from ocrheads_lib.embedded.smolvl.build import assemble, fit_merger_output
+from ocrheads_lib.embedded.tiny.tasks import Example, key_example, page_example
 
 TRAIN_SEED_FLOOR = 10_000_000        # generator seeds of training samples are drawn from [1e7, 1e9)
 CHECKPOINT = "checkpoint.pt"
@@ -384,7 +384,7 @@ class Trainer:
     def evaluate(self, n: int | None = None, sets: list[str] | None = None, base_text: bool = False) -> dict:
         """Greedy held-out accuracies in fp32 through the adapter (what the book runs). base_text: also
         SmolLM2's own accuracy (LoRA disabled) on the text set."""
-        from ocrheads_lib.smolvl.evaluate import evaluate_sets
+        from ocrheads_lib.embedded.smolvl.evaluate import evaluate_sets
 
         self.model.eval()
         held = heldout_sets(n or self.config.eval_n, self.config.eval_seed)
@@ -404,7 +404,7 @@ class Trainer:
 # ------------------------------------------------------------------------------------------ export
 def export(trainer: Trainer, folder: Path) -> Path:
     """Write the shipped weights (eye, merger, new token embeddings, LoRA factors) + record to `folder`."""
-    from ocrheads_lib.smolvl.weights_io import save_parts
+    from ocrheads_lib.embedded.smolvl.weights_io import save_parts
 
     save_parts(trainer.model, trainer.config, folder,
                record={"segments": trainer.segments, "history": trainer.history, "step": trainer.step,
@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, help="train until this global step")
     ap.add_argument("--minutes", type=float, help="stop (after a checkpoint) once this wall time has passed")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out (refuses a changed config)")
-    ap.add_argument("--from_weights", help="start from shipped weights (a folder like ocrheads_lib/smolvl/weights), fresh optimizer")
+    ap.add_argument("--from_weights", help="start from shipped weights (a folder like ocrheads_lib/embedded/smolvl/weights), fresh optimizer")
     ap.add_argument("--export", help="write the newest checkpoint's weights to this folder and exit")
     ap.add_argument("--replay", help="print the commands that re-run a training record, in order")
     ap.add_argument("--config", help="a JSON file with a TrainConfig record (overrides the knob options)")
@@ -485,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer.segments.append({"init": "resume", "start_step": trainer.step, "config": config.record(),
                                  "threads": threads})
     elif args.from_weights:
-        from ocrheads_lib.smolvl.weights_io import load_parts_into, parts_hash
+        from ocrheads_lib.embedded.smolvl.weights_io import load_parts_into, parts_hash
 
         previous = load_parts_into(trainer.model, Path(args.from_weights))
         trainer.step = int(previous.get("step", 0))
@@ -549,7 +549,7 @@ def replay_commands(record: dict, out: str) -> list[list[str]]:
     commands: list[list[str]] = []
     run = out
     for i, segment in enumerate(record["segments"]):
-        base = ["python", "-m", "ocrheads_lib.smolvl.train"]
+        base = ["python", "-m", "ocrheads_lib.embedded.smolvl.train"]
         tail = ["--steps", str(segment["end_step"]), "--config", f"{out}/segment{i}_config.json"]
         if segment["init"] == "scratch":
             commands.append(base + ["--out", run] + tail)

@@ -1,6 +1,6 @@
 """The shipped smol-vl weights: what is stored, how it goes back into a model, and the merged folder.
 
-Shipped (ocrheads_lib/smolvl/weights/, float32):
+Shipped (ocrheads_lib/embedded/smolvl/weights/, float32):
 - `smolvl_parts.safetensors`: the whole vision tower (`visual.*`: the tiny eye, the merger, its new 512 -> 576
   output layer), the four new token embeddings (`embed_new`, rows 49,152-49,155), and the LoRA factors of
   the language half (`lora.<module>.A` (r x in), `lora.<module>.B` (out x r));
@@ -61,7 +61,7 @@ def parts_hash(folder: Path) -> str:
         path = Path(folder) / name
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: {folder} is not a smol-vl weights folder (it needs "
-                                    f"{PARTS} and {PARTS_META}; export one with `python -m ocrheads_lib.smolvl.train "
+                                    f"{PARTS} and {PARTS_META}; export one with `python -m ocrheads_lib.embedded.smolvl.train "
                                     f"--out <run> --export <folder>`)")
         digest.update(path.read_bytes())
     return digest.hexdigest()

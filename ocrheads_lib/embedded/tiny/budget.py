@@ -1,7 +1,7 @@
 """What 60 minutes of from-scratch training on two CPU cores buy: the fastest recipe we found, measured.
 
-    OMP_NUM_THREADS=2 python -m ocrheads_lib.tiny.budget --out runs/budget60      # ~60 min on 2 cores
-    python -m ocrheads_lib.tiny.budget --out runs/budget60 --resume               # after an interruption
+    OMP_NUM_THREADS=2 python -m ocrheads_lib.embedded.tiny.budget --out runs/budget60      # ~60 min on 2 cores
+    python -m ocrheads_lib.embedded.tiny.budget --out runs/budget60 --resume               # after an interruption
     -> runs/budget60/budget.json (plan, phase times, curves, greedy held-out accuracies), runs/budget60/model/
 
 Issue 4 asks for training from scratch in <= 60 min on two CPU cores. The shipped weights took ~16 h
@@ -41,9 +41,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ocrheads_lib.paths import atomic_path, atomic_write_json
-from ocrheads_lib.tiny.build import SPECIAL_TOKENS, TinyConfig
-from ocrheads_lib.tiny.tasks import Example, dense_page_example, read_page_example
-from ocrheads_lib.tiny.train import (Curriculum, TinyTrainer, collate, draw_batch,
+from ocrheads_lib.embedded.tiny.build import SPECIAL_TOKENS, TinyConfig
+from ocrheads_lib.embedded.tiny.tasks import Example, dense_page_example, read_page_example
+from ocrheads_lib.embedded.tiny.train import (Curriculum, TinyTrainer, collate, draw_batch,
                                      eval_sets, exact_match)
 
 CHECKPOINT = "checkpoint.pt"
@@ -243,7 +243,7 @@ class BudgetRun:
 
     def summary(self) -> dict:
         """training_summary.json of the exported folder (what `diagnose` and the card read: size, steps, time)."""
-        return dict(recipe="ocrheads_lib.tiny.budget", plan=asdict(self.plan), size=self.trainer.size.to_dict(),
+        return dict(recipe="ocrheads_lib.embedded.tiny.budget", plan=asdict(self.plan), size=self.trainer.size.to_dict(),
                     params=self.trainer.n_params(), steps=self.plan.eye_steps + self.step,
                     wall_s=round(sum(self.wall_s.values()), 1), cpu_s=round(sum(self.cpu_s.values()), 1),
                     args=dict(seed=self.plan.seed), curriculum=self.cur.describe())
@@ -254,7 +254,7 @@ class BudgetRun:
         atomic_write_json(os.path.join(model_dir, "training_summary.json"), self.summary())
         heldout = {}
         if self.plan.heldout_n:
-            from ocrheads_lib.tiny.evaluate import evaluate
+            from ocrheads_lib.embedded.tiny.evaluate import evaluate
 
             heldout = {name: dict(accuracy=round(r.accuracy, 4), n=r.n)
                        for name, r in evaluate(model_dir, self.plan.heldout_n).items()}

@@ -1,7 +1,7 @@
 """Where the embedded model's eye fails on unaligned text: character-cell accuracy by sub-cell offset.
 
-    python -m ocrheads_lib.tiny.diagnose ocrheads_lib/tiny/weights --n 240     # the shipped weights
-    python -m ocrheads_lib.tiny.diagnose runs/tiny/checkpoint.pt --n 240       # a training run
+    python -m ocrheads_lib.embedded.tiny.diagnose ocrheads_lib/embedded/tiny/weights --n 240     # the shipped weights
+    python -m ocrheads_lib.embedded.tiny.diagnose runs/tiny/checkpoint.pt --n 240       # a training run
 
 Needs the auxiliary cell classifier (a linear layer on the merged visual tokens) that trained with the
 weights: a training checkpoint holds it, and so does an exported folder (`cell_classifier.safetensors`,
@@ -57,20 +57,20 @@ def load_trainer(checkpoint: str):
     ignored) or of an exported folder that holds the classifier."""
     import os
 
-    from ocrheads_lib.tiny.build import TinyConfig
-    from ocrheads_lib.tiny.train import CELL_CLASSIFIER, TinyTrainer
+    from ocrheads_lib.embedded.tiny.build import TinyConfig
+    from ocrheads_lib.embedded.tiny.train import CELL_CLASSIFIER, TinyTrainer
 
     if os.path.isdir(checkpoint):
         summary = json.load(open(os.path.join(checkpoint, "training_summary.json")))
         trainer = TinyTrainer(TinyConfig(**summary["size"]), seed=0, lr=1e-3, warmup=1, aux_weight=1.0, batch={})
         if not trainer.load_weights(checkpoint):
             raise ValueError(f"{checkpoint} has no {CELL_CLASSIFIER}: export it again with "
-                             "python -m ocrheads_lib.tiny.train --export, or pass a training checkpoint")
+                             "python -m ocrheads_lib.embedded.tiny.train --export, or pass a training checkpoint")
         trainer.model.eval()
         return trainer
     state = torch.load(checkpoint, weights_only=False)
     if "aux_head" not in state or "meta" not in state:
-        raise ValueError(f"{checkpoint} is not a training checkpoint of ocrheads_lib.tiny.train "
+        raise ValueError(f"{checkpoint} is not a training checkpoint of ocrheads_lib.embedded.tiny.train "
                          "(it needs 'aux_head' and 'meta'); pass OUT/checkpoint.pt of a training run")
     size_json = state["meta"].get("args", {}).get("size") or ""    # "" = the default (shipped) size
     size = TinyConfig(**json.loads(size_json)) if size_json else TinyConfig()
@@ -106,8 +106,8 @@ class StyleRow(_CellAccuracy):
 @torch.no_grad()
 def read_pages(trainer, n: int = 240, seed: int = 777, layout: str = "offset", batch: int = 16) -> list[PageReading]:
     """The cell classifier's and the decoder's reading of `n` fresh key pages of `layout`."""
-    from ocrheads_lib.tiny.tasks import key_example
-    from ocrheads_lib.tiny.train import AUX_CLASSES, collate, exact_match
+    from ocrheads_lib.embedded.tiny.tasks import key_example
+    from ocrheads_lib.embedded.tiny.train import AUX_CLASSES, collate, exact_match
 
     rng = random.Random(seed)
     examples = [key_example(rng, layout) for _ in range(n)]
@@ -192,8 +192,8 @@ def format_bins(bins: list[OffsetBin]) -> str:
 def main(argv: list[str] | None = None) -> int:
     torch.set_flush_denormal(True)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="an exported folder with its cell classifier (e.g. ocrheads_lib/tiny/weights) "
-                                      "or a training checkpoint (OUT/checkpoint.pt of ocrheads_lib.tiny.train)")
+    p.add_argument("checkpoint", help="an exported folder with its cell classifier (e.g. ocrheads_lib/embedded/tiny/weights) "
+                                      "or a training checkpoint (OUT/checkpoint.pt of ocrheads_lib.embedded.tiny.train)")
     p.add_argument("--n", type=int, default=240)
     p.add_argument("--seed", type=int, default=777)
     p.add_argument("--layout", default="offset", choices=["offset", "2lines_offset"])

@@ -1,7 +1,7 @@
 """Held-out accuracy of the embedded model with greedy `generate` (no teacher forcing).
 
-    python -m ocrheads_lib.tiny.evaluate                       # shipped weights, 1,000 samples per set
-    python -m ocrheads_lib.tiny.evaluate --model runs/tiny/model --n 100 --no-card
+    python -m ocrheads_lib.embedded.tiny.evaluate                       # shipped weights, 1,000 samples per set
+    python -m ocrheads_lib.embedded.tiny.evaluate --model runs/tiny/model --n 100 --no-card
 
 Sets (fresh seeds, never used in training — training draws from `--seed` 0 and the in-training evals
 from 1_000_003+):
@@ -10,7 +10,7 @@ from 1_000_003+):
                      character-level), so every context is >= 256 tokens;
   (c) ``c_page_*``   the pass key inside a rendered paragraph page at the book's grid default (16x6 cells,
                      5 lines of haystack, aligned), unaligned, and with single-character keys.
-Results go into `ocrheads_lib/tiny/model_card.json` (with the training summary and curves) unless
+Results go into `ocrheads_lib/embedded/tiny/model_card.json` (with the training summary and curves) unless
 `--no-card`; the curves figure into book/figures/tiny/.
 """
 from __future__ import annotations
@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ocrheads_lib.metrics import wilson_interval
-from ocrheads_lib.tiny import MODEL_CARD, WEIGHTS_DIR
-from ocrheads_lib.tiny.build import user_messages
-from ocrheads_lib.tiny.tasks import Example, key_example, page_example, text_example
+from ocrheads_lib.embedded.tiny import MODEL_CARD, WEIGHTS_DIR
+from ocrheads_lib.embedded.tiny.build import user_messages
+from ocrheads_lib.embedded.tiny.tasks import Example, key_example, page_example, text_example
 
 HELDOUT_SEED = 2_000_003
 # Longest answers: three short words, 15 characters = 15 tokens, + <|im_end|>. (Until 2026-11-24 this was
@@ -108,7 +108,7 @@ def load(model_dir: str = WEIGHTS_DIR):
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
     if not os.path.exists(os.path.join(model_dir, "config.json")):
-        raise FileNotFoundError(f"no model in {model_dir}; train one with `python -m ocrheads_lib.tiny.train` "
+        raise FileNotFoundError(f"no model in {model_dir}; train one with `python -m ocrheads_lib.embedded.tiny.train` "
                                 "and export it with `--export`")
     processor = AutoProcessor.from_pretrained(model_dir)
     model = Qwen2VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -202,7 +202,7 @@ KNOWN_LIMITS = [
     "char-level vocabulary of printable ASCII only; no instruction following beyond the trained questions",
     "with the grid-aligned layout one visual token holds exactly one character, the easiest case for OCR heads",
     "unaligned keys still fail most on glyphs that straddle two tokens: on 400 unaligned key pages (step 29733, "
-    "python -m ocrheads_lib.tiny.diagnose ocrheads_lib/tiny/weights --n 400) the vision tower's character-cell "
+    "python -m ocrheads_lib.embedded.tiny.diagnose ocrheads_lib/embedded/tiny/weights --n 400) the vision tower's character-cell "
     "accuracy is 98.1 % when the horizontal offset mod 28 is 12-15 px and 98.3 % for vertical offsets of 20-23 px, "
     "against 99.1-100 % elsewhere (it was 88 % at 12-15 px before the straddle-oversampling segments); mixed-case "
     "alphanumeric keys are still the weakest kind (cell accuracy 96.8 %, 23 of 28 pages exact teacher-forced, "
@@ -214,8 +214,8 @@ KNOWN_LIMITS = [
 
 
 # A measured from-scratch run inside the 60-minute budget (2026-11-24, default recipe, seed 0):
-# `python -m ocrheads_lib.tiny.train --out runs/tiny_60 --minutes 55 --threads 2`, then
-# `python -m ocrheads_lib.tiny.evaluate --model runs/tiny_60/model --no-card` (200 held-out samples per set).
+# `python -m ocrheads_lib.embedded.tiny.train --out runs/tiny_60 --minutes 55 --threads 2`, then
+# `python -m ocrheads_lib.embedded.tiny.evaluate --model runs/tiny_60/model --no-card` (200 held-out samples per set).
 SCRATCH_60_PROBE = (
     "A from-scratch run of the default recipe stopped at 55 min (3,574 steps, 6,493 CPU-s) was still on its first "
     "curriculum stages (aligned keys only, 60-character texts) and scored, greedy and held-out: aligned keys 77.5 %, "
@@ -227,7 +227,7 @@ SCRATCH_60_PROBE = (
 # Why the 60-minute target is missed, from measurements on this machine (2 cores, 2026-11-29/30). The budget
 # run's own numbers come from its budget.json (`scratch_summary`), the width cost from the benchmark; the
 # character-cell and error figures quoted here are from
-# `python -m ocrheads_lib.tiny.diagnose runs/budget60/model --n 400` (and on the shipped weights) and from the
+# `python -m ocrheads_lib.embedded.tiny.diagnose runs/budget60/model --n 400` (and on the shipped weights) and from the
 # budget model's greedy answers on the first 200 held-out keys of each key set.
 SCRATCH_60_WHY = [
     "Most of the shipped run's time went into the vision tower's reading of unaligned glyphs: unaligned keys "
@@ -255,11 +255,11 @@ SCRATCH_60_WHY = [
 
 
 def scratch_summary(budget: dict) -> dict:
-    """The model card's record of a `python -m ocrheads_lib.tiny.budget` run (from its budget.json)."""
+    """The model card's record of a `python -m ocrheads_lib.embedded.tiny.budget` run (from its budget.json)."""
     history = budget.get("history") or []
     eye = next((h for h in history if h.get("phase") == "eye"), {})
     last = history[-1] if history else {}
-    return dict(command="OMP_NUM_THREADS=2 python -m ocrheads_lib.tiny.budget --out runs/budget60",
+    return dict(command="OMP_NUM_THREADS=2 python -m ocrheads_lib.embedded.tiny.budget --out runs/budget60",
                 plan=budget.get("plan"), threads=budget.get("threads"), wall_s=budget.get("wall_s"),
                 cpu_s=budget.get("cpu_s"), total_wall_min=budget.get("total_wall_min"),
                 eye_cell_acc={k[: -len("_cell_acc")]: v for k, v in eye.items() if k.endswith("_cell_acc")},
@@ -276,7 +276,7 @@ def scratch_lines(scratch: dict, shipped: dict[str, float] | None = None) -> lis
     plan, held = scratch.get("plan") or {}, scratch.get("heldout") or {}
     wall = scratch.get("wall_s") or {}
     lines = [f"The budget recipe trains from scratch in two phases (`{scratch['command']}`, "
-             f"module `ocrheads_lib.tiny.budget`): {plan.get('eye_steps')} steps of the vision tower alone "
+             f"module `ocrheads_lib.embedded.tiny.budget`): {plan.get('eye_steps')} steps of the vision tower alone "
              f"({wall.get('eye', 0) / 60:.1f} min), then {plan.get('joint_steps')} steps of the decoder with the "
              f"tower frozen ({wall.get('joint', 0) / 60:.1f} min): {scratch.get('total_wall_min')} min of training on "
              f"{scratch.get('threads')} threads, evaluations excluded.", ""]
@@ -319,15 +319,15 @@ def write_model_card(results: dict[str, SetResult], model_dir: str, card_path: s
                     vocab_size=text_cfg.get("vocab_size"), vision=config.get("vision_config", {}).get("depth")),
         parameters=summary.get("params"),
         weights_bytes=os.path.getsize(weights) if os.path.exists(weights) else None,
-        training=dict(command="OMP_NUM_THREADS=2 python -m ocrheads_lib.tiny.train --replay "
-                              "ocrheads_lib/tiny/weights/training_summary.json --out runs/tiny",
-                      export="python -m ocrheads_lib.tiny.train --out runs/tiny --export ocrheads_lib/tiny/weights",
+        training=dict(command="OMP_NUM_THREADS=2 python -m ocrheads_lib.embedded.tiny.train --replay "
+                              "ocrheads_lib/embedded/tiny/weights/training_summary.json --out runs/tiny",
+                      export="python -m ocrheads_lib.embedded.tiny.train --out runs/tiny --export ocrheads_lib/embedded/tiny/weights",
                       seed=(summary.get("args") or {}).get("seed", 0), steps=summary.get("steps"),
                       wall_s=summary.get("wall_s"), cpu_s=summary.get("cpu_s"), args=summary.get("args"),
                       curriculum_final=summary.get("curriculum"), curriculum_events=summary.get("events"),
                       segments=summary.get("segments"),
                       milestones=summary.get("milestones")),
-        data=dict(generator="ocrheads_lib.tiny.tasks (grid renderer ocrheads_lib.data.grid)",
+        data=dict(generator="ocrheads_lib.embedded.tiny.tasks (grid renderer ocrheads_lib.data.grid)",
                   train_seed=(summary.get("args") or {}).get("seed", 0), in_training_eval_seed=1_000_003,
                   heldout_seed=HELDOUT_SEED),
         curves=summary.get("history", []),
@@ -467,7 +467,7 @@ def _scratch_status(scratch: dict | None) -> str:
                                               ("b_text_256", "256-token text retrieval"),
                                               ("c_page_book", "paragraph pages")) if name in held]
     scores = ", ".join(f"{label} {100 * held[name]['accuracy']:.1f} %" for name, label in pick)
-    return (f" A two-phase recipe that pretrains the vision tower first (`python -m ocrheads_lib.tiny.budget`) "
+    return (f" A two-phase recipe that pretrains the vision tower first (`python -m ocrheads_lib.embedded.tiny.budget`) "
             f"reaches in {scratch.get('total_wall_min')} min: {scores} (greedy, held-out; see \"The 60-minute "
             "target\" below).")
 
@@ -511,7 +511,7 @@ def card_values(card: dict) -> dict[str, str]:
     sheld = scratch.get("heldout") or {}
     picks = [(name, label) for name, label in (("a_key_aligned", "aligned keys"), ("b_text_256", "text retrieval"),
                                                ("c_page_book", "paragraph pages")) if name in sheld]
-    budget = ("The fastest from-scratch recipe we found for a 60-minute budget, `python -m ocrheads_lib.tiny.budget`, "
+    budget = ("The fastest from-scratch recipe we found for a 60-minute budget, `python -m ocrheads_lib.embedded.tiny.budget`, "
               f"reaches in {scratch.get('total_wall_min')} min: "
               + ", ".join(f"{label} {100 * sheld[name]['accuracy']:.1f} %" for name, label in picks)
               + " (greedy, held-out; its full record is in `model_card.json`).") if picks else ""
@@ -554,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="CPU-s per step by decoder width (python benchmarks/tiny_width_cost.py); "
                         "the card keeps its previous table when the file is absent")
     p.add_argument("--scratch_run", default="runs/budget60/budget.json",
-                   help="budget.json of `python -m ocrheads_lib.tiny.budget` (the 60-minute recipe); "
+                   help="budget.json of `python -m ocrheads_lib.embedded.tiny.budget` (the 60-minute recipe); "
                         "the card keeps its previous record when the file is absent")
     p.add_argument("--render_only", action="store_true",
                    help="no evaluation: re-read the JSON card, add --width_cost/--scratch_run, rewrite the page")

@@ -1,13 +1,13 @@
 """Train the embedded tiny Qwen2-VL from scratch on a CPU.
 
-    OMP_NUM_THREADS=2 python -m ocrheads_lib.tiny.train --minutes 60 --out runs/tiny
-    python -m ocrheads_lib.tiny.train --resume --out runs/tiny          # continue an interrupted run
-    python -m ocrheads_lib.tiny.train --export ocrheads_lib/tiny/weights --out runs/tiny   # ship a checkpoint
-    python -m ocrheads_lib.tiny.train --replay ocrheads_lib/tiny/weights/training_summary.json --out runs/replay
+    OMP_NUM_THREADS=2 python -m ocrheads_lib.embedded.tiny.train --minutes 60 --out runs/tiny
+    python -m ocrheads_lib.embedded.tiny.train --resume --out runs/tiny          # continue an interrupted run
+    python -m ocrheads_lib.embedded.tiny.train --export ocrheads_lib/embedded/tiny/weights --out runs/tiny   # ship a checkpoint
+    python -m ocrheads_lib.embedded.tiny.train --replay ocrheads_lib/embedded/tiny/weights/training_summary.json --out runs/replay
                                              # re-run the shipped weights' recorded segments, in order
 
 Recipe (see model_card.json / book/model_card.md for what each ingredient does):
-- three tasks per step, data generated inline from a seeded rng (:mod:`ocrheads_lib.tiny.tasks`):
+- three tasks per step, data generated inline from a seeded rng (:mod:`ocrheads_lib.embedded.tiny.tasks`):
   read a key alone on a page, find the key in a paragraph page, find the key in a text context;
 - curricula driven by the running train-batch exact match (>= 0.9 over 20 steps advances):
   key pages aligned first, then offsets and two lines; paragraph pages 1 -> 5 lines, then offsets;
@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from transformers import Qwen2VLForConditionalGeneration
 
 from ocrheads_lib.paths import atomic_path, atomic_write_json
-from ocrheads_lib.tiny.build import (CHARACTERS, TinyConfig, build_config, build_generation_config,
+from ocrheads_lib.embedded.tiny.build import (CHARACTERS, TinyConfig, build_config, build_generation_config,
                                      build_processor, build_tokenizer, user_messages)
-from ocrheads_lib.tiny.tasks import Example, key_example, page_example, text_example
+from ocrheads_lib.embedded.tiny.tasks import Example, key_example, page_example, text_example
 
 AUX_CLASSES = [""] + CHARACTERS            # class 0 = blank cell
 AUX_INDEX = {c: i for i, c in enumerate(AUX_CLASSES)}
@@ -304,7 +304,7 @@ class TinyTrainer:
 
         if not os.path.exists(os.path.join(folder, "model.safetensors")):
             raise SystemExit(f"{folder} has no model.safetensors; pass a folder written by --export "
-                             "(e.g. ocrheads_lib/tiny/weights)")
+                             "(e.g. ocrheads_lib/embedded/tiny/weights)")
         src = Qwen2VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
         self.model.load_state_dict(src.state_dict())
         classifier = os.path.join(folder, CELL_CLASSIFIER)
@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decay_floor", type=float, default=0.05, help="final lr as a fraction of --lr")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--from_weights", default="",
-                   help="start a new segment from an exported folder (e.g. ocrheads_lib/tiny/weights) instead of "
+                   help="start a new segment from an exported folder (e.g. ocrheads_lib/embedded/tiny/weights) instead of "
                         "a checkpoint: its weights, step count, curriculum and history carry on; the optimizer "
                         "starts fresh and warms up again")
     p.add_argument("--refit_cells", type=int, default=0,
