@@ -66,7 +66,7 @@ def test_text_chat_prompt_equals_smollm2(assembled, smollm2):
 def test_processor_round_trips_with_autoprocessor(assembled, tmp_path):
     from transformers import AutoProcessor
 
-    from ocrheads_lib.embedded.tiny.tasks import key_example
+    from ocrheads_lib.embedded.tiny.examples import key_example
 
     _, processor = assembled
     processor.save_pretrained(tmp_path)

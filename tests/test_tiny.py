@@ -12,7 +12,7 @@ from ocrheads_lib.data.grid import BOOK_PAGE, render_grid
 from ocrheads_lib.embedded.tiny import WEIGHTS_DIR, weights_available
 from ocrheads_lib.embedded.tiny.build import (CHARACTERS, SPECIAL_TOKENS, TinyConfig, build_config, build_processor,
                                      build_tokenizer, user_messages)
-from ocrheads_lib.embedded.tiny.tasks import key_example, page_example, text_example
+from ocrheads_lib.embedded.tiny.examples import key_example, page_example, text_example
 
 MICRO = dict(hidden=32, layers=2, heads=4, kv_heads=2, head_dim=8, intermediate=64, mrope_section=[2, 1, 1],
              vision_depth=1, vision_embed=32, vision_heads=2)
@@ -89,7 +89,7 @@ def test_shipped_weights_read_fresh_grid_passkey_pages():
     assert sum(p.numel() for p in model.parameters()) > 1e6
     assert os.path.getsize(os.path.join(WEIGHTS_DIR, "model.safetensors")) <= 25 * 2**20
     from ocrheads_lib.data import passkey_images
-    from ocrheads_lib.embedded.tiny.tasks import Example
+    from ocrheads_lib.embedded.tiny.examples import Example
 
     # the book's default grid pages, from a seed nobody trained on
     samples = passkey_images(10, seed=424242, layout="grid")
@@ -404,7 +404,7 @@ def test_warm_up_restarts_where_a_fresh_optimizer_started():
 
 
 def test_dense_and_reading_pages_label_every_glyph_and_are_seeded():
-    from ocrheads_lib.embedded.tiny.tasks import dense_page_example, read_page_example
+    from ocrheads_lib.embedded.tiny.examples import dense_page_example, read_page_example
 
     for make in (dense_page_example, lambda r: read_page_example(r, random_share=0.5)):
         first = [make(random.Random(s)) for s in range(30)]

@@ -28,7 +28,7 @@ from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoP
 
 from ocrheads_lib.embedded.tiny import WEIGHTS_DIR as TINY_WEIGHTS_DIR
 from ocrheads_lib.embedded.tiny.build import MAX_PIXELS, MIN_PIXELS
-from ocrheads_lib.embedded.tiny.tasks import dense_page_example, page_example
+from ocrheads_lib.embedded.tiny.examples import dense_page_example, page_example
 from ocrheads_lib.models.smollm2 import ensure_smollm2
 
 TINY_DIR = Path(TINY_WEIGHTS_DIR)

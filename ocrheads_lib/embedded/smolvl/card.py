@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from ocrheads_lib.paths import atomic_write_json, atomic_write_text
 from ocrheads_lib.embedded.smolvl.load import WEIGHTS_DIR
 from ocrheads_lib.embedded.smolvl.weights_io import RECORD
+from ocrheads_lib.paths import atomic_write_json, atomic_write_text
 
 CARD_SEED = 8_000_003
 CARD_JSON = "model_card.json"

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ocrheads_lib.embedded.tiny.examples import Example
 from ocrheads_lib.experiments.evaluate import score_prediction
 from ocrheads_lib.inference import answer_prompt
 from ocrheads_lib.metrics import wilson_interval
-from ocrheads_lib.embedded.tiny.tasks import Example
 
 MAX_NEW_TOKENS = 16     # longest gold: 15 characters (three short words) -> at most 15 tokens, + <|im_end|>
 

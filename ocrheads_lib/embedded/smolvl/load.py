@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ocrheads_lib.embedded.smolvl.weights_io import PARTS, merge_deltas, parts_hash
 from ocrheads_lib.models.smollm2 import GGUF_SHA256, SOURCE_RECORD, cache_root, ensure_smollm2
 from ocrheads_lib.paths import atomic_folder, atomic_write_json
-from ocrheads_lib.embedded.smolvl.weights_io import PARTS, merge_deltas, parts_hash
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 

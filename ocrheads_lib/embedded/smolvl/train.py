@@ -44,9 +44,9 @@ import torch.nn.functional as F
 
 from ocrheads_lib.data import (ContextTooShortError, RenderError, niah_images, niah_text, passkey_images,
                                passkey_text)
-from ocrheads_lib.paths import atomic_write_json
 from ocrheads_lib.embedded.smolvl.build import assemble, fit_merger_output
-from ocrheads_lib.embedded.tiny.tasks import Example, key_example, page_example
+from ocrheads_lib.embedded.tiny.examples import Example, key_example, page_example
+from ocrheads_lib.paths import atomic_write_json
 
 TRAIN_SEED_FLOOR = 10_000_000        # generator seeds of training samples are drawn from [1e7, 1e9)
 CHECKPOINT = "checkpoint.pt"

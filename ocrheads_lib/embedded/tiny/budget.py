@@ -40,11 +40,11 @@ from dataclasses import asdict, dataclass, field
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ocrheads_lib.paths import atomic_path, atomic_write_json
 from ocrheads_lib.embedded.tiny.build import SPECIAL_TOKENS, TinyConfig
-from ocrheads_lib.embedded.tiny.tasks import Example, dense_page_example, read_page_example
+from ocrheads_lib.embedded.tiny.examples import Example, dense_page_example, read_page_example
 from ocrheads_lib.embedded.tiny.train import (Curriculum, TinyTrainer, collate, draw_batch,
                                      eval_sets, exact_match)
+from ocrheads_lib.paths import atomic_path, atomic_write_json
 
 CHECKPOINT = "checkpoint.pt"
 RESULT = "budget.json"

@@ -106,7 +106,7 @@ class StyleRow(_CellAccuracy):
 @torch.no_grad()
 def read_pages(trainer, n: int = 240, seed: int = 777, layout: str = "offset", batch: int = 16) -> list[PageReading]:
     """The cell classifier's and the decoder's reading of `n` fresh key pages of `layout`."""
-    from ocrheads_lib.embedded.tiny.tasks import key_example
+    from ocrheads_lib.embedded.tiny.examples import key_example
     from ocrheads_lib.embedded.tiny.train import AUX_CLASSES, collate, exact_match
 
     rng = random.Random(seed)

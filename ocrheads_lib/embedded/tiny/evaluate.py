@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ocrheads_lib.metrics import wilson_interval
 from ocrheads_lib.embedded.tiny import MODEL_CARD, WEIGHTS_DIR
 from ocrheads_lib.embedded.tiny.build import user_messages
-from ocrheads_lib.embedded.tiny.tasks import Example, key_example, page_example, text_example
+from ocrheads_lib.embedded.tiny.examples import Example, key_example, page_example, text_example
+from ocrheads_lib.metrics import wilson_interval
 
 HELDOUT_SEED = 2_000_003
 # Longest answers: three short words, 15 characters = 15 tokens, + <|im_end|>. (Until 2026-11-24 this was
@@ -327,7 +327,7 @@ def write_model_card(results: dict[str, SetResult], model_dir: str, card_path: s
                       curriculum_final=summary.get("curriculum"), curriculum_events=summary.get("events"),
                       segments=summary.get("segments"),
                       milestones=summary.get("milestones")),
-        data=dict(generator="ocrheads_lib.embedded.tiny.tasks (grid renderer ocrheads_lib.data.grid)",
+        data=dict(generator="ocrheads_lib.embedded.tiny.examples (grid renderer ocrheads_lib.data.grid)",
                   train_seed=(summary.get("args") or {}).get("seed", 0), in_training_eval_seed=1_000_003,
                   heldout_seed=HELDOUT_SEED),
         curves=summary.get("history", []),

@@ -7,7 +7,7 @@
                                              # re-run the shipped weights' recorded segments, in order
 
 Recipe (see model_card.json / book/model_card.md for what each ingredient does):
-- three tasks per step, data generated inline from a seeded rng (:mod:`ocrheads_lib.embedded.tiny.tasks`):
+- three tasks per step, data generated inline from a seeded rng (:mod:`ocrheads_lib.embedded.tiny.examples`):
   read a key alone on a page, find the key in a paragraph page, find the key in a text context;
 - curricula driven by the running train-batch exact match (>= 0.9 over 20 steps advances):
   key pages aligned first, then offsets and two lines; paragraph pages 1 -> 5 lines, then offsets;
@@ -37,10 +37,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import Qwen2VLForConditionalGeneration
 
-from ocrheads_lib.paths import atomic_path, atomic_write_json
 from ocrheads_lib.embedded.tiny.build import (CHARACTERS, TinyConfig, build_config, build_generation_config,
                                      build_processor, build_tokenizer, user_messages)
-from ocrheads_lib.embedded.tiny.tasks import Example, key_example, page_example, text_example
+from ocrheads_lib.embedded.tiny.examples import Example, key_example, page_example, text_example
+from ocrheads_lib.paths import atomic_path, atomic_write_json
 
 AUX_CLASSES = [""] + CHARACTERS            # class 0 = blank cell
 AUX_INDEX = {c: i for i, c in enumerate(AUX_CLASSES)}
