@@ -56,11 +56,11 @@ def measure(name: str) -> dict:
     import torch
 
     from ocrheads_lib.embedded.tiny.build import TinyConfig
-    from ocrheads_lib.embedded.tiny.train import TinyTrainer, curriculum_from
+    from ocrheads_lib.embedded.tiny.train import Batches, TinyTrainer, TrainConfig, curriculum_from
 
     torch.set_flush_denormal(True)
     torch.set_num_threads(1)
-    trainer = TinyTrainer(TinyConfig(**WIDTHS[name]), seed=0, lr=1e-3, warmup=50, aux_weight=1.0, batch=BATCH)
+    trainer = TinyTrainer(TinyConfig(**WIDTHS[name]), seed=0, config=TrainConfig(batch=Batches(**BATCH)))
     base = rss_mb()
     times = []
     for i in range(WARMUP_STEPS + TIMED_STEPS):

@@ -139,10 +139,10 @@ def test_export_records_the_training_arguments_not_its_own(tmp_path):
 
 
 def test_learning_rate_warms_up_then_follows_the_cosine_decay():
-    from ocrheads_lib.embedded.tiny.train import TinyTrainer
+    from ocrheads_lib.embedded.tiny.train import TinyTrainer, TrainConfig
 
     trainer = TinyTrainer.__new__(TinyTrainer)      # the schedule needs no model
-    trainer.lr, trainer.warmup, trainer.decay, trainer.warmup_from = 1e-3, 50, None, 0
+    trainer.config, trainer.decay, trainer.warmup_from = TrainConfig(lr=1e-3, warmup=50), None, 0
     assert trainer.lr_at(0) == pytest.approx(2e-5)          # 1/50 of the peak
     assert trainer.lr_at(49) == pytest.approx(1e-3)
     assert trainer.lr_at(5000) == pytest.approx(1e-3)       # constant without a decay
@@ -233,10 +233,10 @@ def test_alnum_share_draws_mixed_case_keys_and_share_zero_keeps_the_mixture():
 
 def test_eye_batches_train_the_vision_tower_and_cell_classifier_only():
     from ocrheads_lib.embedded.tiny.build import TinyConfig
-    from ocrheads_lib.embedded.tiny.train import TinyTrainer, draw_batch
+    from ocrheads_lib.embedded.tiny.train import Batches, TinyTrainer, TrainConfig, draw_batch
 
-    trainer = TinyTrainer(TinyConfig(**MICRO), seed=0, lr=1e-3, warmup=1, aux_weight=1.0,
-                          batch=dict(key=0, page=0, text=0, eye=3))
+    trainer = TinyTrainer(TinyConfig(**MICRO), seed=0,
+                          config=TrainConfig(warmup=1, batch=Batches(key=0, page=0, text=0, eye=3)))
     pages = draw_batch(random.Random(0), "eye", 40, trainer.cur)
     assert all(p.kind in ("key", "page") and p.pages for p in pages)
     assert sum(p.meta.get("offset", p.meta.get("layout", "").endswith("offset")) for p in pages) == 40
@@ -394,11 +394,27 @@ def test_a_segment_can_start_from_an_exported_folder_and_replays(tmp_path):
     assert torch.equal(cont["aux_head"]["weight"], replayed["aux_head"]["weight"])
 
 
+def test_a_segment_record_is_its_train_config(tmp_path):
+    """Every training knob is a typed TrainConfig field; a segment's record is asdict(config) plus where and
+    when it started, and a share outside [0, 1] is refused with the option to fix."""
+    from dataclasses import asdict
+
+    from ocrheads_lib.embedded.tiny.train import Batches, TrainConfig
+
+    _run(tmp_path, "--max_steps", "1", "--lr", "7e-4", "--batch_eye", "1", "--alnum_share", "0.25", "--aligned_only")
+    segment = json.load(open(tmp_path / "summary.json"))["segments"][0]
+    assert segment.pop("start_step") == 0 and segment.pop("started_utc")
+    assert segment == asdict(TrainConfig(threads=1, lr=7e-4, warmup=2, aligned_only=True, alnum_share=0.25,
+                                         batch=Batches(key=2, page=2, text=2, eye=1)))
+    with pytest.raises(ValueError, match=r"straddle_share must be in \[0, 1\], got 1.5.*--straddle_share"):
+        TrainConfig(straddle_share=1.5)
+
+
 def test_warm_up_restarts_where_a_fresh_optimizer_started():
-    from ocrheads_lib.embedded.tiny.train import TinyTrainer
+    from ocrheads_lib.embedded.tiny.train import TinyTrainer, TrainConfig
 
     trainer = TinyTrainer.__new__(TinyTrainer)
-    trainer.lr, trainer.warmup, trainer.decay, trainer.warmup_from = 1e-3, 50, None, 1000
+    trainer.config, trainer.decay, trainer.warmup_from = TrainConfig(lr=1e-3, warmup=50), None, 1000
     assert trainer.lr_at(1000) == pytest.approx(2e-5)
     assert trainer.lr_at(1049) == pytest.approx(1e-3)
 

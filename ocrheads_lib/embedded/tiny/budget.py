@@ -42,8 +42,8 @@ from tqdm.auto import tqdm
 
 from ocrheads_lib.embedded.tiny.build import SPECIAL_TOKENS, TinyConfig
 from ocrheads_lib.embedded.tiny.examples import Example, dense_page_example, read_page_example
-from ocrheads_lib.embedded.tiny.train import (Curriculum, TinyTrainer, collate, draw_batch,
-                                     eval_sets, exact_match)
+from ocrheads_lib.embedded.tiny.train import (Batches, Curriculum, TinyTrainer, TrainConfig, collate,
+                                              draw_batch, eval_sets, exact_match)
 from ocrheads_lib.paths import atomic_path, atomic_write_json
 
 CHECKPOINT = "checkpoint.pt"
@@ -92,7 +92,10 @@ class BudgetRun:
     def __init__(self, plan: BudgetPlan, out: str):
         self.plan, self.out = plan, out
         os.makedirs(out, exist_ok=True)
-        self.trainer = TinyTrainer(TinyConfig(**plan.size), plan.seed, plan.eye_lr, plan.warmup, 1.0, {})
+        # the trainer holds the model, processor and cell classifier; the phases below draw their own batches
+        idle = Batches(key=0, page=0, text=0, eye=0)
+        self.trainer = TinyTrainer(TinyConfig(**plan.size), plan.seed,
+                                   TrainConfig(lr=plan.eye_lr, warmup=plan.warmup, batch=idle))
         self.tower = self.trainer.model.model.visual
         self.eye_params = list(self.tower.parameters()) + list(self.trainer.aux_head.parameters())
         self.decoder_params = [p for n, p in self.trainer.model.named_parameters() if not n.startswith("model.visual.")]
@@ -122,7 +125,7 @@ class BudgetRun:
                  for _ in range(plan.eye_batch)]
         enc = collate(pages, self.trainer.processor)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=plan.bf16):
-            loss = self.trainer._eye_loss(enc)
+            loss = self.trainer.eye_loss(enc)
         self._update(loss, self.eye_params)
         return loss.item()
 
@@ -131,7 +134,7 @@ class BudgetRun:
         enc = collate(examples, self.trainer.processor)
         enc.pop("aux_labels", None)
         labels = enc.pop("labels")
-        self.trainer._merged.clear()     # the cell-classifier hook keeps merger outputs; not needed here
+        self.trainer.clear_cells()     # the cell-classifier hook keeps merger outputs; not needed here
         logits = self.trainer.model(**enc).logits
         flat = logits[:, :-1].float().reshape(-1, logits.shape[-1])
         loss = F.cross_entropy(flat, labels[:, 1:].reshape(-1), ignore_index=-100)

@@ -62,7 +62,7 @@ def load_trainer(checkpoint: str):
 
     if os.path.isdir(checkpoint):
         summary = json.load(open(os.path.join(checkpoint, "training_summary.json")))
-        trainer = TinyTrainer(TinyConfig(**summary["size"]), seed=0, lr=1e-3, warmup=1, aux_weight=1.0, batch={})
+        trainer = TinyTrainer(TinyConfig(**summary["size"]), seed=0)
         if not trainer.load_weights(checkpoint):
             raise ValueError(f"{checkpoint} has no {CELL_CLASSIFIER}: export it again with "
                              "python -m ocrheads_lib.embedded.tiny.train --export, or pass a training checkpoint")
@@ -74,7 +74,7 @@ def load_trainer(checkpoint: str):
                          "(it needs 'aux_head' and 'meta'); pass OUT/checkpoint.pt of a training run")
     size_json = state["meta"].get("args", {}).get("size") or ""    # "" = the default (shipped) size
     size = TinyConfig(**json.loads(size_json)) if size_json else TinyConfig()
-    trainer = TinyTrainer(size, seed=0, lr=1e-3, warmup=1, aux_weight=1.0, batch={})
+    trainer = TinyTrainer(size, seed=0)
     trainer.model.load_state_dict(state["model"])
     trainer.aux_head.load_state_dict(state["aux_head"])
     trainer.model.eval()
@@ -115,7 +115,7 @@ def read_pages(trainer, n: int = 240, seed: int = 777, layout: str = "offset", b
     for i in range(0, n, batch):
         chunk = examples[i:i + batch]
         enc = collate(chunk, trainer.processor)
-        _, logits, _ = trainer._forward(enc)
+        _, logits, _ = trainer.forward(enc)
         page_ok = exact_match(logits, enc["labels"])
         predicted = trainer.cell_logits().argmax(-1)
         labels = enc["aux_labels"]

@@ -53,6 +53,42 @@ CELL_CLASSIFIER = "cell_classifier.safetensors"   # the auxiliary cell classifie
 
 
 @dataclass
+class Batches:
+    """Examples per task in one optimizer step (0 = the task is skipped)."""
+
+    key: int = 8    # a pass key alone on a page
+    page: int = 8   # the pass key inside a paragraph page
+    text: int = 8   # the pass key inside a text context
+    eye: int = 0    # extra unaligned pages seen by the vision tower only (auxiliary cell loss, no decoder pass)
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of one training segment. A segment's record in the training summary is `asdict(config)`
+    (plus where and when it started), and `replay_commands` turns it back into command-line options."""
+
+    threads: int = 2                  # torch CPU threads; other counts may change the last bits of float sums
+    lr: float = 1e-3                  # AdamW's peak learning rate, reached after the warm-up
+    warmup: int = 50                  # linear warm-up steps, counted from the step the optimizer started at
+    aux: float = 1.0                  # weight of the vision tower's cell-classifier loss
+    advance_at: float = 0.9           # running train-batch exact match (20 steps) that advances a curriculum
+    aligned_only: bool = False        # grid-aligned pages only (no pixel offsets), e.g. to polish the book default
+    straddle_share: float = 0.0       # share of unaligned key and eye pages with offsets in STRADDLE_BAND
+    alnum_share: float = 0.0          # share of pass keys drawn as mixed-case letters and digits (confusable glyphs)
+    decay_steps: int = 0              # cosine-decay the lr over this many steps from the segment's start (0 = no)
+    decay_floor: float = 0.05         # the decay's final lr, as a fraction of `lr`
+    batch: Batches = field(default_factory=Batches)   # examples per task and step
+
+    def __post_init__(self) -> None:
+        for name in ("straddle_share", "alnum_share"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}; pass a share such as 0.5 (--{name})")
+        if self.warmup < 1:
+            raise ValueError(f"warmup must be at least 1 step, got {self.warmup} (--warmup)")
+
+
+@dataclass
 class Curriculum:
     key_phase: int = 0
     page_stage: int = 0
@@ -160,8 +196,8 @@ def exact_match(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 class TinyTrainer:
     """Model + aux head + optimizer + curriculum; one `step()` = one optimizer step over all tasks."""
 
-    def __init__(self, size: TinyConfig, seed: int, lr: float, warmup: int, aux_weight: float,
-                 batch: dict[str, int]):
+    def __init__(self, size: TinyConfig, seed: int, config: TrainConfig | None = None):
+        config = config or TrainConfig()
         torch.manual_seed(seed)
         self.tokenizer = build_tokenizer()
         self.processor = build_processor(self.tokenizer)
@@ -172,22 +208,26 @@ class TinyTrainer:
         self._merged: list[torch.Tensor] = []
         self.model.model.visual.merger.register_forward_hook(lambda m, i, o: self._merged.append(o))
         self.params = list(self.model.parameters()) + list(self.aux_head.parameters())
-        self.opt = torch.optim.AdamW(self.params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
-        self.lr, self.warmup, self.aux_weight, self.batch = lr, warmup, aux_weight, batch
+        self.opt = torch.optim.AdamW(self.params, lr=config.lr, betas=(0.9, 0.98), weight_decay=0.01)
+        self.config = config
         self.rng = random.Random(seed)
-        self.cur = Curriculum()
+        self.cur = Curriculum(threshold=config.advance_at)
         self.step_count = 0
         self.events: list[dict] = []
-        self.aligned_only = False   # final-segment option: train on grid-aligned pages only
-        self.straddle_share = 0.0   # segment option: oversample straddling offsets (see draw_batch)
-        self.alnum_share = 0.0      # segment option: oversample mixed-case alphanumeric keys (see draw_batch)
         self.decay: tuple[int, int, float] | None = None   # (start step, steps, final lr fraction): cosine
         self.warmup_from = 0        # the step a fresh optimizer started at (--from_weights): warm up from there
+
+    def start_segment(self) -> None:
+        """Apply the segment's config to a fresh, resumed or loaded trainer: its curriculum threshold, and a
+        cosine decay from this step when `decay_steps` is set (else a decay in progress continues)."""
+        self.cur.threshold = self.config.advance_at
+        if self.config.decay_steps:
+            self.decay = (self.step_count, self.config.decay_steps, self.config.decay_floor)
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up from step 0 (or from the step a fresh optimizer started at), then constant, or a
         cosine decay over a segment when `decay` is set."""
-        lr = self.lr * min(1.0, (step - self.warmup_from + 1) / self.warmup)
+        lr = self.config.lr * min(1.0, (step - self.warmup_from + 1) / self.config.warmup)
         if self.decay is not None:
             start, steps, floor = self.decay
             done = min(1.0, max(0.0, (step - start) / steps))
@@ -197,7 +237,7 @@ class TinyTrainer:
     def n_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
-    def _forward(self, enc: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward(self, enc: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         self._merged.clear()
         inputs = {k: v for k, v in enc.items() if k not in ("labels", "aux_labels")}
         out = self.model(**inputs, labels=enc["labels"])
@@ -206,11 +246,16 @@ class TinyTrainer:
             aux = F.cross_entropy(self.cell_logits(), enc["aux_labels"])
         return out.loss, out.logits, aux
 
+    def clear_cells(self) -> None:
+        """Forget the merged visual tokens the cell-classifier hook kept (e.g. after a forward pass whose
+        cells are not classified)."""
+        self._merged.clear()
+
     def cell_logits(self) -> torch.Tensor:
         """The cell classifier on the merged visual tokens of the last forward pass: (N_visual_tokens, classes)."""
         return self.aux_head(torch.cat(self._merged, 0))
 
-    def _eye_loss(self, enc: dict) -> torch.Tensor:
+    def eye_loss(self, enc: dict) -> torch.Tensor:
         """The auxiliary cell loss from the vision tower alone (no decoder pass)."""
         self._merged.clear()
         self.model.model.visual(enc["pixel_values"], grid_thw=enc["image_grid_thw"])
@@ -223,19 +268,20 @@ class TinyTrainer:
             g["lr"] = lr
         total = 0.0
         stats: dict = {}
-        for task, n in self.batch.items():
+        config = self.config
+        for task, n in asdict(config.batch).items():
             if n <= 0:
                 continue
-            enc = collate(draw_batch(self.rng, task, n, self.cur, self.aligned_only, self.straddle_share,
-                                      self.alnum_share),
+            enc = collate(draw_batch(self.rng, task, n, self.cur, config.aligned_only, config.straddle_share,
+                                      config.alnum_share),
                           self.processor)
             if task == "eye":
-                aux = self._eye_loss(enc)
-                total = total + self.aux_weight * aux
+                aux = self.eye_loss(enc)
+                total = total + config.aux * aux
                 stats["aux_eye"] = round(aux.item(), 4)
                 continue
-            loss, logits, aux = self._forward(enc)
-            total = total + loss + (self.aux_weight * aux if aux is not None else 0.0)
+            loss, logits, aux = self.forward(enc)
+            total = total + loss + (config.aux * aux if aux is not None else 0.0)
             em = exact_match(logits.detach(), enc["labels"]).mean().item()
             stats[f"loss_{task}"] = round(loss.item(), 4)
             if aux is not None:
@@ -259,7 +305,7 @@ class TinyTrainer:
             ok, aux_ok, aux_n = 0.0, 0, 0
             for i in range(0, len(examples), batch):
                 enc = collate(examples[i:i + batch], self.processor)
-                _, logits, _ = self._forward(enc)
+                _, logits, _ = self.forward(enc)
                 ok += exact_match(logits, enc["labels"]).sum().item()
                 if "aux_labels" in enc:
                     pred = self.cell_logits().argmax(-1)
@@ -322,8 +368,8 @@ class TinyTrainer:
         self.model.eval()
         acc = 0.0
         for _ in range(steps):
-            enc = collate(draw_batch(rng, "eye", batch, self.cur, straddle_share=self.straddle_share,
-                                     alnum_share=self.alnum_share), self.processor)
+            enc = collate(draw_batch(rng, "eye", batch, self.cur, straddle_share=self.config.straddle_share,
+                                     alnum_share=self.config.alnum_share), self.processor)
             with torch.no_grad():
                 self._merged.clear()
                 self.model.model.visual(enc["pixel_values"], grid_thw=enc["image_grid_thw"])
@@ -400,7 +446,8 @@ def eval_sets(n: int, seed: int = EVAL_SEED) -> dict[str, list[Example]]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; a segment's `TrainConfig` comes from it (`train_config`)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/tiny", help="run folder (checkpoint, log.jsonl, model/)")
     p.add_argument("--minutes", type=float, default=60.0, help="wall-time budget, including resumed time")
@@ -445,63 +492,76 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export", default="", help="only export OUT/checkpoint.pt to this folder and exit")
     p.add_argument("--replay", default="",
                    help="a training_summary.json: re-run its recorded segments in order into OUT, then exit")
-    args = p.parse_args(argv)
+    return p
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The segment's config from the parsed command line."""
+    return TrainConfig(threads=args.threads, lr=args.lr, warmup=args.warmup, aux=args.aux,
+                       advance_at=args.advance_at, aligned_only=args.aligned_only,
+                       straddle_share=args.straddle_share, alnum_share=args.alnum_share,
+                       decay_steps=args.decay_steps, decay_floor=args.decay_floor,
+                       batch=Batches(key=args.batch_key, page=args.batch_page, text=args.batch_text,
+                                     eye=args.batch_eye))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.replay:
         for seg_argv in replay_commands(json.load(open(args.replay)), args.out):
             print("REPLAY segment:", " ".join(seg_argv), flush=True)
             main(seg_argv)
         return 0
-    torch.set_num_threads(args.threads)
-    os.makedirs(args.out, exist_ok=True)
-    ckpt_path = os.path.join(args.out, "checkpoint.pt")
-
-    size = TinyConfig(**json.loads(args.size)) if args.size else TinyConfig()
-    trainer = TinyTrainer(size, args.seed, args.lr, args.warmup, args.aux,
-                          dict(key=args.batch_key, page=args.batch_page, text=args.batch_text, eye=args.batch_eye))
-    meta = dict(history=[], milestones={}, wall_s=0.0, cpu_s=0.0, args=vars(args))
     if args.from_weights and (args.resume or args.export):
         raise SystemExit("--from_weights starts a segment from an exported folder; do not combine it with "
                          "--resume or --export")
-    if args.resume or args.export:
-        if not os.path.exists(ckpt_path):
-            raise SystemExit(f"no checkpoint at {ckpt_path}; start without --resume or point --out at the run")
-        st = torch.load(ckpt_path, weights_only=False)
-        trainer.load_state(st)
-        meta = st["meta"]
-        if not args.export:     # an export keeps the arguments the weights were trained with
-            meta["args"] = vars(args)
-        print(f"resumed at step {trainer.step_count}, wall {meta['wall_s']:.0f} s", flush=True)
+    config = train_config(args)
+    torch.set_num_threads(config.threads)
+    os.makedirs(args.out, exist_ok=True)
+    size = TinyConfig(**json.loads(args.size)) if args.size else TinyConfig()
+    trainer = TinyTrainer(size, args.seed, config)
+    meta = _open_run(trainer, args)
     if args.export:
         trainer.export(args.export)
         atomic_write_json(os.path.join(args.export, "training_summary.json"), _summary(trainer, meta))
         print(f"exported step {trainer.step_count} to {args.export}", flush=True)
         return 0
-
-    trainer.cur.threshold = args.advance_at
-    trainer.aligned_only = args.aligned_only
-    for share in ("straddle_share", "alnum_share"):
-        if not 0.0 <= getattr(args, share) <= 1.0:
-            raise SystemExit(f"--{share} must be in [0, 1], got {getattr(args, share)}")
-    trainer.straddle_share, trainer.alnum_share = args.straddle_share, args.alnum_share
     cell_classifier = ""
     if args.from_weights:
         meta, cell_classifier = _start_from_weights(trainer, args)
-    if args.decay_steps:
-        trainer.decay = (trainer.step_count, args.decay_steps, args.decay_floor)
+    trainer.start_segment()
     if trainer.decay is not None:   # a decay (new, or resumed mid-way) ends the run where it ends
         args.max_steps = args.max_steps or trainer.decay[0] + trainer.decay[1]
-    meta.setdefault("segments", []).append(dict(start_step=trainer.step_count, threads=args.threads, lr=args.lr,
-                                                 warmup=args.warmup, aux=args.aux,
-                                                 advance_at=args.advance_at, aligned_only=args.aligned_only,
-                                                 straddle_share=args.straddle_share, alnum_share=args.alnum_share,
-                                                 decay_steps=args.decay_steps, decay_floor=args.decay_floor,
-                                                 batch=trainer.batch,
+    meta.setdefault("segments", []).append(dict(start_step=trainer.step_count, **asdict(config),
                                                  **(dict(from_weights=True, cell_classifier=cell_classifier)
                                                     if args.from_weights else {}),
                                                  started_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+    return _run_segment(trainer, meta, args)
+
+
+def _open_run(trainer: TinyTrainer, args: argparse.Namespace) -> dict:
+    """The run's metadata: new, or (--resume, --export) the checkpoint's, with the trainer's state loaded."""
+    meta = dict(history=[], milestones={}, wall_s=0.0, cpu_s=0.0, args=vars(args))
+    if not (args.resume or args.export):
+        return meta
+    ckpt_path = os.path.join(args.out, "checkpoint.pt")
+    if not os.path.exists(ckpt_path):
+        raise SystemExit(f"no checkpoint at {ckpt_path}; start without --resume or point --out at the run")
+    st = torch.load(ckpt_path, weights_only=False)
+    trainer.load_state(st)
+    meta = st["meta"]
+    if not args.export:     # an export keeps the arguments the weights were trained with
+        meta["args"] = vars(args)
+    print(f"resumed at step {trainer.step_count}, wall {meta['wall_s']:.0f} s", flush=True)
+    return meta
+
+
+def _run_segment(trainer: TinyTrainer, meta: dict, args: argparse.Namespace) -> int:
+    """Train until the time or step budget or the stop criterion; evaluate, checkpoint and export on the way."""
+    ckpt_path = os.path.join(args.out, "checkpoint.pt")
     sets = eval_sets(args.eval_n)
     log = open(os.path.join(args.out, "log.jsonl"), "a")
-    print(f"params {trainer.n_params() / 1e6:.3f} M; size {size.to_dict()}", flush=True)
+    print(f"params {trainer.n_params() / 1e6:.3f} M; size {trainer.size.to_dict()}", flush=True)
     wall0, cpu0 = time.time() - meta["wall_s"], time.process_time() - meta["cpu_s"]
     last_eval, last_ckpt, good_evals = -1e9, time.time(), 0
 
@@ -577,8 +637,7 @@ def _start_from_weights(trainer: TinyTrainer, args) -> tuple[dict, str]:
         raise SystemExit(f"{folder} holds a model of size {summary['size']}; pass it with --size '<that JSON>'")
     has_classifier = trainer.load_weights(folder)
     trainer.step_count = summary["steps"]
-    trainer.cur = curriculum_from(summary["curriculum"])
-    trainer.cur.threshold = args.advance_at
+    trainer.cur = curriculum_from(summary["curriculum"])      # its threshold: `start_segment`
     trainer.events = summary.get("events", [])
     for ev in trainer.events:
         ev["logged"] = True
