@@ -14,7 +14,7 @@ RSS minus RSS after building the trainer).
 
     python benchmarks/tiny_width_cost.py        # ~2.5 min on 2 CPU cores
     -> prints a markdown table, writes benchmarks/results/tiny_width_cost.md and .json
-       (python -m ocrheads_lib.embedded.tiny.evaluate puts the JSON into the model card)
+       (python -m ocrheads_lib.embedded.tiny.card puts the JSON into the model card)
 """
 from __future__ import annotations
 

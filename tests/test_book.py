@@ -105,11 +105,11 @@ def test_hand_written_results_name_the_shipped_weights() -> None:
     this fails until the prose is re-read. Chapters carry no such prose: their conclusions are computed."""
     import re
 
-    from ocrheads_lib.embedded.tiny.evaluate import KNOWN_LIMITS
+    from ocrheads_lib.embedded.tiny.card import card_notes
 
     shipped = json.loads((ROOT / "ocrheads_lib" / "embedded" / "tiny" / "weights" / "training_summary.json").read_text())["steps"]
     stamp = re.compile(r"step-(\d+) weights|at step (\d+)\)|\(step (\d+),")
-    steps = [int("".join(groups)) for groups in stamp.findall(" ".join(KNOWN_LIMITS))]
+    steps = [int("".join(groups)) for groups in stamp.findall(" ".join(card_notes()["known_limits"]))]
     assert steps and set(steps) == {shipped}, f"known limits measured on other weights than step {shipped}: {steps}"
     for path in NOTEBOOKS:
         text = "".join("".join(c["source"]) for c in json.loads(path.read_text(encoding="utf-8"))["cells"])
@@ -534,14 +534,14 @@ def test_model_card_page_is_rendered_from_the_json_card(tmp_path: Path) -> None:
 
     from ocrheads_lib.metrics import wilson_interval
     from ocrheads_lib.embedded.tiny import MODEL_CARD
-    from ocrheads_lib.embedded.tiny.evaluate import write_markdown
+    from ocrheads_lib.embedded.tiny.card import write_markdown
 
     card = json.loads(Path(MODEL_CARD).read_text(encoding="utf-8"))
     out = tmp_path / "model_card.md"
     write_markdown(card, str(out))
     text = out.read_text(encoding="utf-8")
     assert text == (ROOT / "book" / "model_card.md").read_text(encoding="utf-8"), \
-        "book/model_card.md is stale: python -m ocrheads_lib.embedded.tiny.evaluate --render_only"
+        "book/model_card.md is stale: python -m ocrheads_lib.embedded.tiny.card --render_only"
     assert len(re.sub(r"[|`#*\-–:]", " ", text).split()) <= 1500
     held = card["heldout"]["sets"]["a_key_unaligned"]
     lo, hi = wilson_interval(round(held["accuracy"] * held["n"]), held["n"])

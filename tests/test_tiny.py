@@ -249,7 +249,7 @@ def test_eye_batches_train_the_vision_tower_and_cell_classifier_only():
 
 
 def test_model_card_status_says_met_or_missed_from_the_numbers():
-    from ocrheads_lib.embedded.tiny.evaluate import status_lines
+    from ocrheads_lib.embedded.tiny.card import status_lines
 
     def result(accuracy, target):
         return dict(accuracy=accuracy, n=200, prompt_tokens=[40, 120], target=target, failures=[])
@@ -269,9 +269,10 @@ def test_model_card_status_says_met_or_missed_from_the_numbers():
 
 
 def test_heldout_results_split_by_kind_of_key_and_the_card_tabulates_them():
-    from ocrheads_lib.embedded.tiny.evaluate import _style_rows, evaluate
+    from ocrheads_lib.embedded.tiny.card import style_rows
+    from ocrheads_lib.embedded.tiny.evaluate import evaluate_heldout
 
-    results = evaluate(n=6, sets=["a_key_unaligned", "b_book_passkey_text_320"])
+    results = evaluate_heldout(n=6, sets=["a_key_unaligned", "b_book_passkey_text_320"])
     key = results["a_key_unaligned"]
     assert sum(n for _, n in key.by_style.values()) == key.n == 6
     assert sum(c for c, _ in key.by_style.values()) == key.correct
@@ -279,11 +280,11 @@ def test_heldout_results_split_by_kind_of_key_and_the_card_tabulates_them():
     held = {"a_key_unaligned": dict(by_style={"alnum": [9, 18], "digits": [67, 67]}),
             "a_key_aligned": dict(by_style={"alnum": [8, 9]}),
             "c_page_book": dict(by_style={"alnum": [1, 2]})}       # only key-alone sets are tabulated
-    rows = _style_rows(held)
+    rows = style_rows(held)
     assert "| set | alnum | digits |" in rows
     assert "| a_key_unaligned | 9/18 | 67/67 |" in rows and "| a_key_aligned | 8/9 |  |" in rows
     assert not any(r.startswith("| c_page_book") for r in rows)
-    assert _style_rows({"a_key_aligned": dict(accuracy=1.0)}) == []    # cards written before the split
+    assert style_rows({"a_key_aligned": dict(accuracy=1.0)}) == []    # cards written before the split
 
 
 def test_heldout_decoding_budget_fits_the_longest_answer():
@@ -501,7 +502,7 @@ def test_budget_run_trains_the_tower_then_only_the_decoder_and_resumes_exactly(t
 def test_the_card_reports_the_60_minute_run_against_targets_and_keeps_it_when_its_file_is_gone(tmp_path):
     from types import SimpleNamespace
 
-    from ocrheads_lib.embedded.tiny.evaluate import _with_measurements, scratch_lines, scratch_summary, status_lines
+    from ocrheads_lib.embedded.tiny.card import scratch_lines, scratch_summary, status_lines, with_measurements
 
     budget = dict(plan=dict(eye_steps=2400, joint_steps=2200, eval_n=64), threads=2, total_wall_min=59.5,
                   wall_s=dict(eye=900.0, joint=2670.0), cpu_s=dict(eye=1700.0, joint=5200.0),
@@ -524,8 +525,8 @@ def test_the_card_reports_the_60_minute_run_against_targets_and_keeps_it_when_it
 
     args = SimpleNamespace(width_cost=str(tmp_path / "absent.json"), scratch_run=str(tmp_path / "budget.json"))
     json.dump(budget, open(tmp_path / "budget.json", "w"))
-    fresh = _with_measurements({}, {"width_cost": [{"name": "prototype"}]}, args)
+    fresh = with_measurements({}, {"width_cost": [{"name": "prototype"}]}, args)
     assert fresh["scratch_60"] == scratch and fresh["width_cost"] == [{"name": "prototype"}]
     os.remove(tmp_path / "budget.json")
-    assert _with_measurements({}, fresh, args)["scratch_60"] == scratch     # kept from the previous card
-    assert "scratch_60" not in _with_measurements({}, {}, args)
+    assert with_measurements({}, fresh, args)["scratch_60"] == scratch     # kept from the previous card
+    assert "scratch_60" not in with_measurements({}, {}, args)

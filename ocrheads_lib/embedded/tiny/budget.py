@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ocrheads_lib.embedded.tiny.build import SPECIAL_TOKENS, TinyConfig
+from ocrheads_lib.embedded.tiny.evaluate import evaluate_heldout
 from ocrheads_lib.embedded.tiny.examples import Example, dense_page_example, read_page_example
 from ocrheads_lib.embedded.tiny.train import (Batches, Curriculum, TinyTrainer, TrainConfig, collate,
                                               draw_batch, eval_sets, exact_match)
@@ -257,10 +258,8 @@ class BudgetRun:
         atomic_write_json(os.path.join(model_dir, "training_summary.json"), self.summary())
         heldout = {}
         if self.plan.heldout_n:
-            from ocrheads_lib.embedded.tiny.evaluate import evaluate
-
             heldout = {name: dict(accuracy=round(r.accuracy, 4), n=r.n)
-                       for name, r in evaluate(model_dir, self.plan.heldout_n).items()}
+                       for name, r in evaluate_heldout(model_dir, self.plan.heldout_n).items()}
         result = dict(plan=asdict(self.plan), params=self.trainer.n_params(),
                       wall_s={k: round(v, 1) for k, v in self.wall_s.items()},
                       cpu_s={k: round(v, 1) for k, v in self.cpu_s.items()},

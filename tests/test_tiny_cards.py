@@ -1,0 +1,39 @@
+"""The embedded models' cards: markdown sources plus data (ocrheads_lib.embedded.cards), no model needed."""
+import json
+
+import pytest
+
+from ocrheads_lib.embedded.cards import bullets, paragraph, read_sections, render
+from ocrheads_lib.embedded.tiny import MODEL_CARD
+from ocrheads_lib.embedded.tiny.card import NOTE_SECTIONS, card_notes
+
+
+def test_sections_bullets_and_paragraphs_read_back_what_was_written(tmp_path):
+    notes = tmp_path / "notes.md"
+    notes.write_text("# Title\n\npreface, not a section\n\n## limits\n\n<!-- measured on step 7 -->\n"
+                     "- one item\n  wrapped over\n  three lines\n- two\n\n## probe\n\nA paragraph\non two lines.\n",
+                     encoding="utf-8")
+    sections = read_sections(notes, required=("limits", "probe"))
+    assert list(sections) == ["limits", "probe"]
+    assert bullets(sections["limits"]) == ["one item wrapped over three lines", "two"]
+    assert paragraph(sections["probe"]) == "A paragraph on two lines."
+    with pytest.raises(ValueError, match=r"no section 'known limits'.*'limits', 'probe'"):
+        read_sections(notes, required=("known limits",))
+    with pytest.raises(ValueError, match="before the first bullet"):
+        bullets("loose text\n- item")
+
+
+def test_render_fills_placeholders_and_names_a_missing_value():
+    assert render("$a costs $$${b}.", {"a": "x", "b": 3}) == "x costs $3."
+    with pytest.raises(KeyError, match=r"needs a value for \$b.*given: a"):
+        render("$a and $b", {"a": 1})
+
+
+def test_the_tiny_card_notes_are_the_prose_of_the_shipped_card():
+    """card_notes.md is the one source of the card's prose: the shipped model_card.json quotes it verbatim."""
+    notes = card_notes()
+    card = json.loads(open(MODEL_CARD, encoding="utf-8").read())
+    assert notes["known_limits"] == card["known_limits"] and notes["ingredients"] == card["ingredients"]
+    assert all(notes[name.replace(" ", "_")] for name in NOTE_SECTIONS)
+    assert notes["scratch_60_probe"].startswith("A from-scratch run of the default recipe stopped at 55 min")
+    assert not any("  " in item or "\n" in item for item in notes["known_limits"] + notes["ingredients"])
