@@ -37,3 +37,22 @@ def test_the_tiny_card_notes_are_the_prose_of_the_shipped_card():
     assert all(notes[name.replace(" ", "_")] for name in NOTE_SECTIONS)
     assert notes["scratch_60_probe"].startswith("A from-scratch run of the default recipe stopped at 55 min")
     assert not any("  " in item or "\n" in item for item in notes["known_limits"] + notes["ingredients"])
+
+
+def test_the_smolvl_card_is_its_template_filled_from_the_record(tmp_path):
+    """smol-vl's static prose lives in card_template.md; the shipped card.md is that template filled from
+    the shipped training record (and evaluation, when there is one)."""
+    from ocrheads_lib.embedded.smolvl.card import CARD_JSON, CARD_MD, CARD_TEMPLATE, card_markdown
+    from ocrheads_lib.embedded.smolvl.load import WEIGHTS_DIR
+    from ocrheads_lib.embedded.smolvl.weights_io import RECORD
+
+    record = json.loads((WEIGHTS_DIR / RECORD).read_text())
+    card = json.loads((WEIGHTS_DIR / CARD_JSON).read_text()) if (WEIGHTS_DIR / CARD_JSON).is_file() else {}
+    assert card_markdown(card, record) == CARD_MD.read_text(encoding="utf-8"), \
+        "smolvl/card.md is stale: python -m ocrheads_lib.embedded.smolvl.card --write_only"
+    template = CARD_TEMPLATE.read_text(encoding="utf-8")
+    assert "## Limits" in template and "$summary" in template and "$evaluations" in template
+    mine = tmp_path / "t.md"
+    mine.write_text("# card\n$summary\n$recipe\n$record\n$evaluations\n", encoding="utf-8")
+    text = card_markdown({}, {"step": 0}, template=mine)
+    assert text.startswith("# card\nNot trained yet") and f"\n{RECORD}\n## Held-out results" in text

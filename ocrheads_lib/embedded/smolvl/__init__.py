@@ -5,5 +5,6 @@
     weights_io.py  the shipped parts (eye, merger, new token embeddings, LoRA factors) and the merge
     load.py        `ensure_smolvl()`: the merged transformers folder in the user cache (`load_model("smol-vl")`)
     evaluate.py    held-out greedy evaluation through the adapter
-    card.py        the model card (`python -m ocrheads_lib.embedded.smolvl.card`)
+    card.py        the model card (`python -m ocrheads_lib.embedded.smolvl.card`): card_template.md (the static
+                   prose) filled from the training record and the evaluation, written to card.md
 """
