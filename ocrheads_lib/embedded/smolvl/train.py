@@ -30,7 +30,6 @@ torch.set_flush_denormal(True)   # denormals slow CPU steps badly
 import argparse
 import json
 import math
-import os
 import random
 import shlex
 import signal
@@ -46,7 +45,7 @@ from ocrheads_lib.data import (ContextTooShortError, RenderError, niah_images, n
                                passkey_text)
 from ocrheads_lib.embedded.smolvl.build import assemble, fit_merger_output
 from ocrheads_lib.embedded.tiny.examples import Example, key_example, page_example
-from ocrheads_lib.paths import atomic_write_json
+from ocrheads_lib.paths import atomic_path, atomic_write_json
 
 TRAIN_SEED_FLOOR = 10_000_000        # generator seeds of training samples are drawn from [1e7, 1e9)
 CHECKPOINT = "checkpoint.pt"
@@ -298,9 +297,8 @@ class Trainer:
         payload = {"step": self.step, "config": self.config.record(), "trainable": self.trainable_state(),
                    "optimizer": self.optimizer.state_dict(), "history": self.history, "losses": self.losses,
                    "segments": self.segments, "fit_accuracy": self.fit_accuracy}
-        tmp = self.out / (CHECKPOINT + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, self.out / CHECKPOINT)
+        with atomic_path(self.out / CHECKPOINT) as tmp:
+            torch.save(payload, tmp)
         self.write_record()
 
     def load_checkpoint(self) -> None:

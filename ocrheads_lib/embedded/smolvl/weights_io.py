@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ocrheads_lib.models.smollm2 import GGUF_SHA256
-from ocrheads_lib.paths import atomic_write_json
+from ocrheads_lib.paths import atomic_path, atomic_write_json
 
 PARTS = "smolvl_parts.safetensors"
 PARTS_META = "smolvl_parts.json"
@@ -43,9 +43,8 @@ def save_parts(model: torch.nn.Module, config: Any, folder: Path, record: dict) 
     for name, module in sorted(_lora_modules(model).items()):
         tensors[f"lora.{name}.A"] = module.lora_A["default"].weight.detach().float().contiguous()
         tensors[f"lora.{name}.B"] = module.lora_B["default"].weight.detach().float().contiguous()
-    tmp = folder / (PARTS + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": str(FORMAT)})
-    tmp.replace(folder / PARTS)
+    with atomic_path(folder / PARTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": str(FORMAT)})
     atomic_write_json(folder / PARTS_META, {"format": FORMAT, "lora_rank": config.lora_rank,
                                             "lora_alpha": config.lora_alpha, "base_gguf_sha256": GGUF_SHA256,
                                             "step": record.get("step")})

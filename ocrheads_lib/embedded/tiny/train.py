@@ -24,10 +24,12 @@ import torch
 torch.set_flush_denormal(True)   # first: denormals made early CPU steps 10-25x slower
 
 import argparse
+import copy
 import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -35,12 +37,13 @@ from dataclasses import asdict, dataclass, field
 
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from transformers import Qwen2VLForConditionalGeneration
 
 from ocrheads_lib.embedded.tiny.build import (CHARACTERS, TinyConfig, build_config, build_generation_config,
-                                     build_processor, build_tokenizer, user_messages)
+                                              build_processor, build_tokenizer, user_messages)
 from ocrheads_lib.embedded.tiny.examples import Example, key_example, page_example, text_example
-from ocrheads_lib.paths import atomic_path, atomic_write_json
+from ocrheads_lib.paths import atomic_folder, atomic_path, atomic_write_json
 
 AUX_CLASSES = [""] + CHARACTERS            # class 0 = blank cell
 AUX_INDEX = {c: i for i, c in enumerate(AUX_CLASSES)}
@@ -346,8 +349,6 @@ class TinyTrainer:
 
     def load_weights(self, folder: str) -> bool:
         """Load an exported folder's model weights, and its cell classifier when it has one (returned)."""
-        from safetensors.torch import load_file
-
         if not os.path.exists(os.path.join(folder, "model.safetensors")):
             raise SystemExit(f"{folder} has no model.safetensors; pass a folder written by --export "
                              "(e.g. ocrheads_lib/embedded/tiny/weights)")
@@ -395,37 +396,19 @@ def curriculum_from(described: dict) -> Curriculum:
 
 def export_model_folder(model, processor, out_dir: str, dtype: torch.dtype = torch.float32,
                         extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
-    """save_pretrained into a temp folder, then swap it in (readers never see a half-written folder).
-    `extra_tensors`: more safetensors files to write into the folder, {file name: state dict}."""
-    import shutil
-
-    from safetensors.torch import save_file
-
-    tmp = out_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    src = model if dtype == torch.float32 else _copy_as(model, dtype)
-    src.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    for name, tensors in (extra_tensors or {}).items():
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, os.path.join(tmp, name))
-    keep = {"model_card.json"} & set(os.listdir(out_dir)) if os.path.isdir(out_dir) else set()
-    for name in keep:   # files owned by others in the folder survive (none by default)
-        shutil.copy2(os.path.join(out_dir, name), os.path.join(tmp, name))
-    old = out_dir.rstrip("/") + ".old"
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.isdir(out_dir):
-        os.replace(out_dir, old)
-    for name in os.listdir(tmp):   # save_pretrained may write 0600 files; the package ships them world-readable
-        os.chmod(os.path.join(tmp, name), 0o644)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _copy_as(model, dtype):
-    import copy
-
-    return copy.deepcopy(model).to(dtype)
+    """save_pretrained into a staging folder that replaces `out_dir` once complete (`paths.atomic_folder`:
+    readers never see a half-written folder; files 0644, as the package ships them). `extra_tensors`: more
+    safetensors files to write into the folder, {file name: state dict}. A `model_card.json` already in
+    `out_dir` (owned by others) is kept."""
+    src = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+    kept = os.path.join(out_dir, "model_card.json")
+    with atomic_folder(out_dir) as staging:
+        src.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        for name, tensors in (extra_tensors or {}).items():
+            save_file({k: v.detach().contiguous() for k, v in tensors.items()}, os.path.join(staging, name))
+        if os.path.isfile(kept):
+            shutil.copy2(kept, os.path.join(staging, "model_card.json"))
 
 
 def eval_sets(n: int, seed: int = EVAL_SEED) -> dict[str, list[Example]]:
