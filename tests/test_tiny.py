@@ -11,7 +11,7 @@ import torch
 from ocrheads_lib.data.grid import BOOK_PAGE, render_grid
 from ocrheads_lib.embedded.tiny import WEIGHTS_DIR, weights_available
 from ocrheads_lib.embedded.tiny.build import (CHARACTERS, SPECIAL_TOKENS, TinyConfig, build_config, build_processor,
-                                     build_tokenizer, user_messages)
+                                              build_tokenizer, user_messages)
 from ocrheads_lib.embedded.tiny.examples import key_example, page_example, text_example
 
 MICRO = dict(hidden=32, layers=2, heads=4, kv_heads=2, head_dim=8, intermediate=64, mrope_section=[2, 1, 1],
@@ -54,6 +54,24 @@ def test_processor_round_trips_and_gives_one_token_per_grid_cell(tmp_path):
         n_image_tokens = int((enc["input_ids"] == p.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
         assert n_image_tokens == cols * rows == enc["image_grid_thw"].prod().item() // 4
         assert "mm_token_type_ids" in enc
+
+
+def test_both_embedded_models_render_message_contents_with_one_fragment():
+    """The image / video / text items of a message are rendered by one shared fragment in both chat templates;
+    only the turn's opening and closing differ (smol-vl keeps SmolLM2's)."""
+    from jinja2 import Template
+
+    from ocrheads_lib.embedded.chat import MESSAGE_CONTENT
+    from ocrheads_lib.embedded.smolvl.build import CHAT_TEMPLATE as SMOLVL_TEMPLATE
+    from ocrheads_lib.embedded.tiny.build import CHAT_TEMPLATE as TINY_TEMPLATE
+
+    assert TINY_TEMPLATE.count(MESSAGE_CONTENT) == SMOLVL_TEMPLATE.count(MESSAGE_CONTENT) == 1
+    message = {"role": "user", "content": [{"type": "image"}, {"type": "video"}, {"type": "text", "text": "Q?"}]}
+    content = "<|vision_start|><|image_pad|><|vision_end|><|vision_start|><|video_pad|><|vision_end|>Q?"
+    assert Template("{% for message in messages %}" + MESSAGE_CONTENT + "{% endfor %}").render(
+        messages=[message]) == content
+    for template in (TINY_TEMPLATE, SMOLVL_TEMPLATE):
+        assert f"user\n{content}<|im_end|>\n" in Template(template).render(messages=[message])
 
 
 def test_config_has_32_heads_and_valid_mrope():

@@ -26,6 +26,7 @@ from transformers import (AutoTokenizer, LlamaForCausalLM, Qwen2VLConfig, Qwen2V
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
+from ocrheads_lib.embedded.chat import MESSAGE_CONTENT
 from ocrheads_lib.embedded.tiny import WEIGHTS_DIR as TINY_WEIGHTS_DIR
 from ocrheads_lib.embedded.tiny.build import MAX_PIXELS, MIN_PIXELS
 from ocrheads_lib.embedded.tiny.examples import dense_page_example, page_example
@@ -37,20 +38,15 @@ MROPE_SECTION = [8, 12, 12]        # temporal, height, width; sums to head_dim /
 MERGER_OUT = "model.visual.merger.mlp.2"   # the new last merger layer (512 -> 576)
 
 # SmolLM2's own template (default system prompt when none is given), with image and video items rendered
-# as Qwen2-VL's placeholders. A text-only message renders exactly as SmolLM2's template renders it.
+# as Qwen2-VL's placeholders by the fragment the tiny model shares (embedded.chat.MESSAGE_CONTENT). A
+# text-only message renders exactly as SmolLM2's template renders it.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
     "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
     "{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\n' }}{% endfor %}"
+    + MESSAGE_CONTENT
+    + "{{ '<|im_end|>\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 

@@ -20,6 +20,8 @@ from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLProcesso
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
+from ocrheads_lib.embedded.chat import MESSAGE_CONTENT
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>", "<|object_ref_start|>", "<|object_ref_end|>",
                   "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_pad|>"]
@@ -28,16 +30,12 @@ CHARACTERS = list(string.ascii_letters + string.digits + string.punctuation + " 
 UNK = "<unk>"
 
 # Like Qwen2-VL's template, without the default system prompt (it would cost ~40 character tokens
-# per sample); a system message, when given, is rendered the same way as Qwen's.
+# per sample); a system message, when given, is rendered the same way as Qwen's. Message contents go
+# through the fragment smol-vl shares (embedded.chat.MESSAGE_CONTENT).
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    + MESSAGE_CONTENT
+    + "<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
