@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ocrheads_lib.embedded.smolvl.build import assemble
 from ocrheads_lib.embedded.smolvl.weights_io import PARTS, merge_deltas, parts_hash
 from ocrheads_lib.models.smollm2 import GGUF_SHA256, SOURCE_RECORD, cache_root, ensure_smollm2
 from ocrheads_lib.paths import atomic_folder, atomic_write_json
@@ -39,8 +40,6 @@ def ensure_smolvl(weights: Path = WEIGHTS_DIR, verbose: bool = True) -> Path:
 
 def build_merged(weights: Path, folder: Path) -> None:
     """Assemble, merge and save into `folder` (written next to it, moved into place when complete)."""
-    from ocrheads_lib.embedded.smolvl.build import assemble
-
     model, processor = assemble(ensure_smollm2(verbose=False))
     meta = merge_deltas(model, weights)
     with atomic_folder(folder) as staging:

@@ -40,10 +40,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
 
 from ocrheads_lib.data import (ContextTooShortError, RenderError, niah_images, niah_text, passkey_images,
                                passkey_text)
 from ocrheads_lib.embedded.smolvl.build import assemble, fit_merger_output
+from ocrheads_lib.embedded.smolvl.evaluate import evaluate_sets
+from ocrheads_lib.embedded.smolvl.weights_io import load_parts_into, parts_hash, save_parts
 from ocrheads_lib.embedded.tiny.examples import Example, key_example, page_example
 from ocrheads_lib.paths import atomic_path, atomic_write_json
 
@@ -243,8 +246,6 @@ def answer_loss(model, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> 
 
 
 def lora_config(config: TrainConfig):
-    from peft import LoraConfig
-
     pattern = r".*language_model\.layers\.\d+\.(self_attn|mlp)\.(" + "|".join(config.lora_targets) + ")"
     return LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=pattern,
                       bias="none", init_lora_weights=True)
@@ -254,8 +255,6 @@ class Trainer:
     """The peft-wrapped model, optimizer and step; `run()` trains until a step or time budget."""
 
     def __init__(self, config: TrainConfig, out: Path, log: Callable[[str], None] = print) -> None:
-        from peft import get_peft_model
-
         self.config, self.out, self.log = config, out, log
         torch.manual_seed(config.seed)
         base, self.processor = assemble(seed=config.seed)
@@ -382,8 +381,6 @@ class Trainer:
     def evaluate(self, n: int | None = None, sets: list[str] | None = None, base_text: bool = False) -> dict:
         """Greedy held-out accuracies in fp32 through the adapter (what the book runs). base_text: also
         SmolLM2's own accuracy (LoRA disabled) on the text set."""
-        from ocrheads_lib.embedded.smolvl.evaluate import evaluate_sets
-
         self.model.eval()
         held = heldout_sets(n or self.config.eval_n, self.config.eval_seed)
         held = {k: v for k, v in held.items() if sets is None or k in sets}
@@ -402,8 +399,6 @@ class Trainer:
 # ------------------------------------------------------------------------------------------ export
 def export(trainer: Trainer, folder: Path) -> Path:
     """Write the shipped weights (eye, merger, new token embeddings, LoRA factors) + record to `folder`."""
-    from ocrheads_lib.embedded.smolvl.weights_io import save_parts
-
     save_parts(trainer.model, trainer.config, folder,
                record={"segments": trainer.segments, "history": trainer.history, "step": trainer.step,
                        "fit_accuracy": trainer.fit_accuracy})
@@ -483,8 +478,6 @@ def main(argv: list[str] | None = None) -> int:
         trainer.segments.append({"init": "resume", "start_step": trainer.step, "config": config.record(),
                                  "threads": threads})
     elif args.from_weights:
-        from ocrheads_lib.embedded.smolvl.weights_io import load_parts_into, parts_hash
-
         previous = load_parts_into(trainer.model, Path(args.from_weights))
         trainer.step = int(previous.get("step", 0))
         trainer.segments = list(previous.get("segments", []))

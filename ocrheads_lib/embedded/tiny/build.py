@@ -16,7 +16,7 @@ import string
 from dataclasses import asdict, dataclass
 
 from tokenizers import AddedToken, Tokenizer, decoders, models
-from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLProcessor
+from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLProcessor
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
@@ -127,9 +127,7 @@ def build_config(tokenizer: PreTrainedTokenizerFast, size: TinyConfig | None = N
     return config
 
 
-def build_generation_config(tokenizer: PreTrainedTokenizerFast):
-    from transformers import GenerationConfig
-
+def build_generation_config(tokenizer: PreTrainedTokenizerFast) -> GenerationConfig:
     return GenerationConfig(do_sample=False, max_new_tokens=32,
                             eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
                             pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 from collections import Counter, defaultdict
@@ -24,6 +25,9 @@ from dataclasses import dataclass
 import torch
 
 from ocrheads_lib.data.grid import CELL
+from ocrheads_lib.embedded.tiny.build import TinyConfig
+from ocrheads_lib.embedded.tiny.examples import key_example
+from ocrheads_lib.embedded.tiny.train import AUX_CLASSES, CELL_CLASSIFIER, TinyTrainer, collate, exact_match
 
 BIN_PX = 4
 
@@ -55,11 +59,6 @@ class OffsetBin(_CellAccuracy):
 def load_trainer(checkpoint: str):
     """A TinyTrainer with the model, aux classifier and size of a training checkpoint (optimizer state is
     ignored) or of an exported folder that holds the classifier."""
-    import os
-
-    from ocrheads_lib.embedded.tiny.build import TinyConfig
-    from ocrheads_lib.embedded.tiny.train import CELL_CLASSIFIER, TinyTrainer
-
     if os.path.isdir(checkpoint):
         summary = json.load(open(os.path.join(checkpoint, "training_summary.json")))
         trainer = TinyTrainer(TinyConfig(**summary["size"]), seed=0)
@@ -106,9 +105,6 @@ class StyleRow(_CellAccuracy):
 @torch.no_grad()
 def read_pages(trainer, n: int = 240, seed: int = 777, layout: str = "offset", batch: int = 16) -> list[PageReading]:
     """The cell classifier's and the decoder's reading of `n` fresh key pages of `layout`."""
-    from ocrheads_lib.embedded.tiny.examples import key_example
-    from ocrheads_lib.embedded.tiny.train import AUX_CLASSES, collate, exact_match
-
     rng = random.Random(seed)
     examples = [key_example(rng, layout) for _ in range(n)]
     readings: list[PageReading] = []
