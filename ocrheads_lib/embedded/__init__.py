@@ -4,5 +4,8 @@
     smolvl/   smol-vl: the tiny model's OCR eye feeding the pretrained SmolLM2-135M-Instruct
               (`load_model("smol-vl")`)
 
-Each holds its `build`, `train`, `evaluate` and card modules and its shipped `weights/`.
+Each holds the same modules: `build` (tokenizer, processor, config, model), `train` (resumable training
+segments under a typed `TrainConfig`), `evaluate` (held-out greedy evaluation), `card` (the model card from
+data plus a markdown source), and its shipped `weights/`. Shared by both: `cards.py` renders a card from
+markdown plus data, `chat.py` holds the chat-template fragment for image, video and text items.
 """
