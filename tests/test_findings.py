@@ -1,0 +1,53 @@
+"""findings: the comparisons chapter 04 makes between OCR heads and retrieval heads, on hand-built scores."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ocrheads_lib import findings
+from ocrheads_lib.scoring import HeadScores, SampleScore, ScoreMeta
+
+
+def _toy(entries: np.ndarray, kind: str) -> HeadScores:
+    """entries (N, L, H) in {0, 1}: one scored row per sample."""
+    n, n_layers, n_heads = entries.shape
+    meta = ScoreMeta(model_id="toy", kind=kind, n_layers=n_layers, n_heads=n_heads, dataset="toy", seed=0, n=n)
+    return HeadScores(meta=meta, samples=[SampleScore(id=f"s{i}", weight=1.0, n_rows=1, hits=entries[i].astype(int))
+                                          for i in range(n)])
+
+
+def _comparison(ocr: HeadScores, retrieval: HeadScores) -> findings.Comparison:
+    return findings.Comparison("toy", findings.ScoreSet("OCR toy", "toy", "ocr", ocr),
+                               findings.ScoreSet("retrieval toy", "toy", "retrieval", retrieval), "same model")
+
+
+def test_compare_golden_by_hand() -> None:
+    # 1 layer x 4 heads, 4 samples. OCR selects heads 0, 1 (means 1.0, 0.5); retrieval selects 1, 2 (1.0, 0.75).
+    ocr = np.zeros((4, 1, 4))
+    ocr[:, 0, 0] = 1
+    ocr[:2, 0, 1] = 1
+    retrieval = np.zeros((4, 1, 4))
+    retrieval[:, 0, 1] = 1
+    retrieval[:3, 0, 2] = 1
+    row = findings.compare(_comparison(_toy(ocr, "ocr"), _toy(retrieval, "retrieval")), n_boot=50, seed=0)
+    # shared {1} of union {0, 1, 2}: Jaccard 1/3
+    assert (row["n_a"], row["n_b"], row["n_shared"]) == (2, 2, 1)
+    assert row["jaccard"] == pytest.approx(1 / 3)
+    # A resample of the OCR samples always keeps head 0 (on in every sample). It keeps head 1 when it draws s0 or
+    # s1 (Jaccard 1/3 again) and loses it when it draws neither (probability 1/16: OCR {0}, Jaccard 0). So every
+    # replicate is 0 or 1/3, and with 50 replicates (about 3 zeros expected) the 95 % interval is [0, 1/3].
+    assert (row["jaccard_low"], row["jaccard_high"]) == (pytest.approx(0.0), pytest.approx(1 / 3))
+    assert row["relation"] == "same model" and row["OCR"] == "OCR toy"
+
+
+def test_compare_refuses_different_networks() -> None:
+    a = _toy(np.ones((2, 1, 4)), "ocr")
+    b = _toy(np.ones((2, 2, 4)), "retrieval")
+    with pytest.raises(ValueError, match=r"\(1, 4\) heads .* \(2, 4\)"):
+        findings.compare(_comparison(a, b), n_boot=10)
+
+
+def test_scoring_settings_validate() -> None:
+    with pytest.raises(ValueError, match="n_samples must be >= 1, got 0"):
+        findings.ScoringSettings(n_samples=0, seed=0, results_root=".")
+    assert findings.LANGUAGE_HALVES["smol-vl"] == "smollm2"
