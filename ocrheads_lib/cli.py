@@ -32,52 +32,26 @@ Models: anything ``load_model`` accepts ("tiny", "smollm2", a hub id in the loca
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import inspect
 import json
 import sys
 import traceback
 from dataclasses import replace
-from pathlib import Path
+from functools import partial
 from typing import Any, Callable, Sequence
 
-DATASET_ALIASES = {"passkey": "passkey_images", "niah": "niah_images", "passkey-text": "passkey_text",
-                   "niah-text": "niah_text"}
+from ocrheads_lib.analysis import summary
+from ocrheads_lib.data import samples as kinds
+from ocrheads_lib.data.lazy import LazySamples, lazy_samples
+from ocrheads_lib.scoring import batch, load_scores
+from ocrheads_lib.scoring.batch import FaultError
+
 TASK_SAMPLES = {"ocr": "ImageSample", "retrieval": "TextSample"}   # classes of ocrheads_lib.data.samples
 EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPT = 2, 1, 130
 
 
 class UsageError(ValueError):
     """A command-line argument or input is invalid (exit code 2)."""
-
-
-def resolve_dataset(name: str) -> Callable[..., Sequence[Any]]:
-    """A dataset name -> the function that builds its samples (see the module docstring)."""
-    if ":" in name:
-        target, function = name.rsplit(":", 1)
-        if target.endswith(".py"):
-            path = Path(target)
-            if not path.exists():
-                raise FileNotFoundError(f"dataset file {path} does not exist; give an existing 'file.py:function'")
-            spec = importlib.util.spec_from_file_location(f"_ocrheads_dataset_{path.stem}", path)
-            module = importlib.util.module_from_spec(spec)
-            assert spec.loader is not None
-            spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(target)
-        if not callable(getattr(module, function, None)):
-            raise ValueError(f"dataset {name!r}: {target} has no function {function!r}")
-        return getattr(module, function)
-    data = importlib.import_module("ocrheads_lib.data")
-    function = DATASET_ALIASES.get(name, name)
-    if not callable(getattr(data, function, None)):
-        available = sorted(k for k, v in vars(data).items() if callable(v) and not k.startswith("_")
-                           and k[0].islower())
-        raise ValueError(f"unknown dataset {name!r}: ocrheads_lib.data has no generator {function!r}. "
-                         f"Known aliases: {sorted(DATASET_ALIASES)}; generators: {available}; or give "
-                         "'module:function' / 'file.py:function'")
-    return getattr(data, function)
 
 
 def _parse_value(text: str) -> Any:
@@ -122,10 +96,12 @@ def load_dataset(name: str, n: int, seed: int, args: Sequence[str] = ()) -> Sequ
     function returns (user datasets are built up front)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UsageError(f"--n {n!r}: the number of samples must be an integer >= 1")
+    # the library's loaders import torch: imported here, not at the top, so `--help` starts torch-free
+    from ocrheads_lib.scoring.runs import resolve_dataset
+
     kwargs = parse_dataset_args(args)
     function = resolve_dataset(name)
     _check_keywords(function, name, kwargs)
-    from ocrheads_lib.data.lazy import lazy_samples
 
     lazy = lazy_samples(function, n, seed, **kwargs)
     if lazy is not None:
@@ -138,9 +114,6 @@ def load_dataset(name: str, n: int, seed: int, args: Sequence[str] = ()) -> Sequ
 
 def check_task_samples(task: str, dataset: str, samples: Sequence[Any]) -> None:
     """--task ocr needs ImageSamples, --task retrieval TextSamples: refuse a mismatch before any scoring."""
-    from ocrheads_lib.data import samples as kinds
-    from ocrheads_lib.data.lazy import LazySamples
-
     wanted = TASK_SAMPLES[task]
     classes = [samples.kind] if isinstance(samples, LazySamples) else [type(s) for s in samples]
     wrong = [c for c in classes if not issubclass(c, getattr(kinds, wanted))]
@@ -151,19 +124,6 @@ def check_task_samples(task: str, dataset: str, samples: Sequence[Any]) -> None:
         raise UsageError(f"--task {task} scores {wanted}s, but dataset {dataset!r} gives "
                          f"{given}s; {hint}pick a dataset of {wanted}s "
                          f"({'passkey, niah' if task == 'ocr' else 'passkey-text, niah-text'})")
-
-
-def load_lm(model: str, device: str = "auto", dtype: str | None = None, seed: int = 0) -> Any:
-    if model.startswith("tiny-random-"):
-        from ocrheads_lib.models.testing import tiny_random
-
-        if device not in ("auto", "cpu") or dtype not in (None, "float32"):
-            raise UsageError(f"{model} is built in float32 on the CPU; --device {device} / --dtype {dtype} do not "
-                             "apply to it (drop them, or use a trained model)")
-        return tiny_random(model[len("tiny-random-"):], seed=seed, attn="probe")
-    from ocrheads_lib.models import load_model
-
-    return load_model(model, device=device, dtype=dtype, attn="probe")
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -202,8 +162,6 @@ def build_first(samples: Sequence[Any], args: argparse.Namespace, batch: Any) ->
     """A lazy set: build the first sample this call will score before the model loads, so bad dataset
     arguments fail at once (as an eager set does), and hold it for scoring (built once). Samples already
     done are never built; with `accelerate launch` the first pending sample may belong to another process."""
-    from ocrheads_lib.data.lazy import LazySamples
-
     if not isinstance(samples, LazySamples) or args.limit == 0:
         return
     done = {} if args.overwrite or args.no_resume else batch.done_records(args.out, args.retry_failures)
@@ -216,19 +174,19 @@ def build_first(samples: Sequence[Any], args: argparse.Namespace, batch: Any) ->
 
 def cmd_score(args: argparse.Namespace) -> int:
     check_score_args(args)
+    # torch and the scorers are imported here, not at the top, so `--help`, merge and summary start torch-free
     import torch
 
-    torch.set_flush_denormal(True)
-    from functools import partial
-
-    from ocrheads_lib.scoring import batch
     from ocrheads_lib.scoring.ocr import ocr_meta, score_ocr_sample
     from ocrheads_lib.scoring.retrieval import default_row, retrieval_meta, score_retrieval_sample
+    from ocrheads_lib.scoring.runs import load_scoring_model
+
+    torch.set_flush_denormal(True)
 
     samples = load_dataset(args.dataset, args.n, args.seed, args.dataset_arg)
     check_task_samples(args.task, args.dataset, samples)
     build_first(samples, args, batch)
-    lm = load_lm(args.model, device=args.device, dtype=args.dtype, seed=args.model_seed)
+    lm = load_scoring_model(args.model, device=args.device, dtype=args.dtype, seed=args.model_seed)
     common = dict(answer_source=args.answer_source, max_new_tokens=args.max_new_tokens, weighting=args.weighting)
     passes = dict(passes=args.passes)
     if args.task == "ocr":
@@ -255,17 +213,12 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from ocrheads_lib.scoring import batch
-
     scores = batch.merge(args.out)
     print(f"{args.out}: {len(scores.samples)} samples, {len(scores.failures)} failures")
     return 0
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from ocrheads_lib.analysis import summary
-    from ocrheads_lib.scoring import load_scores
-
     print(json.dumps(summary(load_scores(args.path), threshold=args.threshold), indent=1, default=str))
     return 0
 
@@ -329,8 +282,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def exit_code(error: BaseException) -> int:
     """2 for bad arguments or inputs (the user can fix the command), 130 for an interrupt, 1 otherwise."""
-    from ocrheads_lib.scoring.batch import FaultError
-
     if isinstance(error, KeyboardInterrupt):
         return EXIT_INTERRUPT
     if isinstance(error, FaultError):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ocrheads_lib import cli
-from ocrheads_lib.scoring import batch, load_scores
+from ocrheads_lib.scoring import batch, load_scores, runs
 
 REPO = Path(__file__).resolve().parents[1]
 N = 6
@@ -180,7 +180,7 @@ def test_faults_are_never_stored_and_resume_gives_the_clean_file(
     storing anything; transient ones are retried; the resumed run is byte-identical to a clean run."""
     from ocrheads_lib.scoring import ocr
 
-    real_scorer, real_load = ocr.score_ocr_sample, cli.load_lm
+    real_scorer, real_load = ocr.score_ocr_sample, runs.load_scoring_model
     setup: dict = {}
 
     def scorer(lm, sample, **kwargs):
@@ -188,7 +188,7 @@ def test_faults_are_never_stored_and_resume_gives_the_clean_file(
         return real_scorer(lm, sample, **kwargs)
 
     monkeypatch.setattr(ocr, "score_ocr_sample", scorer)
-    monkeypatch.setattr(cli, "load_lm", lambda *a, **k: _FaultyModel(real_load(*a, **k), **setup))
+    monkeypatch.setattr(runs, "load_scoring_model", lambda *a, **k: _FaultyModel(real_load(*a, **k), **setup))
     out = tmp_path / "scores.json"
     shard = batch.parts_dir(out) / "shard-000.jsonl"
 
@@ -265,7 +265,7 @@ def test_summary_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     printed = json.loads(capsys.readouterr().out)
     assert printed["paper_code"] == 44 and printed["bins_raw"]["==0"] == 895
     with pytest.raises(ValueError, match="unknown dataset"):
-        cli.resolve_dataset("no-such-dataset")
+        runs.resolve_dataset("no-such-dataset")
     with pytest.raises(ValueError, match="RANK/WORLD"):
         cli._parse_shard("two")
 

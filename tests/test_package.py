@@ -38,3 +38,21 @@ def test_atomic_path_keeps_the_old_file_when_the_writer_fails(tmp_path):
     assert target.read_bytes() == b"first"
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.bin"]
     assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_no_import_cycles_and_a_torch_free_command_line():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cycles = subprocess.run([sys.executable, str(root / "scripts" / "import_cycles.py")], capture_output=True,
+                            text=True)
+    assert cycles.returncode == 0, cycles.stdout
+    probe = ("import sys, ocrheads_lib.cli as cli\n"
+             "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+             "print('torch' in sys.modules)")
+    started = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=root,
+                             env={**os.environ, "PYTHONPATH": str(root)})
+    assert started.stdout.strip().endswith("False"), started.stdout + started.stderr

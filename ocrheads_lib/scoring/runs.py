@@ -11,23 +11,35 @@ otherwise computes and saves it (atomically). Samples come from the data generat
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+from ocrheads_lib import data
+from ocrheads_lib.models import load_model
+from ocrheads_lib.models.testing import tiny_random
 from ocrheads_lib.paths import results_dir as _results_dir
 from ocrheads_lib.scoring.batch import FaultError, is_fault_reason
 from ocrheads_lib.scoring.common import model_facts
+from ocrheads_lib.scoring.ocr import score_ocr
+from ocrheads_lib.scoring.retrieval import default_row, score_retrieval
 from ocrheads_lib.scoring.store import HeadScores, load_scores
 
 # --------------------------------------------------------------------------- models
-def load_scoring_model(model_id: str = "tiny", seed: int = 0, device: str = "cpu") -> Any:
-    """`load_model(model_id, attn="probe")`; "tiny-random-<family>" gives an untrained tiny model.
+def load_scoring_model(model_id: str = "tiny", seed: int = 0, device: str = "cpu", dtype: str | None = None) -> Any:
+    """`load_model(model_id, attn="probe")`; "tiny-random-<family>" gives an untrained tiny model of that family
+    (float32, CPU, built from `seed`). The notebooks and the command line load their models here.
 
     There is deliberately no fallback: if the embedded model's weights are missing, the error says how to
     build them, rather than a chapter silently scoring an untrained model."""
-    from ocrheads_lib.cli import load_lm
-
-    return load_lm(model_id, device=device, seed=seed)
+    if model_id.startswith("tiny-random-"):
+        if device not in ("auto", "cpu") or dtype not in (None, "float32"):
+            raise ValueError(f"{model_id} is built in float32 on the CPU; device {device!r} / dtype {dtype!r} do "
+                             "not apply to it (drop them, or use a trained model)")
+        return tiny_random(model_id[len("tiny-random-"):], seed=seed, attn="probe")
+    return load_model(model_id, device=device, dtype=dtype, attn="probe")
 
 
 def resolve_answer_source(lm: Any, answer_source: str = "auto") -> str:
@@ -38,13 +50,43 @@ def resolve_answer_source(lm: Any, answer_source: str = "auto") -> str:
 
 
 # --------------------------------------------------------------------------- samples
+DATASET_ALIASES = {"passkey": "passkey_images", "niah": "niah_images", "passkey-text": "passkey_text",
+                   "niah-text": "niah_text"}
+
+
+def resolve_dataset(name: str) -> Callable[..., Sequence[Any]]:
+    """A dataset name -> the function that builds its samples: a generator of ``ocrheads_lib.data`` by its
+    name or alias (:data:`DATASET_ALIASES`), or ``package.module:function`` / ``path/to/file.py:function``."""
+    if ":" in name:
+        target, function = name.rsplit(":", 1)
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.exists():
+                raise FileNotFoundError(f"dataset file {path} does not exist; give an existing 'file.py:function'")
+            spec = importlib.util.spec_from_file_location(f"_ocrheads_dataset_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)
+            assert spec.loader is not None
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+        if not callable(getattr(module, function, None)):
+            raise ValueError(f"dataset {name!r}: {target} has no function {function!r}")
+        return getattr(module, function)
+    function = DATASET_ALIASES.get(name, name)
+    if not callable(getattr(data, function, None)):
+        available = sorted(k for k, v in vars(data).items() if callable(v) and not k.startswith("_")
+                           and k[0].islower())
+        raise ValueError(f"unknown dataset {name!r}: ocrheads_lib.data has no generator {function!r}. "
+                         f"Known aliases: {sorted(DATASET_ALIASES)}; generators: {available}; or give "
+                         "'module:function' / 'file.py:function'")
+    return getattr(data, function)
+
+
 def scoring_samples(kind: str, n: int, seed: int = 0, dataset: str | None = None, **kwargs: Any) -> list[Any]:
     """Samples for a scoring task: ImageSamples for "ocr" (the book's grid pass-key pages by default),
     TextSamples for "retrieval"."""
-    from ocrheads_lib import cli
-
     name = dataset or ("passkey" if kind == "ocr" else "passkey-text")
-    generator = cli.resolve_dataset(name)
+    generator = resolve_dataset(name)
     if kind == "ocr" and name == "passkey":
         kwargs.setdefault("layout", "grid")
     return list(generator(n, seed=seed, **kwargs))
@@ -71,9 +113,6 @@ def get_scores(lm: Any, kind: str, samples: Sequence[Any], results_dir: str | Pa
     """The scores of `lm` on `samples`, read from the results folder when an identical run is there,
     otherwise computed (``score_ocr`` / ``score_retrieval``) and saved. `options`: mode/min_overlap for
     OCR, variant for retrieval. `model_id` names the results folder (default: ``lm.model_id``)."""
-    from ocrheads_lib.scoring.ocr import score_ocr
-    from ocrheads_lib.scoring.retrieval import default_row, score_retrieval
-
     source = resolve_answer_source(lm, answer_source)
     variant = options.get("variant", "wu") if kind == "retrieval" else None
     row = row or (default_row(variant) if kind == "retrieval" else "emit")
