@@ -6,9 +6,9 @@
 3. *Statically activated* — :func:`static_activation`: activation frequency vs mean score
    (Pearson, Spearman, Kendall) over all heads.
 
-Plus the project's one percentile bootstrap, :func:`bootstrap_interval`, used by :func:`bootstrap_ci` (any
-statistic of a :class:`HeadScores`, resampling samples) and :func:`bootstrap_mean_ci` (the mean of a list of
-per-sample values: the CIs of the experiment tables). All seeded: same seed, same interval.
+Plus :func:`bootstrap_ci`, the interval of any statistic of a :class:`HeadScores` resampling samples
+(:func:`resample`), through the project's one bootstrap (:mod:`ocrheads_lib.bootstrap`). Seeded: same seed,
+same interval.
 
 Bins follow the paper's donut figure (PAPER.md §5.1): ``==0``, ``(0, .1]``, ``(.1, .3]``,
 ``(.3, .5]``, ``(.5, 1]``. :func:`sparsity_bins` bins the RAW mean by default (``filtered=False``):
@@ -20,12 +20,12 @@ for the Qwen2-VL-2B text file raw = 120/158/26/14/18 and filtered = 138/158/26/1
 from __future__ import annotations
 
 from dataclasses import dataclass
-from collections.abc import Sequence
 from typing import Callable, NamedTuple
 
 import numpy as np
 from scipy import stats
 
+from ocrheads_lib import bootstrap
 from ocrheads_lib.heads import filtered_mean, select, top_k
 from ocrheads_lib.scoring.store import Head, HeadScores
 
@@ -162,11 +162,11 @@ def resample(scores: HeadScores, rng: np.random.Generator) -> HeadScores:
     each head's list independently (their entries are not aligned, PAPER.md §8.3)."""
     if scores.aligned:
         matrix = scores.matrix()  # (N, L, H)
-        idx = rng.integers(0, matrix.shape[0], size=matrix.shape[0])
+        idx = bootstrap.resample_indices(rng, matrix.shape[0])
         picked = matrix[idx]  # (N, L, H)
         return scores.with_entries({(l, h): picked[:, l, h] for (l, h) in scores.heads})
     entries = scores.head_entries()
-    return scores.with_entries({head: v[rng.integers(0, len(v), size=len(v))] if len(v) else v
+    return scores.with_entries({head: v[bootstrap.resample_indices(rng, len(v))] if len(v) else v
                                 for head, v in entries.items()})
 
 
@@ -181,34 +181,12 @@ class Interval:
         return f"{self.estimate:.4g} [{self.low:.4g}, {self.high:.4g}]"
 
 
-def bootstrap_interval(replicate: Callable[[np.random.Generator], float], n_boot: int, seed: int = 0,
-                       alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap interval (low, high) at level 1 - alpha: `replicate(rng)` computes the statistic on
-    one resample drawn with `rng` (``np.random.default_rng(seed)``, shared by the n_boot replicates in
-    order); NaN replicates are ignored."""
-    rng = np.random.default_rng(seed)
-    values = np.array([float(replicate(rng)) for _ in range(n_boot)])
-    low, high = np.nanquantile(values, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
-
-
 def bootstrap_ci(scores: HeadScores, statistic: Callable[[HeadScores], float], n_boot: int = 200,
                  seed: int = 0, alpha: float = 0.05) -> Interval:
-    """Percentile bootstrap interval of ``statistic(scores)`` over samples (seeded: same seed, same interval).
-    Example: ``bootstrap_ci(s, lambda x: len(select(x)))``."""
-    low, high = bootstrap_interval(lambda rng: statistic(resample(scores, rng)), n_boot, seed, alpha)
+    """Percentile bootstrap interval of ``statistic(scores)`` over samples (seeded: same seed, same interval;
+    :func:`ocrheads_lib.bootstrap.interval`). Example: ``bootstrap_ci(s, lambda x: len(select(x)))``."""
+    low, high = bootstrap.interval(lambda rng: statistic(resample(scores, rng)), n_boot, seed, alpha)
     return Interval(estimate=float(statistic(scores)), low=low, high=high, n_boot=n_boot)
-
-
-def bootstrap_mean_ci(values: Sequence[float], n_boot: int = 1000, alpha: float = 0.05,
-                      seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of `values` (resampling them with replacement; own RNG from `seed`).
-    NaNs for an empty list; (v, v) for a single value."""
-    data = np.asarray(list(values), dtype=float)  # (n,)
-    if data.size == 0:
-        return float("nan"), float("nan")
-    return bootstrap_interval(lambda rng: data[rng.integers(0, data.size, size=data.size)].mean(), n_boot, seed,
-                              alpha)
 
 
 def summary(scores: HeadScores, threshold: float = 0.1) -> dict[str, object]:

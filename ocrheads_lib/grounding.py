@@ -16,13 +16,18 @@ it sits. On the book's grid pages one token is one character cell, so a hit has 
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import torch
 
+from ocrheads_lib import bootstrap
+from ocrheads_lib.attention import Plan, apply
+from ocrheads_lib.inference import sample_inputs
+from ocrheads_lib.scoring.align import align_answer
 from ocrheads_lib.types import Head
 
 Box = tuple[float, float, float, float]
@@ -118,16 +123,12 @@ def ground(chars: CharacterAttention, heads: Sequence[Head], min_overlap: float 
     return CharacterGrounding(chars.sample_id, heads, predicted, hits, ious)
 
 
-def _bootstrap(values: np.ndarray, seed: int, n_resamples: int) -> tuple[float, float]:
-    from scipy import stats
-
+def _mean_interval(values: np.ndarray, seed: int, n_resamples: int) -> tuple[float, float]:
+    """95 % interval of the mean: (mean, mean) when every resample is the same, else the project's bootstrap
+    with the interpolation rule this summary was first published with (``rule="scipy"``)."""
     if len(values) < 2 or np.all(values == values[0]):
         return float(values.mean()), float(values.mean())       # degenerate: every resample is the same
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        res = stats.bootstrap((values,), np.mean, n_resamples=n_resamples, method="percentile",
-                              random_state=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return bootstrap.mean_interval(values, n_boot=n_resamples, seed=seed, alpha=0.05, rule="scipy")
 
 
 def summarize_grounding(results: Sequence[CharacterGrounding], seed: int = 0, n_resamples: int = 2000) -> GroundingSummary:
@@ -139,8 +140,8 @@ def summarize_grounding(results: Sequence[CharacterGrounding], seed: int = 0, n_
     if hits.size == 0:
         nan = float("nan")
         return GroundingSummary(0, len(heads), heads, nan, nan, nan, nan, nan, nan)
-    hit_low, hit_high = _bootstrap(hits, seed, n_resamples)
-    iou_low, iou_high = _bootstrap(ious, seed, n_resamples)
+    hit_low, hit_high = _mean_interval(hits, seed, n_resamples)
+    iou_low, iou_high = _mean_interval(ious, seed, n_resamples)
     return GroundingSummary(int(hits.size), len(heads), heads, float(hits.mean()), hit_low, hit_high,
                             float(ious.mean()), iou_low, iou_high)
 
@@ -151,11 +152,6 @@ def record_rows(lm: Any, sample: Any, answer: str | None = None) -> dict[str, An
 
     Returns {"attention": (L, H, A, N), "rows": A query positions, "answer_ids": A token ids,
     "token_boxes": (N, 4), "layers": recorded layer indices}."""
-    import torch
-
-    from ocrheads_lib.attention import Plan, apply
-    from ocrheads_lib.inference import sample_inputs
-
     text = sample.answer if answer is None else answer
     inputs = sample_inputs(lm, sample, answer=text)
     answer_positions = inputs.answer_positions                                # (A,)
@@ -182,8 +178,6 @@ def record_rows(lm: Any, sample: Any, answer: str | None = None) -> dict[str, An
 def record_character_attention(lm: Any, sample: Any) -> CharacterAttention:
     """Per answer character (unit) of an `ImageSample`, every head's attention row that emitted it (the
     row of the first answer token covering the unit), teacher-forced with the gold answer."""
-    from ocrheads_lib.scoring.align import align_answer
-
     recorded = record_rows(lm, sample)
     alignment = align_answer(lm.tokenizer, recorded["answer_ids"], sample.answer, sample.units)
     if alignment is None:
@@ -203,8 +197,6 @@ def record_character_attention(lm: Any, sample: Any) -> CharacterAttention:
 
 def grounding_table(results: Sequence[CharacterGrounding], chars: Sequence[CharacterAttention]) -> Any:
     """One row per character: sample, character, hit, IoU (for a table in the book)."""
-    import pandas as pd
-
     rows = []
     for result, ca in zip(results, chars):
         for c, (hit, value) in enumerate(zip(result.hits, result.ious)):

@@ -18,19 +18,28 @@ bootstrap aggregates.
   20,000-character strings take milliseconds (``benchmarks/anls_speed.py``).
 * ``match_score(gold_ids, pred_ids)`` — longest common contiguous run of ids / len(gold_ids)
   (0.0 for an empty gold), the per-example multiplier of the paper's OCR score.
-* ``aggregate(values, n_boot, seed)`` — mean with a seeded percentile-bootstrap CI.
+* ``char_similarity(prediction, gold)`` — 1 - Levenshtein / max(len) after lower-casing and collapsing
+  whitespace: a graded score that still moves when a weak model reads a key partly right.
+* ``METRICS`` / ``metric(name)`` — the per-sample metrics by name (``accuracy``, ``em``, ``f1``, ``anls``,
+  ``char_sim``), each ``f(prediction, golds) -> float`` taking the max over the gold answers; the one
+  dispatch the experiments and :func:`score_all` use.
+* ``aggregate(values, n_boot, seed)`` — mean with a seeded percentile-bootstrap CI
+  (:func:`ocrheads_lib.bootstrap.mean_interval`).
 * ``wilson_interval(successes, n)`` — the Wilson score interval of a proportion (closed form, no
   resampling; sensible at 0 % and 100 %, where a bootstrap interval collapses to a point).
 """
 from __future__ import annotations
 
 import math
-import random
 import re
 import string
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
+
+from rapidfuzz.distance import Levenshtein
+
+from ocrheads_lib import bootstrap
 
 _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -67,8 +76,6 @@ def _as_golds(golds: str | Sequence[str], function: str = "metric") -> list[str]
 
 def levenshtein(a: str, b: str) -> int:
     """Edit distance (insertions, deletions, substitutions, all cost 1), by rapidfuzz."""
-    from rapidfuzz.distance import Levenshtein
-
     return int(Levenshtein.distance(_prediction(a, "levenshtein"), _prediction(b, "levenshtein")))
 
 
@@ -127,6 +134,34 @@ def passkey_accuracy(prediction: str, gold: str | int) -> float:
     return float(gold in _prediction(prediction, "passkey_accuracy"))
 
 
+def char_similarity(prediction: str, gold: str) -> float:
+    """1 - Levenshtein(pred, gold) / max(len(pred), len(gold)) after lower-casing and collapsing whitespace;
+    1.0 when both are empty."""
+    p = " ".join(_prediction(prediction, "char_similarity").lower().split())
+    g = " ".join(_gold(gold, "char_similarity").lower().split())
+    longest = max(len(p), len(g))
+    return 1.0 if longest == 0 else 1.0 - levenshtein(p, g) / longest
+
+
+Metric = Callable[[str, Sequence[str]], float]
+
+# name -> f(prediction, golds): one sample's value, the max over its gold answers
+METRICS: dict[str, Metric] = {
+    "accuracy": lambda p, golds: float(max(passkey_accuracy(p, g) for g in _as_golds(golds, "passkey_accuracy"))),
+    "em": lambda p, golds: float(exact_match(p, golds)),
+    "f1": lambda p, golds: float(f1(p, golds)),
+    "anls": lambda p, golds: float(anls(p, golds)),
+    "char_sim": lambda p, golds: max(char_similarity(p, g) for g in _as_golds(golds, "char_similarity")),
+}
+
+
+def metric(name: str) -> Metric:
+    """The per-sample metric called `name` (see :data:`METRICS`)."""
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; choose from {', '.join(sorted(METRICS))}")
+    return METRICS[name]
+
+
 def match_score(gold_ids: Sequence[int], pred_ids: Sequence[int]) -> float:
     """Longest common contiguous run of ids between gold and prediction, divided by len(gold_ids)."""
     gold, pred = list(gold_ids), list(pred_ids)
@@ -159,7 +194,7 @@ class Aggregate:
 
 
 def aggregate(values: Iterable[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> Aggregate:
-    """Mean of `values` with a seeded percentile bootstrap CI (n_boot resamples)."""
+    """Mean of `values` with a seeded percentile bootstrap CI (n_boot resamples, the project's bootstrap)."""
     vals = [float(v) for v in values]
     n = len(vals)
     if n == 0:
@@ -168,11 +203,7 @@ def aggregate(values: Iterable[float], n_boot: int = 1000, seed: int = 0, level:
     mean = sum(vals) / n
     if n == 1 or n_boot <= 0:
         return Aggregate(mean, mean, mean, n, level)
-    rng = random.Random(seed)
-    means = sorted(sum(rng.choices(vals, k=n)) / n for _ in range(n_boot))
-    alpha = (1.0 - level) / 2
-    lo = means[max(0, int(alpha * n_boot))]
-    hi = means[min(n_boot - 1, int((1.0 - alpha) * n_boot) - 1)]
+    lo, hi = bootstrap.mean_interval(vals, n_boot=n_boot, seed=seed, alpha=1.0 - level)
     return Aggregate(mean, lo, hi, n, level)
 
 
@@ -188,12 +219,10 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 def score_all(predictions: Sequence[str], golds: Sequence[Sequence[str]], metrics: Sequence[str] = ("anls", "em", "f1"),
               n_boot: int = 1000, seed: int = 0) -> dict[str, Aggregate]:
-    """Per-metric aggregates over a list of predictions and their gold lists."""
+    """Per-metric aggregates over a list of predictions and their gold lists (metrics by name, :data:`METRICS`)."""
     if len(predictions) != len(golds):
         raise ValueError(f"{len(predictions)} predictions but {len(golds)} gold lists")
-    funcs = {"anls": anls, "em": exact_match, "f1": f1,
-             "accuracy": lambda p, g: max(passkey_accuracy(p, x) for x in _as_golds(g, "passkey_accuracy"))}
-    unknown = [m for m in metrics if m not in funcs]
+    unknown = [m for m in metrics if m not in METRICS]
     if unknown:
-        raise ValueError(f"unknown metrics {unknown}; choose from {sorted(funcs)}")
-    return {m: aggregate([funcs[m](p, g) for p, g in zip(predictions, golds)], n_boot, seed) for m in metrics}
+        raise ValueError(f"unknown metrics {unknown}; choose from {sorted(METRICS)}")
+    return {m: aggregate([metric(m)(p, g) for p, g in zip(predictions, golds)], n_boot, seed) for m in metrics}

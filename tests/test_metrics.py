@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from ocrheads_lib import metrics as m
@@ -105,3 +106,47 @@ def test_wilson_interval_matches_hand_computed_values():
     assert m.wilson_interval(186, 200)[0] == pytest.approx(0.8859, abs=1e-4)
     with pytest.raises(ValueError, match="successes"):
         m.wilson_interval(3, 2)
+
+
+def test_metric_registry_dispatches_by_name():
+    assert set(m.METRICS) == {"accuracy", "em", "f1", "anls", "char_sim"}
+    assert m.metric("accuracy")("the key is 4817", ["9", "4817"]) == 1.0
+    assert m.metric("em")("The Cat", ["cat"]) == 1.0
+    assert m.metric("anls")("abcd", ["abce"]) == pytest.approx(0.75)
+    assert m.metric("char_sim")("6876", ["0000", "8726"]) == pytest.approx(0.5)   # max over golds
+    with pytest.raises(ValueError, match="unknown metric 'bleu'; choose from accuracy, anls, char_sim, em, f1"):
+        m.metric("bleu")
+
+
+def test_bootstrap_golden_values_by_hand():
+    from ocrheads_lib import bootstrap
+
+    # linear interpolation between order statistics: the 0.25 / 0.75 quantiles of 0..4 sit on 1 and 3,
+    # the 0.1 / 0.9 quantiles at 0.4 and 3.6
+    assert bootstrap.percentile_interval(np.arange(5.0), alpha=0.5) == (1.0, 3.0)
+    assert bootstrap.percentile_interval(np.arange(5.0), alpha=0.2) == pytest.approx((0.4, 3.6))
+    assert bootstrap.percentile_interval(np.arange(5.0), alpha=0.2, rule="scipy") == pytest.approx((0.4, 3.6))
+    # default_rng(0) draws the index triples [2 1 1], [0 0 0], [0 0 0]: resample means of [0, 3, 6] are
+    # 4, 0, 0; sorted 0, 0, 4 -> the 0.25 quantile is 0 and the 0.75 quantile halfway between 0 and 4
+    assert bootstrap.mean_interval([0.0, 3.0, 6.0], n_boot=3, seed=0, alpha=0.5) == (0.0, 2.0)
+    assert all(math.isnan(v) for v in bootstrap.mean_interval([]))
+    with pytest.raises(ValueError, match="n_boot must be an integer >= 1"):
+        bootstrap.mean_interval([1.0], n_boot=0)
+    with pytest.raises(ValueError, match="rule must be one of"):
+        bootstrap.percentile_interval(np.arange(3.0), rule="bca")
+
+
+def test_bootstrap_scipy_rule_equals_scipy_bootstrap():
+    """The grounding summary's intervals were first computed with scipy.stats.bootstrap (percentile method):
+    the one bootstrap's "scipy" rule reproduces them bit for bit."""
+    from scipy import stats
+
+    from ocrheads_lib import bootstrap
+
+    rng = np.random.default_rng(11)
+    for n, n_boot, seed in [(7, 200, 0), (23, 999, 3), (40, 2000, 5)]:
+        values = rng.random(n) if n % 2 else (rng.random(n) > 0.5).astype(float)
+        res = stats.bootstrap((values,), np.mean, n_resamples=n_boot, method="percentile",
+                              random_state=np.random.default_rng(seed))
+        expected = (float(res.confidence_interval.low), float(res.confidence_interval.high))
+        assert bootstrap.mean_interval(values, n_boot=n_boot, seed=seed, rule="scipy") == expected

@@ -15,10 +15,11 @@ sample of a task under some :class:`~ocrheads_lib.attention.Plan`, score each an
   failures are counted in the summary and never averaged as zeros silently (``n_failed``).
 * Metrics by task: pass-key / NIAH samples (``ImageSample``, ``TextSample``) -> accuracy (gold is a
   substring of the prediction) and exact match; documents (``DocSample``) -> ANLS, EM and token F1
-  (:mod:`ocrheads_lib.metrics`; max over the gold answers). Every task also gets ``char_sim``, the
-  un-thresholded normalised edit similarity 1 - lev(pred, gold) / max(len) (lower-cased, whitespace
-  collapsed): a graded score that still moves when a weak model reads a key partly right ("6876" for
-  "8726" scores 0.5 where accuracy and ANLS give 0).
+  (by name from :data:`ocrheads_lib.metrics.METRICS`; max over the gold answers). Every task also gets
+  ``char_sim`` (:func:`ocrheads_lib.metrics.char_similarity`), the un-thresholded normalised edit similarity:
+  a graded score that still moves when a weak model reads a key partly right ("6876" for "8726" scores 0.5
+  where accuracy and ANLS give 0).
+* Confidence intervals come from the project's one bootstrap (:func:`ocrheads_lib.bootstrap.mean_interval`).
 """
 from __future__ import annotations
 
@@ -32,7 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from ocrheads_lib.analysis import bootstrap_mean_ci as bootstrap_ci  # the experiment tables' CIs
+from ocrheads_lib import bootstrap
+from ocrheads_lib.attention import Plan, apply
+from ocrheads_lib.inference import answer
+from ocrheads_lib.metrics import metric
+from ocrheads_lib.paths import atomic_write_text
 from ocrheads_lib.scoring.batch import is_fault
 from ocrheads_lib.types import Head
 
@@ -43,13 +48,6 @@ DOC_METRICS = ("anls", "em", "f1", "char_sim")
 # ----------------------------------------------------------------------------------------------------------
 # Prompts and predictions
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _default_answer(lm: Any, sample: Any, max_new_tokens: int) -> str:
-    """The project's answer: :func:`ocrheads_lib.inference.answer` (chat template, greedy generate, decode)."""
-    from ocrheads_lib.inference import answer   # torch-heavy: imported when a sample is first answered
-
-    return answer(lm, sample, max_new_tokens=max_new_tokens)
 
 
 @dataclass
@@ -97,34 +95,8 @@ def primary_metric(metrics: Sequence[str]) -> str:
 
 
 def score_prediction(prediction: str, golds: Sequence[str], metrics: Iterable[str]) -> dict[str, float]:
-    """Per-sample metric values (each the max over gold answers, as in the metrics module)."""
-    from ocrheads_lib import metrics as m
-
-    out: dict[str, float] = {}
-    for name in metrics:
-        if name == "accuracy":
-            out[name] = float(max(m.passkey_accuracy(prediction, gold) for gold in golds))
-        elif name == "em":
-            out[name] = float(m.exact_match(prediction, list(golds)))
-        elif name == "f1":
-            out[name] = float(m.f1(prediction, list(golds)))
-        elif name == "anls":
-            out[name] = float(m.anls(prediction, list(golds)))
-        elif name == "char_sim":
-            out[name] = max(char_similarity(prediction, gold) for gold in golds)
-        else:
-            raise ValueError(f"unknown metric {name!r}; use accuracy, em, f1, anls or char_sim")
-    return out
-
-
-def char_similarity(prediction: str, gold: str) -> float:
-    """1 - Levenshtein(pred, gold) / max(len(pred), len(gold)) after lower-casing and collapsing whitespace;
-    1.0 when both are empty."""
-    from ocrheads_lib.metrics import levenshtein
-
-    p, g = " ".join(str(prediction).lower().split()), " ".join(str(gold).lower().split())
-    longest = max(len(p), len(g))
-    return 1.0 if longest == 0 else 1.0 - levenshtein(p, g) / longest
+    """Per-sample metric values by name (:func:`ocrheads_lib.metrics.metric`; each the max over gold answers)."""
+    return {name: metric(name)(prediction, list(golds)) for name in metrics}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -171,8 +143,6 @@ class PredictionCache:
                         continue
                     self.records[record.id] = record
             if damaged:  # rewrite the good records so later appends start on a clean line
-                from ocrheads_lib.paths import atomic_write_text
-
                 atomic_write_text(self.path, "".join(json.dumps(r.to_json(), sort_keys=True) + "\n"
                                                      for r in self.records.values()))
 
@@ -205,10 +175,8 @@ def evaluate(lm: Any, samples: Sequence[Any], plan: Any = None, *, metrics: Sequ
     experiment uses it for its prompts); default: ``ocrheads_lib.inference.answer``. Returns one Prediction
     per sample, in sample order.
     """
-    from ocrheads_lib.attention import Plan, apply
-
     metrics = tuple(metrics) if metrics is not None else metrics_for(samples)
-    answer_fn = answer_fn or _default_answer
+    answer_fn = answer_fn or answer
     plan = plan if plan is not None else Plan()
     cache = cache if cache is not None else PredictionCache(None)
     out: list[Prediction] = []
@@ -257,14 +225,12 @@ def summarize(predictions: Sequence[Prediction], metrics: Sequence[str], n_boot:
     for name in metrics:
         values = [p.scores[name] for p in answered]
         row[name] = float(np.mean(values)) if values else float("nan")
-        row[f"{name}_lo"], row[f"{name}_hi"] = bootstrap_ci(values, n_boot=n_boot, seed=boot_seed)
+        row[f"{name}_lo"], row[f"{name}_hi"] = bootstrap.mean_interval(values, n_boot=n_boot, seed=boot_seed)
     return row
 
 
 def write_csv_atomic(frame: Any, path: str | os.PathLike) -> Path:
     """pandas DataFrame -> CSV through a temp file + rename."""
-    from ocrheads_lib.paths import atomic_write_text
-
     return atomic_write_text(path, frame.to_csv(index=False))
 
 
