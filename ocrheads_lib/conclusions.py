@@ -11,6 +11,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from ocrheads_lib.types import Head
 
 
@@ -139,29 +141,46 @@ def retrieval_chapter(model_id: str, n_heads: int, wu_selected: Sequence[Head], 
     return out
 
 
-def retrieval_causal_sentences(drops: Any, min_baseline: float = 0.2) -> list[str]:
-    """Chapter 03's causal test (Wu et al.), from `experiments.masking.compare_drops` of a masking run whose only
+def _drops(comparison: Any, task: str) -> dict[str, Any]:
+    """One task of a masking comparison (:func:`ocrheads_lib.experiments.sweep.compare_to_baseline`, x = "k")
+    as head set -> rows indexed by k, with ``drop`` = baseline - score and ``max_drop`` = baseline - the worst
+    seed's score (how much masking cost: > 0 means it hurt)."""
+    sub = comparison[comparison.task == task].sort_values(["head_set", "k"])
+    out = {}
+    for name, rows in sub.groupby("head_set", sort=True):
+        rows = rows.set_index("k")
+        out[name] = rows.assign(drop=rows["baseline"] - rows["score"], max_drop=rows["baseline"] - rows["worst"])
+    return out
+
+
+def retrieval_causal_sentences(comparison: Any, min_baseline: float = 0.2) -> list[str]:
+    """Chapter 03's causal test (Wu et al.), from ``compare_to_baseline(table, "k")`` of a masking run whose only
     ranked set is "retrieval": per task, how far masking the top-k retrieval heads takes the score, against the
     mean and the worst of the random and layer-matched random draws."""
-    if drops is None or len(drops) == 0 or "retrieval_drop" not in drops:
+    if comparison is None or len(comparison) == 0 or "retrieval" not in set(comparison["head_set"]):
         return ["No masking condition was evaluated, so the causal test has no result."]
     out = []
-    for task, sub in drops.groupby("task", sort=True):
-        sub = sub.sort_values("k")
+    for task, sub in comparison.groupby("task", sort=True):
+        sets = _drops(comparison, task)
         base = float(sub["baseline"].iloc[0])
         head = f"`{task}` ({sub['metric'].iloc[0]} {base:.2f} unmasked)"
         if base < min_baseline:
             out.append(f"{head}: too low for masking to show a drop.")
             continue
+        retrieval = sets.get("retrieval")
+        if retrieval is None:
+            continue
         parts = []
-        for row in sub.to_dict("records"):
-            text = f"k = {int(row['k'])}: top retrieval heads {row['retrieval_score']:.2f}"
+        for k, row in retrieval.iterrows():
+            text = f"k = {int(k)}: top retrieval heads {row['score']:.2f}"
             for control, label in (("random_layer_matched", "layer-matched random"), ("random", "random")):
-                if f"{control}_score" in row and _finite(row.get(f"{control}_score")):
-                    text += f", {label} {row[f'{control}_score']:.2f} (worst draw {base - row[f'{control}_max_drop']:.2f})"
+                if control in sets and k in sets[control].index:
+                    drawn = sets[control].loc[k]
+                    text += f", {label} {drawn['score']:.2f} (worst draw {base - drawn['max_drop']:.2f})"
             parts.append(text)
-        beats = [int(r["k"]) for r in sub.to_dict("records")
-                 if _finite(r.get("random_layer_matched_max_drop")) and r["retrieval_drop"] > r["random_layer_matched_max_drop"]]
+        matched = sets.get("random_layer_matched")
+        beats = [int(k) for k, row in retrieval.iterrows()
+                 if matched is not None and k in matched.index and row["drop"] > matched.loc[k, "max_drop"]]
         verdict = (f"masking the retrieval heads hurts more than every layer-matched draw at {_ks(beats)}"
                    if beats else "masking the retrieval heads never hurts more than every layer-matched draw")
         out.append(f"{head}: " + "; ".join(parts) + f". So {verdict}.")
@@ -171,8 +190,6 @@ def retrieval_causal_sentences(drops: Any, min_baseline: float = 0.2) -> list[st
 def sink_mass_sentences(mass: Any, selected: Sequence[Head], threshold: float = 0.5) -> list[str]:
     """From `experiments.sink.first_token_mass` (layer x head) and the selected retrieval heads: how many heads
     use the first token as a sink, and how much of it the retrieval heads carry."""
-    import numpy as np
-
     values = np.asarray(mass, dtype=float)  # (L, H)
     if values.size == 0:
         return []
@@ -254,33 +271,32 @@ def _ks(values: Sequence[int]) -> str:
     return "k = " + ", ".join(str(int(k)) for k in values) if len(values) else "no k"
 
 
-def masking_chapter(drops: Any, min_baseline: float = 0.2) -> list[str]:
-    """Chapter 06, from `experiments.masking.compare_drops(table)`: per task and head set, at which k masking
-    it cost more than every random (and every layer-matched random) draw."""
-    if drops is None or len(drops) == 0:
+def masking_chapter(comparison: Any, min_baseline: float = 0.2) -> list[str]:
+    """Chapter 06, from ``compare_to_baseline(table, "k")``: per task and head set, at which k masking it cost
+    more than every random (and every layer-matched random) draw."""
+    if comparison is None or len(comparison) == 0:
         return ["No masking condition was evaluated, so there is nothing to compare."]
     out = []
-    for task, sub in drops.groupby("task", sort=True):
-        sub = sub.sort_values("k")
-        first = sub.iloc[0]
+    for task, sub in comparison.groupby("task", sort=True):
+        sets = _drops(comparison, task)
+        first = sub.sort_values("k").iloc[0]
         head = f"`{task}` ({first['modality']}, {first['metric']}, {first['baseline']:.2f} unmasked)"
         if first["baseline"] < min_baseline:
             out.append(f"{head}: too low for masking to show a drop.")
             continue
         parts = []
         for name in ("ocr", "retrieval"):
-            if f"{name}_drop" not in sub:
+            if name not in sets:
                 continue
-            worst = sub.loc[sub[f"{name}_drop"].idxmax()]
-            text = f"masking the top {name} heads costs up to {worst[f'{name}_drop']:.2f} (at k = {int(worst['k'])})"
+            drops = sets[name]["drop"]
+            worst_k = drops.idxmax()
+            text = f"masking the top {name} heads costs up to {drops[worst_k]:.2f} (at k = {int(worst_k)})"
             for control, label in (("random", "random"), ("random_layer_matched", "layer-matched")):
-                column = f"{control}_max_drop"
-                if column not in sub:
+                if control not in sets:
                     continue
-                valid = sub[sub[column].notna()]
-                beats = valid[valid[f"{name}_drop"] > valid[column]]["k"].tolist()
-                if len(valid):
-                    text += f"; more than every {label} draw at {_ks(beats)} of {len(valid)} k values"
+                max_drop = sets[control]["max_drop"]
+                beats = [k for k in max_drop.index if k in drops.index and drops[k] > max_drop[k]]
+                text += f"; more than every {label} draw at {_ks(beats)} of {len(max_drop)} k values"
             parts.append(text)
         out.append(f"{head}: " + ". For the same task, ".join(parts) + "." if parts else f"{head}: no head set was masked.")
     return out
@@ -288,28 +304,28 @@ def masking_chapter(drops: Any, min_baseline: float = 0.2) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ 07 sink
 
-def sink_chapter(betas: Any, max_first_mass: float | None, max_mass_head: Head | None,
+def sink_chapter(comparison: Any, max_first_mass: float | None, max_mass_head: Head | None,
                  head_set: str = "ocr") -> list[str]:
-    """Chapter 07, from `experiments.sink.compare_betas(table)` and the first-token mass table; `head_set` is the
+    """Chapter 07, from ``compare_to_baseline(table, "beta")`` and the first-token mass table; `head_set` is the
     set whose β sweep is judged against the controls ("ocr" for an image model, "retrieval" for a text model)."""
     out = []
-    if betas is not None and len(betas):
-        for task, sub in betas.groupby("task", sort=True):
-            ocr = sub[sub.head_set == head_set]
+    if comparison is not None and len(comparison):
+        for task, sub in comparison.groupby("task", sort=True):
             base = float(sub["baseline"].iloc[0])
-            if ocr.empty:
+            best = {name: rows.set_index("beta")["score"] for name, rows in
+                    sub.sort_values(["head_set", "beta"]).groupby("head_set", sort=True)}   # set -> score per beta
+            if head_set not in best:
                 continue
-            row = ocr.iloc[0]
-            gain = row["best_score"] - base
-            others = sub[sub.head_set != head_set]
-            best_other = float((others["best_score"] - base).max()) if len(others) else float("nan")
+            scores = best.pop(head_set)
+            gain = scores.max() - base
+            best_other = float(max(s.max() - base for s in best.values())) if best else float("nan")
             if gain > 0:
-                text = (f"redistributing the {head_set} heads' sink mass helps most at β = {row['best_beta']:g} "
+                text = (f"redistributing the {head_set} heads' sink mass helps most at β = {scores.idxmax():g} "
                         f"(+{gain:.2f} over {base:.2f})")
                 if _finite(best_other):
                     text += ", more than any control set" if gain > best_other else ", but a control set gains as much"
             else:
-                text = f"no β improves on the unmodified {base:.2f} in the {head_set} heads (worst: {row['worst_score']:.2f})"
+                text = f"no β improves on the unmodified {base:.2f} in the {head_set} heads (worst: {scores.min():.2f})"
             out.append(f"`{task}`: {text}.")
     else:
         out.append("No β sweep was evaluated.")

@@ -616,9 +616,13 @@ def test_conclusions_follow_the_numbers() -> None:
     assert "intervals overlap" in overlapping[0] and "does not support" in overlapping[1]
     assert "against the paper's 'distinct' claim" in overlapping[2]
 
-    drops = pd.DataFrame([dict(task="t", modality="image", metric="accuracy", k=k, baseline=1.0, ocr_drop=d,
-                               random_max_drop=r, random_layer_matched_max_drop=float("nan"))
-                          for k, d, r in [(2, 0.5, 0.1), (5, 0.9, 0.95)]])
+    # a masking comparison (experiments.sweep.compare_to_baseline): drop = baseline - score, and the worst
+    # random draw's drop = baseline - worst; no layer-matched draw fitted at any k
+    start = dict(task="t", modality="image", metric="accuracy", baseline=1.0, n_seeds=1)
+    drops = pd.DataFrame([dict(start, head_set=name, k=k, score=score, change=score - 1.0, worst=worst, best=score)
+                          for k, ocr_drop, random_drop in [(2, 0.5, 0.1), (5, 0.9, 0.95)]
+                          for name, score, worst in [("ocr", 1.0 - ocr_drop, 1.0 - ocr_drop),
+                                                     ("random", 0.99, 1.0 - random_drop)]])
     text = conclusions.masking_chapter(drops)[0]
     assert "costs up to 0.90 (at k = 5)" in text and "more than every random draw at k = 2 of 2 k values" in text
     assert "layer-matched" not in text                       # no valid layer-matched draw

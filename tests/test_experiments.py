@@ -21,9 +21,16 @@ from ocrheads_lib.data.samples import ImageSample, TextSample
 from ocrheads_lib.experiments import case_study, cot
 from ocrheads_lib.bootstrap import mean_interval
 from ocrheads_lib.experiments.evaluate import PredictionCache, evaluate, summarize
-from ocrheads_lib.experiments.masking import mask_conditions, run_masking, scale_ks
-from ocrheads_lib.experiments.sweep import Condition, layer_matched_heads, random_heads
+from ocrheads_lib.experiments.masking import describe_drops, mask_conditions, run_masking, scale_ks
 from ocrheads_lib.experiments.sink import run_sink
+from ocrheads_lib.experiments.sweep import (
+    Condition,
+    RunSettings,
+    SweepHeads,
+    compare_to_baseline,
+    layer_matched_heads,
+    random_heads,
+)
 from ocrheads_lib.models.testing import tiny_random
 
 READER = (1, 2)           # (layer, query head) of the planted reader
@@ -150,8 +157,9 @@ def test_planted_reader_answers_and_masking_it_breaks_it(reader_lm, reader_tasks
 
 def test_run_masking_table_on_planted_reader(reader_lm, reader_tasks, tmp_path):
     head_sets = {"ocr": [READER, (0, 1)], "retrieval": [(0, 3), (1, 0)]}
-    table = run_masking(reader_lm, reader_tasks, head_sets, ks=[1, 2], seeds=[0, 1, 2], out_dir=tmp_path,
-                        max_new_tokens=2, n_boot=200)
+    sweep_heads = SweepHeads(head_sets, seeds=[0, 1, 2])
+    settings = RunSettings(out_dir=tmp_path, max_new_tokens=2, n_boot=200)
+    table = run_masking(reader_lm, reader_tasks, sweep_heads, settings, ks=[1, 2])
     # 1 baseline + per k: 2 head sets + 3 random seeds + 3 layer-matched random seeds
     assert len(table) == 1 + 2 * (2 + 3 + 3)
     expected = {"model", "task", "modality", "head_set", "k", "seed", "n_masked", "random_pool", "heads", "n",
@@ -171,21 +179,18 @@ def test_run_masking_table_on_planted_reader(reader_lm, reader_tasks, tmp_path):
     assert row.loc[("retrieval", 2, -1), "accuracy"] == 1.0
     assert (table["accuracy_lo"] <= table["accuracy"]).all() and (table["accuracy"] <= table["accuracy_hi"]).all()
 
-    from ocrheads_lib.experiments.masking import compare_drops
-
-    drops = compare_drops(table).set_index("k")
-    assert drops.loc[1, "ocr_drop"] >= 0.8 and drops.loc[1, "random_max_drop"] == 0.0
-    assert drops.loc[1, "ocr_vs_random"] >= 0.8 and drops.loc[1, "retrieval_vs_random"] == 0.0
-    assert drops.loc[1, "random_layer_matched_max_drop"] == 0.0 and drops.loc[1, "ocr_vs_random_layer_matched"] >= 0.8
-    from ocrheads_lib.experiments.masking import describe_drops
-
-    k1 = describe_drops(compare_drops(table))[0]
+    comparison = compare_to_baseline(table, "k")
+    at = comparison.set_index(["head_set", "k"])
+    assert at.loc[("ocr", 1), "change"] <= -0.8 and at.loc[("ocr", 1), "baseline"] == 1.0
+    assert at.loc[("random", 1), "worst"] == 1.0 and at.loc[("random", 1), "n_seeds"] == 3   # no seed hurt
+    assert at.loc[("retrieval", 1), "change"] == 0.0 and at.loc[("random_layer_matched", 1), "worst"] == 1.0
+    k1 = describe_drops(comparison)[0]
     assert "k=1" in k1 and ("(more than the worst random draw, +0.00; more than the worst layer-matched random "
                             "draw, +0.00)") in k1.split("; retrieval")[0]
     assert "retrieval heads drop +0.00 (as much as the worst random draw" in k1
     # a k without layer-matched rows (no room in the reference's layers) says so instead of printing nan
     no_matched = table[~((table.head_set == "random_layer_matched") & (table.k == 2))]
-    k2 = describe_drops(compare_drops(no_matched))[1]
+    k2 = describe_drops(compare_to_baseline(no_matched, "k"))[1]
     assert "k=2" in k2 and "no layer-matched random draw at this k" in k2 and "nan" not in k2
 
     import pandas as pd
@@ -196,8 +201,7 @@ def test_run_masking_table_on_planted_reader(reader_lm, reader_tasks, tmp_path):
     caches = sorted((tmp_path / "cache").rglob("masking/**/*.jsonl"))
     assert len(caches) == len(tasks_in(table)) * len(table.drop_duplicates(["head_set", "k", "seed"]))
     sizes = [p.stat().st_size for p in caches]
-    again = run_masking(reader_lm, reader_tasks, head_sets, ks=[1, 2], seeds=[0, 1, 2], out_dir=tmp_path,
-                        max_new_tokens=2, n_boot=200)
+    again = run_masking(reader_lm, reader_tasks, sweep_heads, settings, ks=[1, 2])
     assert [p.stat().st_size for p in caches] == sizes
     pd.testing.assert_frame_equal(again, table)
 
@@ -211,7 +215,7 @@ def test_k0_masking_equals_baseline_exactly(reader_lm, reader_tasks, vl_lm):
     base = evaluate(reader_lm, reader_tasks["digit_text"], max_new_tokens=2)
     with_plan = evaluate(reader_lm, reader_tasks["digit_text"], Plan(mask=[]), max_new_tokens=2)
     assert [p.prediction for p in base] == [p.prediction for p in with_plan]
-    cond = mask_conditions(2, 4, {"ocr": [READER]}, ks=[1], seeds=[0])
+    cond = mask_conditions(2, 4, SweepHeads({"ocr": [READER]}, seeds=[0]), ks=[1])
     assert cond[0] == Condition(head_set="none", k=0, seed=-1, heads=[], random_pool="")
 
 
@@ -233,7 +237,7 @@ def test_random_heads_reproducible_disjoint_and_own_rng():
     # conditions: random rows avoid the selected sets; with a pool too small they avoid the top-k only
     ocr, retrieval = [(0, 0), (0, 1), (0, 2), (0, 3)], [(1, 0), (1, 1)]
     with pytest.warns(UserWarning, match="no random_layer_matched control at k=3"):
-        conds = mask_conditions(2, 4, {"ocr": ocr, "retrieval": retrieval}, ks=[2, 3], seeds=[0, 1, 2])
+        conds = mask_conditions(2, 4, SweepHeads({"ocr": ocr, "retrieval": retrieval}, seeds=[0, 1, 2]), ks=[2, 3])
     matched = [c for c in conds if c.head_set == "random_layer_matched"]
     assert [c.k for c in matched] == [2, 2, 2]             # layer 0 has 4 heads: no 3 outside the OCR top-3
     assert all(sorted(c.heads) != sorted(ocr[:2]) and {l for l, _ in c.heads} == {0} for c in matched)
@@ -248,7 +252,7 @@ def test_random_heads_reproducible_disjoint_and_own_rng():
             assert c.random_pool == "outside top-k"
             assert not set(c.heads) & set(ocr[:3] + retrieval[:3])
     with pytest.raises(ValueError, match="cannot draw"):
-        mask_conditions(2, 4, {"ocr": ocr, "retrieval": retrieval}, ks=[4], seeds=[0])
+        mask_conditions(2, 4, SweepHeads({"ocr": ocr, "retrieval": retrieval}, seeds=[0]), ks=[4])
 
 
 def test_layer_matched_heads_copy_the_reference_layers():
@@ -305,8 +309,8 @@ def test_beta_one_equals_baseline(reader_lm, reader_tasks, vl_lm):
 def test_run_sink_table(reader_lm, reader_tasks, tmp_path):
     head_sets = {"ocr": [READER, (0, 1)], "retrieval": [(0, 3), (1, 0)]}
     small = {"digit_text": reader_tasks["digit_text"][:5]}
-    table = run_sink(reader_lm, small, head_sets, k=1, betas=(0.0, 0.5, 1.0), seeds=[0, 1, 2],
-                     out_dir=tmp_path, max_new_tokens=2, n_boot=100)
+    table = run_sink(reader_lm, small, SweepHeads(head_sets, seeds=[0, 1, 2]),
+                     RunSettings(out_dir=tmp_path, max_new_tokens=2, n_boot=100), k=1, betas=(0.0, 0.5, 1.0))
     assert len(table) == 1 + 3 * (2 + 3 + 3)                # per beta: 2 sets, 3 random, 3 layer-matched draws
     matched = table[table.head_set == "random_layer_matched"]
     assert set(matched["heads"]) <= {"l1_h1", "l1_h3"}      # READER's layer, outside the selected heads
@@ -320,10 +324,9 @@ def test_run_sink_table(reader_lm, reader_tasks, tmp_path):
     rand = table[table.head_set == "random"]
     assert rand.groupby("seed")["heads"].nunique().eq(1).all()
     assert (tmp_path / "sink.csv").exists()
-    from ocrheads_lib.experiments.sink import compare_betas
-
-    summary = compare_betas(table).set_index("head_set")
-    assert summary.loc["ocr", "delta@1"] == 0.0 and summary.loc["retrieval", "delta@1"] == 0.0
+    summary = compare_to_baseline(table, "beta").set_index(["head_set", "beta"])
+    assert summary.loc[("ocr", 1.0), "change"] == 0.0 and summary.loc[("retrieval", 1.0), "change"] == 0.0
+    assert summary.loc[("random", 0.5), "n_seeds"] == 3 and "none" not in summary.index.get_level_values(0)
 
 
 # ------------------------------------------------------------------------------------------ summaries
@@ -406,8 +409,8 @@ def test_extract_final_answer():
 def test_run_cot_table(reader_lm, reader_tasks, tmp_path):
     head_sets = {"ocr": [READER], "retrieval": [(0, 3)]}
     small = {"digit_text": reader_tasks["digit_text"][:4]}
-    table, heads = cot.run_cot(reader_lm, small, head_sets, k=1, out_dir=tmp_path, max_new_tokens_direct=2,
-                               max_new_tokens_cot=4, n_boot=100)
+    table, heads = cot.run_cot(reader_lm, small, head_sets, RunSettings(out_dir=tmp_path, max_new_tokens=2,
+                                                                        n_boot=100), k=1, max_new_tokens_cot=4)
     assert list(table["condition"]) == ["direct", "cot"]
     assert {"accuracy", "final_em", "followed", "scorer", "top1_ocr_score", "top1_retrieval_score",
             "spearman_vs_direct"} <= set(table.columns)
@@ -534,3 +537,56 @@ def test_evaluate_records_sample_errors_but_never_stores_faults(reader_lm, reade
     with pytest.raises(torch.OutOfMemoryError):
         evaluate(reader_lm, samples, answer_fn=out_of_memory, cache=PredictionCache(cache_path))
     assert not cache_path.exists() or cache_path.read_text() == ""
+
+
+# ------------------------------------------------------------------------------------------ settings, comparison
+
+def test_settings_objects_refuse_bad_input():
+    with pytest.raises(ValueError, match=r"max_new_tokens must be an integer >= 1, got 0"):
+        RunSettings(max_new_tokens=0)
+    with pytest.raises(ValueError, match="n_boot"):
+        RunSettings(n_boot=-5)
+    with pytest.raises(ValueError, match="boot_seed"):
+        RunSettings(boot_seed=1.5)
+    with pytest.raises(ValueError, match="model_id"):
+        RunSettings(model_id=" ")
+    assert RunSettings(model_id="m").name_of(object()) == "m"
+    with pytest.raises(ValueError, match="must map head set names"):
+        SweepHeads({})
+    with pytest.raises(ValueError, match="reserved"):
+        SweepHeads({"random": [(0, 1)]})
+    with pytest.raises(ValueError, match=r"\(1, 2, 3\) is not a \(layer, head\) pair"):
+        SweepHeads({"ocr": [(1, 2, 3)]})
+    with pytest.raises(ValueError, match="distinct integers"):
+        SweepHeads({"ocr": [(0, 1)]}, seeds=[0, 0])
+    with pytest.raises(ValueError, match="outside the model's 2 layers x 4 heads"):
+        mask_conditions(2, 4, SweepHeads({"ocr": [(5, 0)]}, seeds=[0]), ks=[1])
+    heads = SweepHeads({"ocr": [np.array([1, 2]), (0, 1)], "retrieval": [(0, 3)]}, seeds=[2])
+    assert heads.ranked["ocr"] == [(1, 2), (0, 1)] and heads.seeds == (2,)
+    assert heads.avoid == [(0, 1), (0, 3), (1, 2)]                     # default: every selected head
+    assert SweepHeads({"ocr": [(0, 1)]}, exclude=[(1, 1)]).avoid == [(1, 1)]
+    from ocrheads_lib.experiments.sweep import Intervention
+    with pytest.raises(ValueError, match="file-name-safe"):
+        Intervention("../masking", plan_for=lambda c: None, columns_for=lambda c: {})
+
+
+def test_compare_to_baseline_by_hand():
+    import pandas as pd
+
+    rows = [("t", "none", 0, -1, 0.8)]
+    rows += [("t", "ocr", 2, -1, 0.2), ("t", "random", 2, 0, 0.7), ("t", "random", 2, 1, 0.5),
+             ("t", "ocr", 4, -1, 0.1), ("u", "ocr", 2, -1, 0.5)]           # task u has no baseline row: skipped
+    table = pd.DataFrame([dict(task=t, modality="text", head_set=s, k=k, seed=seed, metric="accuracy", accuracy=a,
+                               char_sim=a / 2) for t, s, k, seed, a in rows])
+    got = compare_to_baseline(table, "k")
+    assert list(got.columns) == ["task", "modality", "metric", "head_set", "k", "baseline", "score", "change",
+                                 "worst", "best", "n_seeds"]
+    assert got[["head_set", "k"]].values.tolist() == [["ocr", 2], ["ocr", 4], ["random", 2]]
+    random_row = got.iloc[2]
+    assert random_row["score"] == pytest.approx(0.6) and random_row["change"] == pytest.approx(-0.2)
+    assert (random_row["worst"], random_row["best"], random_row["n_seeds"]) == (0.5, 0.7, 2)
+    assert got.iloc[0]["change"] == pytest.approx(-0.6) and got.iloc[0]["baseline"] == 0.8
+    other = compare_to_baseline(table, "k", metric="char_sim")
+    assert other.iloc[0]["baseline"] == 0.4 and other.iloc[0]["metric"] == "char_sim"
+    with pytest.raises(ValueError, match="no column 'beta'"):
+        compare_to_baseline(table, "beta")

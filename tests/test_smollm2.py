@@ -84,10 +84,12 @@ def test_masking_runner_and_sink_mass_on_smollm2(lm):
     from ocrheads_lib.data import passkey_text
     from ocrheads_lib.experiments.masking import run_masking
     from ocrheads_lib.experiments.sink import first_token_mass
+    from ocrheads_lib.experiments.sweep import RunSettings, SweepHeads
 
     samples = passkey_text(2, seed=5)
-    table = run_masking(lm, {"passkey_text": samples}, {"retrieval": [(18, 6), (17, 4)]}, ks=[2], seeds=(0,),
-                        layer_matched_to="retrieval", max_new_tokens=10)
+    table = run_masking(lm, {"passkey_text": samples},
+                        SweepHeads({"retrieval": [(18, 6), (17, 4)]}, seeds=(0,), layer_matched_to="retrieval"),
+                        RunSettings(max_new_tokens=10), ks=[2])
     assert set(table.head_set) == {"none", "retrieval", "random", "random_layer_matched"}
     assert (table.n + table.n_failed == 2).all()
     mass = first_token_mass(lm, samples[:1])

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
 
 from ocrheads_lib.experiments.evaluate import (
     condition_key,
@@ -35,7 +37,8 @@ from ocrheads_lib.experiments.evaluate import (
     summarize,
     write_csv_atomic,
 )
-from ocrheads_lib.experiments.sweep import prediction_cache
+from ocrheads_lib.experiments.sweep import RunSettings, prediction_cache
+from ocrheads_lib.scoring import score_ocr, score_retrieval
 from ocrheads_lib.types import Head
 
 COT_QUESTION = "First copy the line that contains the pass key, then write: The pass key is <key>."
@@ -69,28 +72,24 @@ def followed_instruction(prediction: str, gold: str, min_extra_chars: int = 8) -
 
 def _score_heads(lm: Any, samples: Sequence[Any], max_new_tokens: int) -> Any:
     """OCR scores for image samples, text retrieval scores for text samples (HeadScores)."""
-    from ocrheads_lib.scoring import score_ocr, score_retrieval
-
     if modality(samples) == "image":
         return score_ocr(lm, samples, max_new_tokens=max_new_tokens)
     return score_retrieval(lm, samples, max_new_tokens=max_new_tokens)
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
     a, b = a.reshape(-1), b.reshape(-1)
     if np.all(a == a[0]) or np.all(b == b[0]):
         return float("nan")
     return float(spearmanr(a, b).statistic)
 
 
-def run_cot(lm: Any, tasks: Mapping[str, Sequence[Any]], head_sets: Mapping[str, Sequence[Head]], *, k: int = 2,
-            cot_question: str = COT_QUESTION, model_id: str | None = None, out_dir: str | Path | None = None,
-            max_new_tokens_direct: int = 16, max_new_tokens_cot: int = 64, score_heads: bool = True,
-            n_boot: int = 1000, boot_seed: int = 0, progress: bool = False) -> tuple[Any, Any]:
-    """Direct vs CoT on every task. Returns (table, head_table) and writes ``out_dir/cot.csv`` and
-    ``out_dir/cot_heads.csv``.
+def run_cot(lm: Any, tasks: Mapping[str, Sequence[Any]], head_sets: Mapping[str, Sequence[Head]],
+            settings: RunSettings, *, k: int = 2, cot_question: str = COT_QUESTION, max_new_tokens_cot: int = 64,
+            score_heads: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Direct vs CoT on every task. Returns (table, head_table) and, with ``settings.out_dir``, writes
+    ``out_dir/cot.csv`` and ``out_dir/cot_heads.csv``. Direct answers get ``settings.max_new_tokens``,
+    chain-of-thought answers `max_new_tokens_cot` (room for the transcript).
 
     table: one row per (model, task, condition): n, n_failed, accuracy (+CI), em, final_em (+CI), followed,
     scorer ("ocr" | "retrieval"), n_scored, n_score_failed, ``top<k>_<set>_score`` for every head set (mean score
@@ -98,9 +97,8 @@ def run_cot(lm: Any, tasks: Mapping[str, Sequence[Any]], head_sets: Mapping[str,
     head_table: one row per (task, condition, layer, head): score (mean over scored samples), and the
     head-set membership (``in_<set>_top<k>``).
     """
-    import pandas as pd
-
-    model_id = model_id or str(getattr(lm, "model_id", "model"))
+    model_id = settings.name_of(lm)
+    out_dir = settings.out_dir
     rows, head_rows = [], []
     for task, samples in tasks.items():
         samples = list(samples)
@@ -108,13 +106,13 @@ def run_cot(lm: Any, tasks: Mapping[str, Sequence[Any]], head_sets: Mapping[str,
         direct_mean = None
         for condition in CONDITIONS:
             cond_samples = samples if condition == "direct" else [cot_sample(s, cot_question) for s in samples]
-            budget = max_new_tokens_direct if condition == "direct" else max_new_tokens_cot
+            budget = settings.max_new_tokens if condition == "direct" else max_new_tokens_cot
             cache = prediction_cache(out_dir, getattr(lm, "revision", None), "cot", task,
                                      condition_key(condition=condition, tokens=budget))
             preds = evaluate(lm, cond_samples, None, metrics=metrics, cache=cache, max_new_tokens=budget)
             row: dict[str, Any] = dict(model=model_id, task=task, modality=modality(samples), condition=condition,
                                        question=cond_samples[0].question if cond_samples else "")
-            row.update(summarize(preds, metrics, n_boot=n_boot, boot_seed=boot_seed))
+            row.update(summarize(preds, metrics, n_boot=settings.n_boot, boot_seed=settings.boot_seed))
             answered = [p for p in preds if p.ok]
             final = [float(extract_final_answer(p.prediction or "").lower() in {g.strip().lower() for g in p.golds})
                      for p in answered]
@@ -147,7 +145,7 @@ def run_cot(lm: Any, tasks: Mapping[str, Sequence[Any]], head_sets: Mapping[str,
                             entry[f"in_{name}_top{k}"] = (layer, head) in member
                         head_rows.append(entry)
             rows.append(row)
-            if progress:
+            if settings.progress:
                 print(f"[cot] {task} {condition}: accuracy={row.get('accuracy', float('nan')):.3f} "
                       f"followed={row['followed']:.2f} example={row['example_output'][:60]!r}")
     table, head_table = pd.DataFrame(rows), pd.DataFrame(head_rows)

@@ -17,64 +17,69 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import torch
+
+from ocrheads_lib import attention
 from ocrheads_lib.experiments.evaluate import format_heads
 from ocrheads_lib.experiments.sweep import (
     BASELINE,
     Condition,
+    Intervention,
+    RunSettings,
+    SweepHeads,
     control_draws,
     run_sweep,
-    selected_union,
     sweep_curves,
     sweep_figure,
-    task_baselines,
     top_k_conditions,
 )
+from ocrheads_lib.experiments.tasks import build_tasks
+from ocrheads_lib.heads import ranked, select
+from ocrheads_lib.inference import sample_inputs
 from ocrheads_lib.paths import model_slug
+from ocrheads_lib.scoring.runs import get_scores, load_scoring_model
+from ocrheads_lib.scoring.runs import scoring_samples as make_scoring_samples
 from ocrheads_lib.types import Head
 
 DEFAULT_BETAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
-def sink_conditions(n_layers: int, n_heads: int, head_sets: Mapping[str, Sequence[Head]], k: int,
-                    betas: Sequence[float], seeds: Sequence[int],
-                    exclude: Sequence[Head] | None = None,
-                    layer_matched_to: str | None = "ocr") -> list[Condition]:
+def sink_conditions(n_layers: int, n_heads: int, heads: SweepHeads, k: int,
+                    betas: Sequence[float]) -> list[Condition]:
     """Baseline, then for every beta: top-k of each head set and the random controls of k heads per seed
     (``random`` and ``random_layer_matched``, see :func:`ocrheads_lib.experiments.sweep.control_draws`;
     the same draw for every beta, so the beta curve of one seed is one set of heads)."""
-    if exclude is None:
-        exclude = selected_union(head_sets)
-    draws = control_draws(n_layers, n_heads, head_sets, k, seeds, exclude, layer_matched_to)
+    heads.check_fits(n_layers, n_heads)
+    draws = control_draws(n_layers, n_heads, heads.ranked, k, heads.seeds, heads.avoid, heads.layer_matched_to)
     conditions = [Condition(BASELINE, 0, beta=1.0)]
     for beta in betas:
-        conditions += top_k_conditions(head_sets, int(k), draws, beta=beta)
+        conditions += top_k_conditions(heads.ranked, int(k), draws, beta=beta)
     return conditions
 
 
-def run_sink(lm: Any, tasks: Mapping[str, Sequence[Any]], head_sets: Mapping[str, Sequence[Head]], *, k: int = 2,
-             betas: Sequence[float] = DEFAULT_BETAS, seeds: Sequence[int] = (0, 1, 2), sink_key: str | int = "first",
-             exclude: Sequence[Head] | None = None, model_id: str | None = None, out_dir: str | Path | None = None,
-             max_new_tokens: int = 16, n_boot: int = 1000, boot_seed: int = 0, progress: bool = False,
-             layer_matched_to: str | None = "ocr") -> Any:
+def sink_intervention(sink_key: str | int = "first") -> Intervention:
+    """Move sink mass (key `sink_key`) in the condition's heads by its beta; cached under ``sink_<key>``."""
+    return Intervention(
+        "sink", cache_name=f"sink_{sink_key}",
+        plan_for=lambda cond: attention.Plan(sink=cond.target(), sink_key=sink_key),
+        columns_for=lambda cond: dict(head_set=cond.head_set, k=cond.k, beta=cond.beta, seed=cond.seed,
+                                      sink_key=str(sink_key), n_heads_changed=len(cond.target()),
+                                      random_pool=cond.random_pool, heads=format_heads(cond.heads)))
+
+
+def run_sink(lm: Any, tasks: Mapping[str, Sequence[Any]], heads: SweepHeads, settings: RunSettings, *, k: int = 2,
+             betas: Sequence[float] = DEFAULT_BETAS, sink_key: str | int = "first") -> pd.DataFrame:
     """Sweep beta in the top-k heads of each head set and in k random heads; returns the tidy table.
 
     sink_key: "first" (the first visible key, the paper's choice), "max" (each row's most attended key) or
-    an absolute key position. Other arguments as for :func:`ocrheads_lib.experiments.masking.run_masking`.
+    an absolute key position. `heads` and `settings` as for :func:`ocrheads_lib.experiments.masking.run_masking`.
     Columns: model, task, modality, head_set, k, beta, seed, sink_key, n_heads_changed, random_pool, heads, n,
     n_failed, metric, then ``<m>, <m>_lo, <m>_hi`` per metric. Table in ``out_dir/sink.csv``.
     """
-    from ocrheads_lib.attention import Plan
-
     n_layers, n_heads = int(lm.n_layers), int(lm.n_heads)
-    conditions = sink_conditions(n_layers, n_heads, head_sets, k, betas, seeds, exclude, layer_matched_to)
-    return run_sweep(
-        lm, tasks, conditions, experiment="sink", cache_name=f"sink_{sink_key}",
-        plan_for=lambda cond: Plan(sink=cond.target(), sink_key=sink_key),
-        columns_for=lambda cond: dict(head_set=cond.head_set, k=cond.k, beta=cond.beta, seed=cond.seed,
-                                      sink_key=str(sink_key), n_heads_changed=len(cond.target()),
-                                      random_pool=cond.random_pool, heads=format_heads(cond.heads)),
-        model_id=model_id, out_dir=out_dir, max_new_tokens=max_new_tokens, n_boot=n_boot, boot_seed=boot_seed,
-        progress=progress)
+    conditions = sink_conditions(n_layers, n_heads, heads, k, betas)
+    return run_sweep(lm, tasks, conditions, sink_intervention(sink_key), settings)
 
 
 def sink_curves(table: Any, metric: str | None = None) -> Any:
@@ -90,25 +95,6 @@ def plot_sink(table: Any, path: str | Path | None = None, title: str | None = No
                         title=title, path=path)
 
 
-def compare_betas(table: Any, metric: str | None = None) -> Any:
-    """Per (task, head_set): baseline, the best and worst beta and their scores, and the score at each beta
-    relative to the baseline (columns ``delta@<beta>``; random: mean over seeds)."""
-    import pandas as pd
-
-    rows = []
-    for start, baseline, changed in task_baselines(table, metric):
-        metric = start["metric"]
-        for name, group in changed.groupby("head_set", sort=True):
-            by_beta = group.groupby("beta")[metric].mean()
-            row: dict[str, Any] = dict(start, head_set=name, baseline=baseline, best_beta=float(by_beta.idxmax()),
-                                       best_score=float(by_beta.max()), worst_beta=float(by_beta.idxmin()),
-                                       worst_score=float(by_beta.min()))
-            for beta, value in by_beta.items():
-                row[f"delta@{beta:g}"] = float(value) - baseline
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def first_token_mass(lm: Any, samples: Sequence[Any]) -> Any:
     """Mean attention mass each head puts on the sequence's first token (the default sink key), over the
     query rows that predict each answer token (teacher-forced), averaged over `samples`.
@@ -116,12 +102,6 @@ def first_token_mass(lm: Any, samples: Sequence[Any]) -> Any:
     Returns a DataFrame (rows: layer, columns: head). Sink redistribution with ``sink_key="first"`` can only
     move what is there: a head whose mass here is ~0 is left unchanged by every beta.
     """
-    import pandas as pd
-    import torch
-
-    from ocrheads_lib import attention
-    from ocrheads_lib.inference import sample_inputs
-
     if not samples:
         raise ValueError("first_token_mass: no samples given; pass a non-empty list (e.g. one task's samples)")
     total: torch.Tensor | None = None
@@ -154,17 +134,13 @@ def run_text_model_sink(model_id: str, results_root: str | Path, *, k: int = 2,
     `max_new_tokens` is used for the scoring run too (chapter 03 uses the same, so its file is reused).
     Returns (the sweep table of :func:`run_sink`, the first-token mass (L, H) DataFrame over the same samples,
     the ranked retrieval heads)."""
-    from ocrheads_lib.experiments.tasks import build_tasks
-    from ocrheads_lib.heads import ranked, select
-    from ocrheads_lib.scoring.runs import get_scores, load_scoring_model
-    from ocrheads_lib.scoring.runs import scoring_samples as make_scoring_samples
-
     lm = load_scoring_model(model_id, seed=seed, device=device)
     scores = get_scores(lm, "retrieval", make_scoring_samples("retrieval", scoring_samples, seed=seed), results_root,
                         seed=seed, variant="wu", model_id=model_id, max_new_tokens=max_new_tokens)
     order = [head for head, _ in ranked(scores)]
     tasks, _ = build_tasks([task], n=n, seed=seed + 200)
-    table = run_sink(lm, tasks, {"retrieval": order}, k=k, betas=betas, seeds=seeds, sink_key=sink_key,
-                     exclude=select(scores), model_id=model_id, out_dir=Path(results_root) / model_slug(model_id),
-                     max_new_tokens=max_new_tokens, layer_matched_to="retrieval")
+    heads = SweepHeads({"retrieval": order}, seeds=seeds, exclude=select(scores), layer_matched_to="retrieval")
+    settings = RunSettings(model_id=model_id, out_dir=Path(results_root) / model_slug(model_id),
+                           max_new_tokens=max_new_tokens)
+    table = run_sink(lm, tasks, heads, settings, k=k, betas=betas, sink_key=sink_key)
     return table, first_token_mass(lm, tasks[task]), order

@@ -1,11 +1,19 @@
-"""The sweep machinery the head experiments share: conditions, random controls, caches, tables, curves, figures.
+"""The sweep machinery the head experiments share: settings, conditions, random controls, caches, tables,
+comparisons, curves, figures.
 
 An intervention experiment (masking, sink redistribution) answers every sample of every task under a list
 of :class:`Condition` s and writes one table row per (task, condition):
 
-    conditions = [Condition(BASELINE, 0), *top_k_conditions(head_sets, k, control_draws(...))]
-    table = run_sweep(lm, tasks, conditions, experiment="masking", plan_for=..., columns_for=..., out_dir=...)
+    settings = RunSettings(model_id="tiny", out_dir="results/tiny", max_new_tokens=12)
+    heads = SweepHeads({"ocr": ocr_ranked, "retrieval": retrieval_ranked}, seeds=(0, 1, 2))
+    conditions = [Condition(BASELINE, 0), *top_k_conditions(heads.ranked, k, control_draws(...))]
+    table = run_sweep(lm, tasks, conditions, Intervention("masking", plan_for, columns_for), settings)
+    comparison = compare_to_baseline(table, "k")
 
+* **Settings.** :class:`RunSettings` (model name, results folder, token budget, bootstrap, progress) is
+  shared by masking, sink and chain-of-thought; :class:`SweepHeads` (the ranked head sets and the random
+  controls' seeds and exclusions) by masking and sink; :class:`Intervention` says what a condition does to
+  the model and which columns it adds to the table.
 * **Controls.** Next to the named head sets (e.g. "ocr", "retrieval") every k gets random heads (``random``:
   own ``random.Random(seed)``, outside the selected sets) and layer-matched random heads
   (``random_layer_matched``: as many heads per layer as the reference set's top-k), one draw per seed
@@ -13,9 +21,10 @@ of :class:`Condition` s and writes one table row per (task, condition):
 * **Caches.** Per-sample predictions of one condition live in
   ``<out_dir>/cache/<weights revision>/<experiment>/<task>/<condition key>.jsonl`` (:func:`prediction_cache`),
   so a rerun resumes and predictions of other weights are never reused.
-* **Tables, curves, figures.** :func:`run_sweep` gives the tidy table (bootstrap CIs per metric),
+* **Tables, comparisons, curves, figures.** :func:`run_sweep` gives the tidy table (bootstrap CIs per
+  metric), :func:`compare_to_baseline` each head set's change from the unmodified model per x (k or beta),
   :func:`sweep_curves` one score per (task, head set, x), :func:`sweep_figure` the panels the masking and
-  sink chapters share, :func:`task_baselines` the per-task baseline their comparisons start from.
+  sink chapters share.
 
 The baseline condition is ``head_set="none"`` with no heads: the stock model.
 """
@@ -27,6 +36,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import matplotlib.pyplot as plt
+import pandas as pd
 
 from ocrheads_lib.experiments.evaluate import (
     PredictionCache,
@@ -45,6 +57,103 @@ BASELINE = "none"
 RANDOM = "random"
 LAYER_MATCHED = "random_layer_matched"
 CONTROLS = {RANDOM: "random", LAYER_MATCHED: "layer-matched random"}   # head set -> how sentences name it
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Settings
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How an experiment runs and where it writes; shared by masking, sink and chain-of-thought."""
+
+    model_id: str | None = None          # the model's name in the tables (None: ``lm.model_id``)
+    out_dir: str | Path | None = None    # results folder for caches and CSV tables (None: in memory, no files)
+    max_new_tokens: int = 16             # greedy answer budget per sample (CoT's own budget is separate)
+    n_boot: int = 1000                   # bootstrap resamples per confidence interval
+    boot_seed: int = 0                   # seed of the bootstrap RNG (same seed, same intervals)
+    progress: bool = False               # print one line per evaluated condition
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "n_boot"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"RunSettings.{name} must be an integer >= 1, got {value!r}; "
+                                 f"e.g. RunSettings({name}=16)")
+        if isinstance(self.boot_seed, bool) or not isinstance(self.boot_seed, int):
+            raise ValueError(f"RunSettings.boot_seed must be an integer, got {self.boot_seed!r}")
+        if self.model_id is not None and not str(self.model_id).strip():
+            raise ValueError("RunSettings.model_id must be a non-empty name or None (None: the model's own id)")
+
+    def name_of(self, lm: Any) -> str:
+        """The model name the tables use: `model_id`, else ``lm.model_id``."""
+        return self.model_id or str(getattr(lm, "model_id", "model"))
+
+
+@dataclass(frozen=True)
+class SweepHeads:
+    """Which heads a sweep changes: the ranked head sets and how the random controls are drawn."""
+
+    ranked: Mapping[str, Sequence[Head]]     # head set name -> heads, best first (e.g. {"ocr": [...]})
+    seeds: Sequence[int] = (0, 1, 2)         # one random (and one layer-matched) control draw per seed
+    exclude: Sequence[Head] | None = None    # heads random draws avoid (None: every head of every set)
+    layer_matched_to: str | None = "ocr"     # set whose top-k layers the layer-matched draws copy (None: no
+                                             # such control; skipped when the set is not in `ranked`)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ranked, Mapping) or not self.ranked:
+            raise ValueError(f"SweepHeads.ranked must map head set names to ranked heads, got {self.ranked!r}; "
+                             'e.g. SweepHeads({"ocr": [(3, 1), (2, 0)]})')
+        reserved = sorted(set(self.ranked) & ({BASELINE} | set(CONTROLS)))
+        if reserved:
+            raise ValueError(f"head set names {reserved} are reserved for the baseline and the random controls; "
+                             "rename the set")
+        ranked = {str(name): [_as_head(head, f"SweepHeads.ranked[{name!r}]") for head in heads]
+                  for name, heads in self.ranked.items()}
+        seeds = list(self.seeds)
+        if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
+            raise ValueError(f"SweepHeads.seeds must be distinct integers, got {self.seeds!r}; e.g. (0, 1, 2)")
+        object.__setattr__(self, "ranked", ranked)
+        object.__setattr__(self, "seeds", tuple(seeds))
+        if self.exclude is not None:
+            object.__setattr__(self, "exclude", [_as_head(h, "SweepHeads.exclude") for h in self.exclude])
+
+    @property
+    def avoid(self) -> list[Head]:
+        """The heads random draws avoid: `exclude`, or every head of every set."""
+        return list(self.exclude) if self.exclude is not None else selected_union(self.ranked)
+
+    def check_fits(self, n_layers: int, n_heads: int) -> None:
+        """Raise when a head lies outside a model of `n_layers` x `n_heads`."""
+        for name, heads in [*self.ranked.items(), ("exclude", self.exclude or [])]:
+            bad = [h for h in heads if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
+            if bad:
+                raise ValueError(f"SweepHeads: {name} has heads {bad[:3]} outside the model's {n_layers} layers x "
+                                 f"{n_heads} heads; pass the head sets of this model")
+
+
+def _as_head(head: Any, where: str) -> Head:
+    """(layer, head) as two ints, or a clear error naming `where`."""
+    try:
+        layer, index = head
+        return int(layer), int(index)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: {head!r} is not a (layer, head) pair of integers") from None
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """What a sweep does to the model under each condition, and how its rows are labelled."""
+
+    experiment: str                                       # table name (``<out_dir>/<experiment>.csv``)
+    plan_for: Callable[["Condition"], Any]                # condition -> the attention Plan around generation
+    columns_for: Callable[["Condition"], dict[str, Any]]  # condition -> its own table columns, in order
+    cache_name: str | None = None                         # cache folder (None: `experiment`)
+
+    def __post_init__(self) -> None:
+        if not self.experiment or not str(self.experiment).replace("_", "").isalnum():
+            raise ValueError(f"Intervention.experiment must be a file-name-safe word, got {self.experiment!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -215,40 +324,36 @@ def prediction_cache(out_dir: str | Path | None, revision: str | None, experimen
     return PredictionCache(Path(out_dir) / "cache" / (revision or "unversioned") / experiment / task / f"{key}.jsonl")
 
 
-def run_sweep(lm: Any, tasks: Mapping[str, Sequence[Any]], conditions: Sequence[Condition], *, experiment: str,
-              plan_for: Callable[[Condition], Any], columns_for: Callable[[Condition], dict[str, Any]],
-              model_id: str | None, out_dir: str | Path | None, max_new_tokens: int, n_boot: int, boot_seed: int,
-              progress: bool, cache_name: str | None = None) -> Any:
+def run_sweep(lm: Any, tasks: Mapping[str, Sequence[Any]], conditions: Sequence[Condition],
+              intervention: Intervention, settings: RunSettings) -> pd.DataFrame:
     """Evaluate every task under every condition; the tidy table of the masking and sink experiments.
 
-    plan_for(condition) -> the Plan applied around generation; columns_for(condition) -> the condition's own
-    columns (in table order, after model/task/modality). One row per (task, condition): those columns,
-    ``metric`` (the task's headline metric) and :func:`~ocrheads_lib.experiments.evaluate.summarize`'s n,
-    n_failed and per-metric mean and CI. With `out_dir`, predictions are cached per condition under the
-    folder `cache_name` (default: `experiment`, see :func:`prediction_cache`) and the table is written
-    atomically to ``out_dir/<experiment>.csv``.
+    One row per (task, condition): model, task, modality, the intervention's columns, ``metric`` (the task's
+    headline metric) and :func:`~ocrheads_lib.experiments.evaluate.summarize`'s n, n_failed and per-metric
+    mean and CI. With ``settings.out_dir``, predictions are cached per condition (see :func:`prediction_cache`)
+    and the table is written atomically to ``out_dir/<experiment>.csv``.
     """
-    import pandas as pd
-
-    model_id = model_id or str(getattr(lm, "model_id", "model"))
+    model_id = settings.name_of(lm)
     revision = getattr(lm, "revision", None)
+    experiment = intervention.experiment
     rows = []
     for task, samples in tasks.items():
         samples = list(samples)
         metrics = metrics_for(samples)
         for cond in conditions:
-            cache = prediction_cache(out_dir, revision, cache_name or experiment, task, cond.key)
-            preds = evaluate(lm, samples, plan_for(cond), metrics=metrics, cache=cache, max_new_tokens=max_new_tokens)
-            row = dict(model=model_id, task=task, modality=modality(samples), **columns_for(cond),
+            cache = prediction_cache(settings.out_dir, revision, intervention.cache_name or experiment, task, cond.key)
+            preds = evaluate(lm, samples, intervention.plan_for(cond), metrics=metrics, cache=cache,
+                             max_new_tokens=settings.max_new_tokens)
+            row = dict(model=model_id, task=task, modality=modality(samples), **intervention.columns_for(cond),
                        metric=primary_metric(metrics))
-            row.update(summarize(preds, metrics, n_boot=n_boot, boot_seed=boot_seed))
+            row.update(summarize(preds, metrics, n_boot=settings.n_boot, boot_seed=settings.boot_seed))
             rows.append(row)
-            if progress:
+            if settings.progress:
                 print(f"[{experiment}] {task} {cond.describe()} {row['metric']}={row[row['metric']]:.3f} "
                       f"(n={row['n']}, failed={row['n_failed']})")
     table = pd.DataFrame(rows)
-    if out_dir is not None:
-        write_csv_atomic(table, Path(out_dir) / f"{experiment}.csv")
+    if settings.out_dir is not None:
+        write_csv_atomic(table, Path(settings.out_dir) / f"{experiment}.csv")
     return table
 
 
@@ -261,8 +366,6 @@ def sweep_curves(table: Any, x: str, metric: str | None = None) -> Any:
     """Per (task, head_set, `x`): the metric (default: each task's headline metric). A single row keeps its
     bootstrap CI as lo/hi; several rows (random draws over seeds) give their mean, with lo/hi = min/max.
     Columns: task, modality, head_set, `x`, metric, score, lo, hi, n_seeds."""
-    import pandas as pd
-
     metric_name = metric
     rows = []
     for (task, head_set, at), group in table.groupby(["task", "head_set", x], sort=True):
@@ -290,6 +393,29 @@ def task_baselines(table: Any, metric: str | None = None) -> Iterator[tuple[dict
         yield start, float(base_rows[name].iloc[0]), sub[sub.head_set != BASELINE]
 
 
+def compare_to_baseline(table: pd.DataFrame, x: str, metric: str | None = None) -> pd.DataFrame:
+    """Each head set's change from the unmodified model, per task and `x` ("k" for masking, "beta" for sink).
+
+    One row per (task, head set, x), sorted so: task, modality, metric, head_set, `x`, baseline (the task's
+    baseline score), score (mean over seeds), change (score - baseline: < 0 means the intervention hurt),
+    worst / best (the lowest / highest score of any seed; the score itself for a single draw), n_seeds.
+    `metric` None: each task's headline metric. Tasks without a baseline row are skipped.
+    """
+    if x not in table:
+        raise ValueError(f"compare_to_baseline: the table has no column {x!r}; use 'k' for masking or 'beta' "
+                         f"for sink tables (columns: {list(table.columns)})")
+    rows = []
+    for start, baseline, changed in task_baselines(table, metric):
+        name = start["metric"]
+        for (head_set, at), group in changed.groupby(["head_set", x], sort=True):
+            score = float(group[name].mean())
+            rows.append(dict(start, head_set=head_set, **{x: at.item() if hasattr(at, "item") else at},
+                             baseline=baseline, score=score, change=score - baseline,
+                             worst=float(group[name].min()), best=float(group[name].max()), n_seeds=len(group)))
+    columns = ["task", "modality", "metric", "head_set", x, "baseline", "score", "change", "worst", "best", "n_seeds"]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def sweep_figure(curves: Any, x: str, xlabel: str, baseline: str, title: str | None = None,
                  path: str | Path | None = None) -> Any:
     """Score vs `x` per head set (band = lo..hi), one panel per task, image tasks first; the masking and
@@ -299,9 +425,6 @@ def sweep_figure(curves: Any, x: str, xlabel: str, baseline: str, title: str | N
     baseline: how the unmodified row (head_set "none") is drawn: "start" = the first point of every curve
     (masking's k = 0), "line" = a dashed horizontal line. path: when given, the figure is saved there.
     """
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
     if baseline not in ("start", "line"):
         raise ValueError(f"baseline must be 'start' or 'line', got {baseline!r}")
     tasks = sorted(curves["task"].unique(), key=lambda t: (curves[curves.task == t].modality.iloc[0] != "image", t))
