@@ -18,6 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+
+from ocrheads_lib import plots
+from ocrheads_lib.paths import results_dir as model_results_dir
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
 DEVICES = ("auto", "cpu", "cuda")
 FOLD_ROWS = 12          # tables with more rows are folded behind a "show all rows" toggle
@@ -41,8 +48,6 @@ def resolve_results_root(results_dir: str | os.PathLike) -> Path:
 def resolve_device(device: str) -> str:
     """"auto" -> "cuda" when a GPU is visible, else "cpu"; "cpu", "cuda" and "cuda:N" pass through."""
     if device == "auto":
-        import torch
-
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device in DEVICES or str(device).startswith("cuda:"):
         return device
@@ -106,8 +111,6 @@ class Chapter:
     def figure(self, name: str, fig: Any) -> None:
         """Save `fig` as figures/<name>.png and glue it under `name` (shown by ``{glue:figure} name``).
         Returns nothing, so a cell ending with this call prints nothing."""
-        import matplotlib.pyplot as plt
-
         path = self.figures / f"{name}.png"
         fig.savefig(path)
         _glue(name, fig)
@@ -115,13 +118,13 @@ class Chapter:
 
     def image(self, name: str, path: str | os.PathLike) -> None:
         """Glue a PNG file (e.g. a contact sheet) under `name` (shown by ``{glue:figure} name``)."""
-        from IPython.display import Image
+        from IPython.display import Image   # IPython: optional, only the notebooks display
 
         _glue(name, Image(filename=str(path)))
 
     def table(self, name: str, frame: Any, digits: int = 3, fold_rows: int = FOLD_ROWS) -> None:
         """Glue a formatted table (see :func:`format_table`) under `name`."""
-        from IPython.display import HTML
+        from IPython.display import HTML   # IPython: optional, only the notebooks display
 
         _glue(name, HTML(format_table(frame, digits, fold_rows)))
 
@@ -132,7 +135,7 @@ class Chapter:
 
     def conclude(self, sentences: Sequence[str]) -> str:
         """Glue the chapter's conclusion, one bullet per sentence, as "conclusion" (``{glue:md} conclusion``)."""
-        from IPython.display import Markdown
+        from IPython.display import Markdown   # IPython: optional, only the notebooks display
 
         if not sentences:
             raise ValueError("a chapter's conclusion needs at least one sentence computed from its run")
@@ -142,7 +145,7 @@ class Chapter:
 
 
 def _glue(name: str, value: Any) -> None:
-    from myst_nb import glue
+    from myst_nb import glue   # only inside a book build (myst-nb): not needed to import this module
 
     glue(name, value, display=False)
 
@@ -151,19 +154,13 @@ def setup(model_id: str, results_dir: str | os.PathLike = "results", device: str
     """The start of every chapter: offline hub, flush denormals (tiny models on CPU), the book's figure
     theme, pandas display options, and the chapter's folders under the resolved `results_dir`."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import pandas as pd
-    import torch
-
-    from ocrheads_lib import plots
-    from ocrheads_lib.paths import results_dir as model_results_dir
-
     torch.set_flush_denormal(True)
     plots.set_theme()
     try:
-        from IPython import get_ipython
+        from IPython import get_ipython   # optional: only notebooks have it
 
         if get_ipython() is not None:
-            from matplotlib_inline.backend_inline import set_matplotlib_formats
+            from matplotlib_inline.backend_inline import set_matplotlib_formats   # ships with IPython
 
             set_matplotlib_formats("png")
     except ImportError:   # not in IPython: figures are only saved

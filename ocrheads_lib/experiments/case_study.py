@@ -26,9 +26,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 
 from ocrheads_lib.analysis import jaccard
+from ocrheads_lib.paths import atomic_write_json
+from ocrheads_lib.scoring import score_ocr
 
 CHARACTERS = "0123456789abcdefghijklmnopqrstuvwxyz"
 TOP = 5
@@ -104,9 +107,6 @@ def run_case_study(lm: Any, samples: Sequence[Any], *, characters: str = CHARACT
     Characters without any scored sample, or whose heads all score 0, keep their counts and an empty top list
     (they do not enter the consistency numbers).
     """
-    from ocrheads_lib.paths import atomic_write_json
-    from ocrheads_lib.scoring import score_ocr
-
     options = dict(score_options or {})
     n_layers, n_heads = int(lm.n_layers), int(lm.n_heads)
     per_char: dict[str, Any] = {}
@@ -155,8 +155,6 @@ def _json_safe(value: Any) -> Any:
 def plot_case_grid(result: Mapping[str, Any], path: str | Path | None = None, cols: int = 6) -> Any:
     """The 6 x 6 grid: one layer x head heatmap per character showing only its top-5 cells (shared colour scale),
     each annotated "L{l}H{h}"; characters without scored samples are left blank. Returns the figure."""
-    import matplotlib.pyplot as plt
-
     chars = list(result["characters"])
     n_layers, n_heads = int(result["n_layers"]), int(result["n_heads"])
     values = [v for c in chars for _, _, v in result["characters"][c]["top"]]

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ocrheads_lib.heads import load_head_set, ranked, select
+from ocrheads_lib.scoring import load_scores, score_ocr, score_retrieval
 from ocrheads_lib.types import Head
 
 KINDS = ("ocr", "retrieval")
@@ -46,8 +48,6 @@ class ExperimentHeads:
 def _read_head_set_files(folder: Path, rule: str) -> dict[str, tuple[list[Head], str | None, Path, str | None]]:
     """kind -> (heads, model id or None, path, weights revision or None) from ``folder/*.json`` (files with a "kind" field, or named
     <kind>.json); when several files hold one kind, the one whose "rule" is `rule` wins, else the first."""
-    from ocrheads_lib.heads import load_head_set
-
     found: dict[str, list[tuple[bool, Path, str | None]]] = {}
     if not folder.is_dir():
         return {}
@@ -69,8 +69,6 @@ def _read_head_set_files(folder: Path, rule: str) -> dict[str, tuple[list[Head],
 
 def ranking_from_scores(scores: Any, selected: Sequence[Head], rule: str = "readme") -> list[Head]:
     """Selected heads first (in their order), then every other head by the rule's value."""
-    from ocrheads_lib.heads import ranked
-
     first = [tuple(map(int, h)) for h in selected]
     rest = [head for head, _ in ranked(scores, rule) if head not in set(first)]
     return first + rest
@@ -103,9 +101,6 @@ def experiment_heads(lm: Any, model_dir: str | Path, *, rule: str = "readme", th
     model (model id or head grid differ, e.g. a tiny *random* model's leftovers) are ignored, and
     ``ExperimentHeads.source`` says so.
     """
-    from ocrheads_lib.heads import select
-    from ocrheads_lib.scoring import load_scores
-
     model_dir = Path(model_dir)
     files = _read_head_set_files(model_dir / "head_sets", rule)
     out = ExperimentHeads()
@@ -149,8 +144,6 @@ def experiment_heads(lm: Any, model_dir: str | Path, *, rule: str = "readme", th
 
 
 def _compute(lm: Any, kind: str, samples: Sequence[Any]) -> Any:
-    from ocrheads_lib.scoring import score_ocr, score_retrieval
-
     if kind == "ocr":
         return score_ocr(lm, list(samples))
     return score_retrieval(lm, list(samples))

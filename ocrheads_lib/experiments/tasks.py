@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ocrheads_lib import data
+
 TASK_OPTIONS: dict[str, dict[str, Any]] = {
     "synthetic_docs": {"layout": "grid"},
 }
@@ -30,8 +32,6 @@ def build_tasks(names: Sequence[str] | Mapping[str, Any], n: int, seed: int = 0,
     options: per-label keyword arguments for the data function, merged over :data:`TASK_OPTIONS` and the
     mapping's own options (e.g. ``{"passkey_text": {"context_chars": 400}}``). Unknown names raise ValueError.
     """
-    from ocrheads_lib import data
-
     specs: dict[str, tuple[str, dict[str, Any]]] = {}
     if isinstance(names, Mapping):
         for label, spec in names.items():

@@ -24,6 +24,8 @@ from ocrheads_lib.scoring.store import (  # noqa: F401
     parse_head_key,
 )
 
+# The scorers import torch. They are loaded on first access (this module's __getattr__) because the command
+# line imports this package for `merge` and `summary` and must start torch-free (`python -m ocrheads_lib --help`).
 _LAZY = {
     "score_ocr": "ocrheads_lib.scoring.ocr",
     "score_ocr_sample": "ocrheads_lib.scoring.ocr",

@@ -40,6 +40,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from tqdm.auto import tqdm
+
 from ocrheads_lib.paths import atomic_write_json
 from ocrheads_lib.scoring.store import (
     FORMAT,
@@ -47,6 +49,7 @@ from ocrheads_lib.scoring.store import (
     HeadScores,
     SampleScore,
     ScoreMeta,
+    load_scores,
     meta_differences,
     run_fingerprint,
 )
@@ -215,14 +218,14 @@ def _distributed(shard: tuple[int, int] | None) -> tuple[int, int, Any]:
         if world < 1 or not 0 <= rank < world:
             raise ValueError(f"shard {rank}/{world}: need WORLD >= 1 and RANK in 0..WORLD-1, e.g. 0/2 and 1/2")
         return rank, world, None
-    from accelerate import PartialState
+    from accelerate import PartialState   # imports torch: kept here so the command line starts torch-free
 
     state = PartialState(cpu=True) if not _cuda() else PartialState()
     return state.process_index, state.num_processes, state
 
 
 def _cuda() -> bool:
-    import torch
+    import torch   # here, not at the top: this module (and so the command line) stays torch-free at import
 
     return torch.cuda.is_available()
 
@@ -230,7 +233,7 @@ def _cuda() -> bool:
 def _release_memory() -> None:
     """After an out-of-memory fault: drop garbage and the device's cached blocks before the retry."""
     gc.collect()
-    import torch
+    import torch   # here, not at the top: this module (and so the command line) stays torch-free at import
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -346,8 +349,6 @@ def run(samples: Sequence[Any], scorer: Scorer, meta: ScoreMeta, out: str | os.P
         if log is not None:
             log(f"{out}: a finished run with the same options (fingerprint {meta.fingerprint}) is already there; "
                 "reused, nothing recomputed (pass --overwrite to score again)")
-        from ocrheads_lib.scoring.store import load_scores
-
         return load_scores(out)
     if pending and is_main:
         out.unlink(missing_ok=True)  # samples will change: the old merged file must not look complete
@@ -367,8 +368,6 @@ def run(samples: Sequence[Any], scorer: Scorer, meta: ScoreMeta, out: str | os.P
     todo = mine if limit is None else mine[:limit]
     iterator: Any = todo
     if progress:
-        from tqdm.auto import tqdm
-
         iterator = tqdm(todo, desc=f"{meta.kind} scores [{rank}/{world}]", position=rank)
     for index in iterator:
         result = score_with_retries(scorer, samples[index], fault_retries, log)

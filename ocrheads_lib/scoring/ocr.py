@@ -31,6 +31,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ocrheads_lib.data.samples import ImageSample
 from ocrheads_lib.scoring.align import align_answer
@@ -159,6 +160,4 @@ def score_ocr(lm: Any, samples: Iterable[ImageSample], mode: str = "fine", row: 
 def maybe_progress(items: Sequence[Any], enabled: bool, label: str) -> Iterable[Any]:
     if not enabled:
         return items
-    from tqdm.auto import tqdm
-
     return tqdm(items, desc=label)

@@ -29,6 +29,7 @@ import torch
 from transformers import AttentionInterface
 
 from ocrheads_lib.attention import PROBE_ATTENTION, probe_attention_forward, register
+from ocrheads_lib.scoring.align import align_answer
 
 SCALE = 30.0  # M: q.k = M^2 * scaling ~ 225 for head_dim 16 -> softmax is one-hot on the targets
 
@@ -98,8 +99,6 @@ def ocr_targets(lm: Any, sample: Any, row: str = "emit", min_overlap: float = 0.
     """Wiring of a planted OCR head for `sample` with its gold answer teacher-forced: the query row of each
     answer token (``row="emit"``: the position before it; ``"consume"``: its own) -> the evidence tokens
     of the boxes of the units that token covers."""
-    from ocrheads_lib.scoring.align import align_answer
-
     inputs = lm.build_inputs(sample.pages, sample.question)
     gold = lm.tokenizer(sample.answer, add_special_tokens=False)["input_ids"]
     alignment = align_answer(lm.tokenizer, gold, sample.answer, sample.units)

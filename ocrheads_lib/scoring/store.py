@@ -39,6 +39,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ocrheads_lib import __version__
+
 from ocrheads_lib.paths import atomic_write_text
 from ocrheads_lib.types import Head
 
@@ -62,8 +64,6 @@ def parse_head_key(key: str) -> Head:
 
 
 def _library_version() -> str:
-    from ocrheads_lib import __version__
-
     return __version__
 
 
