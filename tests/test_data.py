@@ -12,6 +12,7 @@ from PIL import Image
 
 from ocrheads_lib import data
 from ocrheads_lib.data import grid
+from ocrheads_lib.data.compose import NeedleText, image_sample
 from ocrheads_lib.data.render import RenderError, TextLayout, render_text, wrap
 
 
@@ -28,7 +29,8 @@ def _rerender(sample, hide=()):
     meta = sample.meta
     layout = TextLayout(**meta["layout_params"])
     return render_text(meta["text"], layout, glue=[tuple(g) for g in meta["glue_spans"]],
-                       special_spans=[tuple(u) for u in meta["unit_spans"]], hide_spans=list(hide))
+                       special_spans=[tuple(u) for u in meta["unit_spans"]], hide_spans=list(hide),
+                       breaks=meta.get("line_breaks", ()))
 
 
 def _assert_boxes_exact(sample):
@@ -190,6 +192,47 @@ def test_wrap_keeps_glued_spans_and_reconstructs_text():
     assert [ln.text for ln in wrap(text, 12)] == textwrap.wrap(text, 12)
     with pytest.raises(RenderError, match="cannot stay on one line"):
         wrap(text, 10, [(n0, n0 + 22)])
+
+
+def test_wrap_forced_breaks_start_new_lines():
+    text = "town is climb the tower. The end of it"
+    a0 = text.index("climb")
+    lines = wrap(text, 15, [(a0, a0 + 15)], breaks=[a0])
+    assert [ln.text for ln in lines] == ["town is", "climb the tower", ". The end of it"]
+    assert all(text[ln.start:ln.start + len(ln.text)] == ln.text for ln in lines)
+    assert [ln.text for ln in wrap(text, 15, [(a0, a0 + 15)])][:2] == ["town is climb t", "he tower. The"]
+    with pytest.raises(RenderError, match="crosses the forced line break"):
+        wrap(text, 15, [(a0, a0 + 15)], breaks=[a0 + 3])
+    with pytest.raises(ValueError, match="must lie inside the text"):
+        wrap(text, 15, breaks=[len(text)])
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(grid_offset="random")])
+def test_niah_answer_at_a_page_break_stays_on_one_line(kw):
+    """Seed 871991624 used to raise RenderError: 'climb the tower.' is 16 characters on a 15-character line,
+    the wrapper cut the answer and the cut fell on the page break. The answer's word now starts a line."""
+    s = data.niah_images(1, seed=871991624, **kw)[0]
+    assert s.answer == "climb the tower" and s.units == ["climb", "the", "tower"]
+    assert s.meta["page_lines"][0][-1] == "climb the tower" and s.evidence_page == 0
+    assert s.meta["line_breaks"] == [s.meta["answer_span"][0]]
+    assert s.meta["n_pages"] == 2 and all(len(p) == 5 for p in s.meta["page_lines"])   # still 2 full pages
+    _assert_boxes_exact(s)
+
+
+def test_answer_at_a_page_break_with_context_chars():
+    """Sized texts (no fill window): a cut across a page break becomes a new line at the answer's word."""
+    text = "town is climb the tower. The end of it"
+    a0 = text.index("climb")
+    nt = NeedleText(text, (0, a0 + 16), (a0, a0 + 15), 0.5)
+    layout = TextLayout(mode="grid", chars_per_line=15, lines_per_page=1)
+    s = image_sample("t-0-0", nt, layout, [(a0, a0 + 5)], "Q?", 0, "none", {})
+    assert s.meta["line_breaks"] == [a0] and s.evidence_page == 1
+    assert s.meta["page_lines"][1] == ["climb the tower"]
+    _assert_boxes_exact(s)
+    # the same cut inside a page is left as it always was: samples that rendered before do not change
+    inside = image_sample("t-0-1", nt, TextLayout(mode="grid", chars_per_line=15, lines_per_page=3),
+                          [(a0, a0 + 5)], "Q?", 0, "none", {})
+    assert "line_breaks" not in inside.meta and inside.meta["page_lines"][0][:2] == ["town is climb t", "he tower. The"]
 
 
 # ------------------------------------------------------------------------------------------ NIAH

@@ -12,6 +12,11 @@ at a sentence boundary. Two ways to size it:
 
 The answer is glued so it is never split across lines; the whole needle is glued too when it fits
 on one line (``keep_needle`` = "auto"). Every box is the exact ink of its unit at its drawn position.
+One case escapes the glue: an answer that fills a line with a character attached to it ("climb the
+tower." on a 15-character line) is one word too long for the line, and the wrapper cuts it. Where that
+cut would fall on a page break, the answer's word starts a new line instead (``NeedleText.line_breaks``,
+recorded as ``meta["line_breaks"]``); a cut inside a page is left as it always was, so every sample
+that rendered before is unchanged.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from typing import Any, Sequence
 
 from . import grid as _grid
 from . import haystack
-from .render import Rendered, RenderError, TextLayout, render_text, wrap
+from .render import Line, Rendered, RenderError, TextLayout, render_text, wrap
 from .samples import ImageSample, TextSample
 
 
@@ -115,6 +120,7 @@ class NeedleText:
     needle_span: tuple[int, int]
     answer_span: tuple[int, int]
     depth: float                  # requested depth in [0, 1]
+    line_breaks: tuple[int, ...] = ()   # offsets where a new line is forced (see the module docstring)
 
     @property
     def answer(self) -> str:
@@ -174,10 +180,34 @@ def glue_spans(nt: NeedleText, width: int, keep_needle: str | bool) -> list[tupl
     return [(a0, a1)]
 
 
+def _line_of(lines: Sequence[Line], pos: int) -> int:
+    return next(i for i, ln in enumerate(lines) if ln.start <= pos < ln.start + len(ln.text))
+
+
+def _answer_crosses_page(lines: Sequence[Line], answer_span: tuple[int, int], lines_per_page: int,
+                         first_line: int = 0) -> bool:
+    """True when the answer's first and last characters land on different pages (pages of
+    `lines_per_page` lines counted from line `first_line`)."""
+    a0, a1 = answer_span
+    return ((_line_of(lines, a0) - first_line) // lines_per_page
+            != (_line_of(lines, a1 - 1) - first_line) // lines_per_page)
+
+
+def _answer_line_start(text: str, answer_span: tuple[int, int], width: int) -> int:
+    """Where to start a new line so the answer sits on one line: at its word's start ('"climb' -> the
+    quote), or at the answer itself when the characters before it in that word leave no room."""
+    a0, a1 = answer_span
+    word_start = text.rfind(" ", 0, a0) + 1
+    return word_start if a1 - word_start <= width else a0
+
+
 def fill_window(rng: random.Random, needle: str, answer_in_needle: tuple[int, int], n_lines: int, width: int,
-                depth: float, filler: str, avoid: tuple[str, ...], keep_needle: str | bool) -> NeedleText:
+                depth: float, filler: str, avoid: tuple[str, ...], keep_needle: str | bool,
+                lines_per_page: int | None = None) -> NeedleText:
     """Fill mode: exactly n_lines full wrapped lines of `width` characters with the needle's lines at
-    `depth` of the window. The window is cut at line boundaries, so re-wrapping gives the same lines."""
+    `depth` of the window. The window is cut at line boundaries, so re-wrapping gives the same lines.
+    lines_per_page: when given, an answer the wrapper would cut across a page break of the window starts
+    a new line instead (NeedleText.line_breaks)."""
     if n_lines < 1 or width < 1:
         raise ValueError(f"fill mode needs >= 1 line of >= 1 character (got {n_lines} lines of {width}); "
                          "check pages and lines_per_page")
@@ -188,28 +218,47 @@ def fill_window(rng: random.Random, needle: str, answer_in_needle: tuple[int, in
     a0, a1 = answer_in_needle
     full = NeedleText(text, (start, start + len(needle)), (start + a0, start + a1), depth)
     glue = glue_spans(full, width, keep_needle)
-    lines = wrap(text, width, glue)
+    breaks: tuple[int, ...] = ()
+    lo, lines = _fill_lines(full, wrap(text, width, glue), n_lines, width, depth)
+    if lines_per_page is not None and _answer_crosses_page(lines, full.answer_span, lines_per_page, lo):
+        breaks = (_answer_line_start(text, full.answer_span, width),)
+        lo, lines = _fill_lines(full, wrap(text, width, glue, breaks), n_lines, width, depth)
+    window = lines[lo:lo + n_lines]
+    c0, c1 = window[0].start, window[-1].start + len(window[-1].text)
+    n0, n1 = full.needle_span
+    return NeedleText(text[c0:c1], (n0 - c0, n1 - c0), (full.answer_span[0] - c0, full.answer_span[1] - c0), depth,
+                      tuple(b - c0 for b in breaks))
+
+
+def _fill_lines(full: NeedleText, lines: list[Line], n_lines: int, width: int, depth: float) -> tuple[int, list[Line]]:
+    """(first line of the window, all lines): the window of n_lines lines with the needle at `depth`."""
     n0, n1 = full.needle_span
     first = next(i for i, ln in enumerate(lines) if ln.start + len(ln.text) > n0)
     last = next(i for i, ln in enumerate(lines) if ln.start + len(ln.text) >= n1)
     span_lines = last - first + 1
     if span_lines > n_lines:
-        raise ContextTooShortError(f"the needle {needle!r} needs {span_lines} lines of {width} characters but the "
-                                   f"context has {n_lines}; use more pages/lines_per_page or a context_chars value")
+        raise ContextTooShortError(f"the needle {full.text[n0:n1]!r} needs {span_lines} lines of {width} characters "
+                                   f"but the context has {n_lines}; use more pages/lines_per_page or a "
+                                   "context_chars value")
     lo = first - int(round(depth * (n_lines - span_lines)))
-    lo = max(0, min(lo, len(lines) - n_lines))
-    window = lines[lo:lo + n_lines]
-    c0, c1 = window[0].start, window[-1].start + len(window[-1].text)
-    return NeedleText(text[c0:c1], (n0 - c0, n1 - c0), (full.answer_span[0] - c0, full.answer_span[1] - c0), depth)
+    return max(0, min(lo, len(lines) - n_lines)), lines
 
 
 # ------------------------------------------------------------------------------------------ samples
 def render_needle(nt: NeedleText, layout: TextLayout, unit_spans: Sequence[tuple[int, int]],
                   keep_needle: str | bool, hide_spans: Sequence[tuple[int, int]] = ()
-                  ) -> tuple[Rendered, list[tuple[int, tuple[float, float, float, float]]], list[tuple[int, int]]]:
-    """Render the needle document; returns (rendered, [(page, box) per unit], glue spans)."""
+                  ) -> tuple[Rendered, list[tuple[int, tuple[float, float, float, float]]], list[tuple[int, int]],
+                             tuple[int, ...]]:
+    """Render the needle document; returns (rendered, [(page, box) per unit], glue spans, forced line
+    breaks). Breaks: nt.line_breaks, or, when the wrapper would cut the answer across a page break, a new
+    line at the answer's word."""
     glue = glue_spans(nt, layout.chars_per_line, keep_needle)
-    rendered = render_text(nt.text, layout, glue=glue, special_spans=unit_spans, hide_spans=hide_spans)
+    breaks = tuple(nt.line_breaks)
+    if not breaks and _answer_crosses_page(wrap(nt.text, layout.chars_per_line, glue), nt.answer_span,
+                                           layout.lines_per_page):
+        breaks = (_answer_line_start(nt.text, nt.answer_span, layout.chars_per_line),)
+    rendered = render_text(nt.text, layout, glue=glue, special_spans=unit_spans, hide_spans=hide_spans,
+                           breaks=breaks)
     placed = []
     for s, e in unit_spans:
         cells = rendered.locate(s, e)
@@ -217,13 +266,13 @@ def render_needle(nt: NeedleText, layout: TextLayout, unit_spans: Sequence[tuple
         if drawn != nt.text[s:e]:
             raise RenderError(f"the answer unit {nt.text[s:e]!r} is not in the rendered text (found {drawn!r})")
         placed.append(rendered.span_box(cells))
-    return rendered, placed, glue
+    return rendered, placed, glue, breaks
 
 
 def image_sample(sample_id: str, nt: NeedleText, layout: TextLayout, unit_spans: Sequence[tuple[int, int]],
                  question: str, seed: int, keep_needle: str | bool, meta: dict[str, Any],
                  golds: Sequence[str] = ()) -> ImageSample:
-    rendered, placed, glue = render_needle(nt, layout, unit_spans, keep_needle)
+    rendered, placed, glue, breaks = render_needle(nt, layout, unit_spans, keep_needle)
     pages_used = {p for p, _ in placed}
     if len(pages_used) != 1:
         raise RenderError(f"sample {sample_id}: the answer spans pages {sorted(pages_used)}")
@@ -243,6 +292,8 @@ def image_sample(sample_id: str, nt: NeedleText, layout: TextLayout, unit_spans:
         n_chars=len(nt.text), page_size=list(rendered.pages[0].size),
         page_lines=[rendered.page_lines(p) for p in range(len(rendered.pages))],
     )
+    if breaks:                 # only where an answer would have been cut across a page break
+        meta["line_breaks"] = list(breaks)
     if layout.mode == "free":
         meta["line_height_px"] = layout.resolved_line_height()
     return ImageSample(id=sample_id, pages=rendered.pages, question=question, answer=nt.answer,

@@ -87,7 +87,7 @@ def _needlebench_text(rng: random.Random, needle: str, ans: tuple[int, int], hay
 
 
 def _document(rng: random.Random, *, source: str, context_chars: int | None, depth: float | None,
-              n_lines: int | None, width: int | None, keep_needle: Any = "auto"):
+              n_lines: int | None, width: int | None, keep_needle: Any = "auto", lines_per_page: int | None = None):
     depth_value = resolve_depth(depth, rng)
     if source == "ours":
         for attempt in range(20):
@@ -95,7 +95,8 @@ def _document(rng: random.Random, *, source: str, context_chars: int | None, dep
             avoid = (answer,)
             try:
                 if context_chars is None:
-                    nt = fill_window(rng, needle, ans, n_lines, width, depth_value, "varied", avoid, keep_needle)
+                    nt = fill_window(rng, needle, ans, n_lines, width, depth_value, "varied", avoid, keep_needle,
+                                     lines_per_page)
                 else:
                     nt = needle_text(rng, needle, ans, int(context_chars), depth_value, "varied", avoid)
                 break
@@ -136,7 +137,8 @@ def niah_images(n: int, seed: int = 0, *, context_chars: int | None = None, dept
                           line_height=line_height, margin=margin, chars_per_line=chars_per_line,
                           lines_per_page=lines_per_page, grid_offset=grid_offset, max_pages=max_pages)
         nt, question = _document(rng, source=source, context_chars=context_chars, depth=depth,
-                                 n_lines=pages * lay.lines_per_page, width=lay.chars_per_line)
+                                 n_lines=pages * lay.lines_per_page, width=lay.chars_per_line,
+                                 lines_per_page=lay.lines_per_page)
         meta = dict(generator="niah_images", source=source, context_chars=context_chars,
                     fill_pages=pages if context_chars is None else None,
                     grid_offset=[lay.x_off, lay.y_off] if layout == "grid" else None,

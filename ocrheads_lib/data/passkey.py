@@ -50,12 +50,12 @@ def _check_filler(filler: str) -> None:
 
 def _passkey_document(rng: random.Random, key: str, *, context_chars: int | None, depth: float | None,
                       filler: str, needle_template: str, n_lines: int | None = None, width: int | None = None,
-                      keep_needle: Any = "auto"):
+                      keep_needle: Any = "auto", lines_per_page: int | None = None):
     depth_value = resolve_depth(depth, rng)
     needle, ans = _needle(needle_template, key)
     _check_filler(filler)
     if context_chars is None:
-        return fill_window(rng, needle, ans, n_lines, width, depth_value, filler, (), keep_needle)
+        return fill_window(rng, needle, ans, n_lines, width, depth_value, filler, (), keep_needle, lines_per_page)
     return needle_text(rng, needle, ans, int(context_chars), depth_value, filler)
 
 
@@ -97,7 +97,7 @@ def passkey_images(n: int, seed: int = 0, *, context_chars: int | None = None, d
                           lines_per_page=lines_per_page, grid_offset=grid_offset, max_pages=max_pages)
         nt = _passkey_document(rng, key, context_chars=context_chars, depth=depth, filler=filler,
                                needle_template=needle_template, n_lines=pages * lay.lines_per_page,
-                               width=lay.chars_per_line)
+                               width=lay.chars_per_line, lines_per_page=lay.lines_per_page)
         a0 = nt.answer_span[0]
         units = [(a0 + k, a0 + k + 1) for k in range(len(key))]
         meta = dict(generator="passkey_images", context_chars=context_chars, fill_pages=pages if context_chars is None
@@ -157,7 +157,7 @@ def case_study_images(chars: str = CASE_STUDY_CHARS, n_per_char: int = 1, seed: 
                               max_pages=max_pages)
             nt = _passkey_document(rng, c, context_chars=context_chars, depth=depth, filler=filler,
                                    needle_template=NEEDLE_TEMPLATE, n_lines=pages * lay.lines_per_page,
-                                   width=lay.chars_per_line, keep_needle="tail")
+                                   width=lay.chars_per_line, keep_needle="tail", lines_per_page=lay.lines_per_page)
             a0 = nt.answer_span[0]
             meta = dict(generator="case_study_images", character=c, context_chars=context_chars, filler=filler,
                         grid_offset=[lay.x_off, lay.y_off] if layout == "grid" else None, index=j)

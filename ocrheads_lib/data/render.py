@@ -240,12 +240,15 @@ def union(boxes: Iterable[PixelBox]) -> PixelBox:
 
 
 # ---------------------------------------------------------------------------------------- wrapping
-def wrap(text: str, width: int, glue: Sequence[tuple[int, int]] = ()) -> list[Line]:
+def wrap(text: str, width: int, glue: Sequence[tuple[int, int]] = (), breaks: Sequence[int] = ()) -> list[Line]:
     """Greedy wrap of single-line `text` to <= width characters per line, never breaking inside
     a glued span [start, end). Returns lines with their source offsets; joining them with the
-    dropped spaces gives `text` back. Raises RenderError if a glued span is longer than `width`."""
+    dropped spaces gives `text` back. Raises RenderError if a glued span is longer than `width`.
+    breaks: offsets in (0, len(text)) where a new line must start (each part is wrapped on its own)."""
     if "\n" in text or "\t" in text:
         raise RenderError("wrap() takes single-line text (no newlines or tabs); join paragraphs with spaces")
+    if breaks:
+        return _wrap_parts(text, width, glue, breaks)
     chars = list(text)
     for start, end in glue:
         if end - start > width:
@@ -266,6 +269,23 @@ def wrap(text: str, width: int, glue: Sequence[tuple[int, int]] = ()) -> list[Li
         pos = at + len(piece)
     if glued[pos:].strip(" "):
         raise RenderError("internal: wrapped lines do not cover the end of the text")
+    return lines
+
+
+def _wrap_parts(text: str, width: int, glue: Sequence[tuple[int, int]], breaks: Sequence[int]) -> list[Line]:
+    """wrap() with forced line starts: the text is cut at `breaks` and each part wrapped alone."""
+    cuts = sorted(set(breaks))
+    if cuts[0] <= 0 or cuts[-1] >= len(text):
+        raise ValueError(f"line breaks {cuts} must lie inside the text, in (0, {len(text)})")
+    lines = []
+    for a, b in zip([0, *cuts], [*cuts, len(text)]):
+        part_glue = []
+        for s, e in glue:
+            if s < b and e > a:
+                if s < a or e > b:
+                    raise RenderError(f"glued span [{s}, {e}) crosses the forced line break at {a if s < a else b}")
+                part_glue.append((s - a, e - a))
+        lines += [Line(text=ln.text, start=ln.start + a) for ln in wrap(text[a:b], width, part_glue)]
     return lines
 
 
@@ -353,10 +373,11 @@ def _render_free(lines: list[Line], n_pages: int, layout: TextLayout, special: s
 
 def render_text(text: str, layout: TextLayout, glue: Sequence[tuple[int, int]] = (),
                 special_spans: Sequence[tuple[int, int]] = (),
-                hide_spans: Sequence[tuple[int, int]] = ()) -> Rendered:
-    """Wrap `text`, paginate and draw it. Characters in `special_spans` (source offsets) get exact
-    ink boxes; characters in `hide_spans` are not drawn (they keep their place)."""
-    lines = wrap(text, layout.chars_per_line, glue)
+                hide_spans: Sequence[tuple[int, int]] = (), breaks: Sequence[int] = ()) -> Rendered:
+    """Wrap `text` (new lines forced at `breaks`, see wrap), paginate and draw it. Characters in
+    `special_spans` (source offsets) get exact ink boxes; characters in `hide_spans` are not drawn
+    (they keep their place)."""
+    lines = wrap(text, layout.chars_per_line, glue, breaks)
     tmp = Rendered(pages=[], lines=lines, layout=layout)
     special = {cell for s, e in special_spans for cell in tmp.locate(s, e)}
     hide = {cell for s, e in hide_spans for cell in tmp.locate(s, e)}
