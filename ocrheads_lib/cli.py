@@ -81,12 +81,18 @@ def _check_keywords(function: Callable[..., Any], name: str, kwargs: dict[str, A
         parameters = inspect.signature(function).parameters
     except (TypeError, ValueError):
         return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    valid = [k for k, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+             and k not in ("n", "seed")]
+    if "page" in parameters:
+        # the page generators take their PageLayout's fields as flat keys too (layout=free, grid_offset=random);
+        # imported here like the generators themselves (resolve_dataset), not at CLI start-up
+        from ocrheads_lib.data.layout import LAYOUT_KEYS
+
+        valid += [k for k in LAYOUT_KEYS if k not in valid]
+    elif any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return
-    unknown = sorted(set(kwargs) - set(parameters))
+    unknown = sorted(set(kwargs) - set(parameters) - set(valid))
     if unknown:
-        valid = [k for k, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-                 and k not in ("n", "seed")]
         raise UsageError(f"dataset {name!r} takes no argument {', '.join(unknown)}; its arguments are {valid}")
 
 

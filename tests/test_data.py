@@ -182,6 +182,45 @@ def test_bad_inputs_raise_clear_errors():
         data.niah_images(1, lines_per_page=1)    # the needle needs more than one 15-character line
 
 
+# ------------------------------------------------------------------------------------------ PageLayout
+@pytest.mark.parametrize("kw, error, match", [
+    (dict(layout="spiral"), ValueError, "layout must be 'grid', 'free' or None"),
+    (dict(layout="free", grid_offset="random"), ValueError, "grid_offset='random' moves the text of layout='grid' only"),
+    (dict(font_size=30, grid_offset=(3, 4)), ValueError, r"grid_offset=\(3, 4\) .* drop grid_offset"),
+    (dict(grid_offset="diagonal"), ValueError, "grid_offset must be 'aligned', 'random' or an"),
+    (dict(grid_offset=(3, 40)), ValueError, r"grid x_off|grid y_off must be in \[0, 28\)"),
+    (dict(layout="grid", margin=4), ValueError, "apply to layout='free' only"),
+    (dict(layout="free", font_size=2), ValueError, "font_size must be in 4..256"),
+    (dict(chars_per_line=0), ValueError, "chars_per_line and lines_per_page must be >= 1"),
+    (dict(lines_per_page="5"), ValueError, "lines_per_page must be an int, got '5'"),
+    (dict(max_pages=0), ValueError, "max_pages must be >= 1"),
+    (dict(layout="free", font="NoSuchFont"), FileNotFoundError, "font 'NoSuchFont' not found"),
+])
+def test_page_layout_refuses_bad_input_when_built(kw, error, match):
+    with pytest.raises(error, match=match):
+        data.PageLayout(**kw)
+    with pytest.raises(error, match=match):          # the flat keys go through the same checks
+        data.passkey_images(1, **kw)
+
+
+def test_page_layout_flat_keys_and_object_give_the_same_samples():
+    page = data.PageLayout(grid_offset="random")
+    assert page.mode == "grid" and data.PageLayout(font_size=30).mode == "free"
+    assert data.PageLayout(grid_offset=[3, 7]).grid_offset == (3, 7)      # a YAML/JSON list is a pair
+    a = data.passkey_images(2, seed=3, page=page)
+    b = data.passkey_images(2, seed=3, grid_offset="random")
+    assert [s.pages[0].tobytes() for s in a] == [s.pages[0].tobytes() for s in b] and a[0].meta == b[0].meta
+    c = data.niah_images(1, seed=3, page=data.PageLayout(layout="free"), font_size=20, context_chars=300)
+    assert c[0].meta["layout"] == "free" and c[0].meta["font_size"] == 20      # flat keys update the object
+    assert data.case_study_images("7", page=page)[0].answer == "7"
+    with pytest.raises(TypeError, match=r"unknown argument\(s\) \['colour'\]; the page layout keys are"):
+        data.niah_images(1, colour="red")
+    with pytest.raises(TypeError, match="page must be a PageLayout"):
+        data.passkey_images(1, page={"layout": "free"})
+    with pytest.raises(TypeError, match=r"unknown argument\(s\) \['chars'\]"):     # one name: characters
+        data.case_study_images(chars="ab")
+
+
 def test_wrap_keeps_glued_spans_and_reconstructs_text():
     text = "aaa bbb The pass key is 12345. ccc ddd eee fff"
     n0 = text.index("The")
@@ -427,7 +466,7 @@ def test_hotpotqa_loader(tmp_path):
 def test_load_dataset_by_name(tmp_path):
     assert len(data.load_dataset_by_name("passkey", 2, seed=1)) == 2
     assert data.load_dataset_by_name("passkey-text", 1, seed=1)[0].kind == "text"
-    assert [s.answer for s in data.load_dataset_by_name("case_study", 3, seed=0, chars="xy")] == ["x", "y", "x"]
+    assert [s.answer for s in data.load_dataset_by_name("case_study", 3, seed=0, characters="xy")] == ["x", "y", "x"]
     assert len(data.load_dataset_by_name("synthetic_docs", 2, seed=0)) == 2
     with pytest.raises(ValueError, match="known names: .*passkey"):
         data.load_dataset_by_name("imagenet", 1)

@@ -4,7 +4,9 @@ Generators (seeded; sample i does not depend on n; the needle sets also take ind
 those samples, and lazy.lazy_samples(generator, n, seed, **kw) builds them one at a time on access):
     passkey_images(n, seed, layout="grid"|"free", ...)   -> list[ImageSample]  (per-digit boxes)
     niah_images(n, seed, ...)                             -> list[ImageSample]  (per-word boxes)
-    case_study_images(chars, n_per_char, seed, ...)       -> list[ImageSample]  (one-character keys)
+    case_study_images(characters, n_per_char, seed, ...)  -> list[ImageSample]  (one-character keys)
+Page layout of those three: PageLayout(layout, font, font_size, ..., grid_offset, max_pages) as `page=`,
+or its fields as flat keys (layout="free", grid_offset="random": book/params.yml, --dataset-arg).
     passkey_text(n, seed, context_chars) / niah_text(...) -> list[TextSample]   (needle/answer spans)
     synthetic_docs(n, seed, kinds)                        -> list[DocSample]    (offline document QA)
 Loaders (need local copies; clear DatasetUnavailableError otherwise):
@@ -22,7 +24,8 @@ from .contact import contact_sheet, draw_evidence
 from .docs import synthetic_docs
 from .loaders import (DatasetUnavailableError, load_docvqa, load_hotpotqa, load_mpdocvqa, load_nq)
 from .niah import niah_images, niah_text
-from .passkey import PASSKEY_QUESTION, case_study_images, passkey_images, passkey_text
+from .layout import PageLayout
+from .passkey import CASE_STUDY_CHARS, PASSKEY_QUESTION, case_study_images, passkey_images, passkey_text
 from .render import RenderError, TextLayout
 from .samples import DocSample, ImageSample, TextSample
 
@@ -45,10 +48,10 @@ def _hotpot(n: int, seed: int = 0, **kw: Any):
 
 def _case(n: int, seed: int = 0, **kw: Any):
     """n samples cycling through the case-study characters round-robin (n_per_char = ceil(n / len(chars)))."""
-    chars = kw.pop("chars", kw.pop("characters", "0123456789abcdefghijklmnopqrstuvwxyz"))
-    per = max(1, -(-n // len(chars)))
-    samples = case_study_images(chars, per, seed, **kw)          # ordered by character
-    return [samples[c * per + j] for j in range(per) for c in range(len(chars))][:n]
+    characters = kw.pop("characters", CASE_STUDY_CHARS)
+    per = max(1, -(-n // len(characters)))
+    samples = case_study_images(characters, per, seed, **kw)          # ordered by character
+    return [samples[c * per + j] for j in range(per) for c in range(len(characters))][:n]
 
 
 DATASETS: dict[str, Callable[..., list]] = {
@@ -71,5 +74,5 @@ __all__ = [
     "ImageSample", "TextSample", "DocSample", "passkey_images", "passkey_text", "niah_images", "niah_text",
     "case_study_images", "synthetic_docs", "load_docvqa", "load_mpdocvqa", "load_nq", "load_hotpotqa",
     "load_dataset_by_name", "contact_sheet", "DatasetUnavailableError", "ContextTooShortError", "RenderError",
-    "TextLayout", "PASSKEY_QUESTION", "DATASETS", "text_version", "draw_evidence",
+    "TextLayout", "PageLayout", "PASSKEY_QUESTION", "DATASETS", "text_version", "draw_evidence",
 ]

@@ -24,7 +24,6 @@ import random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from . import grid as _grid
 from . import haystack
 from .render import Line, Rendered, RenderError, TextLayout, render_text, wrap
 from .samples import ImageSample, TextSample
@@ -55,60 +54,6 @@ def sample_indices(n: int, indices: Sequence[int] | None) -> Sequence[int]:
     if bad:
         raise ValueError(f"indices {bad[:3]} are outside the set of n={n} samples; give integers in [0, {n})")
     return list(indices)
-
-
-# ------------------------------------------------------------------------------------------ layout
-def resolve_layout_name(layout: str | None, *, font: Any = None, font_size: Any = None, line_height: Any = None,
-                        margin: Any = None) -> str:
-    """layout=None ("auto"): "free" when a free-layout option (font, font_size, line_height, margin) is
-    given, else "grid" (the embedded model's book page)."""
-    if layout is None or layout == "auto":
-        free_options = (font, font_size, line_height, margin)
-        return "free" if any(v is not None for v in free_options) else "grid"
-    return layout
-
-
-def _default(value: Any, default: Any) -> Any:
-    """None -> the default; any other value is kept (0 is validated by TextLayout, never replaced)."""
-    return default if value is None else value
-
-
-def make_layout(layout: str, rng: random.Random, *, font: str | None, font_size: int | None,
-                line_height: int | None, margin: int | None, chars_per_line: int | None,
-                lines_per_page: int | None, grid_offset: Any = "aligned",
-                max_pages: int = 200) -> TextLayout:
-    """Resolve the user's layout options (None = the layout's default) into a TextLayout.
-
-    Grid defaults are the embedded model's book page (grid.BOOK_LAYOUT / BOOK_PAGE: 15 characters x
-    5 lines on a 16 x 6 cell page); free defaults are DejaVuSans 24 px, 50 characters x 15 lines,
-    margin 16 px. grid_offset: "aligned" (0, 0), "random" (uniform integers in [0, 28) drawn from
-    `rng`) or an (x, y) pair.
-    """
-    if layout == "grid":
-        if font is not None or font_size is not None or line_height is not None or margin is not None:
-            raise ValueError("layout='grid' draws every character with grid.py's DejaVuSansMono-Bold "
-                             f"{_grid.FONT_SIZE} px in 28-px cells; font, font_size, line_height and margin "
-                             "apply to layout='free' only")
-        if grid_offset == "aligned":
-            x_off = y_off = 0
-        elif grid_offset == "random":
-            lo, hi = _grid.BOOK_LAYOUT["offset_range"]
-            x_off, y_off = rng.randrange(lo, hi), rng.randrange(lo, hi)
-        else:
-            try:
-                x_off, y_off = (int(v) for v in grid_offset)
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"grid_offset must be 'aligned', 'random' or (x, y); got {grid_offset!r}") from error
-        return TextLayout(mode="grid",
-                          chars_per_line=_default(chars_per_line, _grid.BOOK_LAYOUT["line_chars"]),
-                          lines_per_page=_default(lines_per_page, _grid.BOOK_LAYOUT["max_lines"]),
-                          x_off=x_off, y_off=y_off, max_pages=max_pages)
-    if layout == "free":
-        return TextLayout(mode="free", chars_per_line=_default(chars_per_line, 50),
-                          lines_per_page=_default(lines_per_page, 15), font=_default(font, "DejaVuSans"),
-                          font_size=_default(font_size, 24), line_height=line_height,
-                          margin=_default(margin, 16), max_pages=max_pages)
-    raise ValueError(f"layout must be 'free' or 'grid', got {layout!r}")
 
 
 # ------------------------------------------------------------------------------------------ text

@@ -17,9 +17,9 @@ import re
 from typing import Any, Sequence
 
 from . import haystack
-from .compose import (ContextTooShortError, NeedleText, fill_window, image_sample, make_layout, needle_text,
-                      resolve_depth,
-                      resolve_layout_name, sample_id, sample_indices, sample_rng)
+from .compose import (ContextTooShortError, NeedleText, fill_window, image_sample, needle_text, resolve_depth,
+                      sample_id, sample_indices, sample_rng)
+from .layout import PageLayout
 from .loaders import DatasetUnavailableError
 from .samples import ImageSample, TextSample
 
@@ -111,39 +111,35 @@ def _document(rng: random.Random, *, source: str, context_chars: int | None, dep
     return nt, question
 
 
-def niah_images(n: int, seed: int = 0, *, context_chars: int | None = None, depth: float | None = None,
-                layout: str | None = None, font: str | None = None, font_size: int | None = None,
-                line_height: int | None = None, margin: int | None = None, chars_per_line: int | None = None,
-                lines_per_page: int | None = None, pages: int | None = None, grid_offset: Any = "aligned",
-                source: str = "ours", max_pages: int = 200, indices: Sequence[int] | None = None) -> list[ImageSample]:
+def niah_images(n: int, seed: int = 0, *, page: PageLayout | None = None, context_chars: int | None = None,
+                depth: float | None = None, pages: int | None = None, source: str = "ours",
+                indices: Sequence[int] | None = None, **layout_keys: Any) -> list[ImageSample]:
     """n NIAH samples on pages; one fine box per answer word (units = the words), coarse = their union.
     indices: build only the samples at these indices (equal to the same samples of the full set).
 
-    Layout options as in passkey_images (grid default: fill `pages` (2) 16 x 6 cell pages, since a
-    needle sentence takes 3-5 of a page's five 15-character lines; free: DejaVuSans 24 px,
+    page / layout_keys: the PageLayout, as in passkey_images (grid default: fill `pages` (2) 16 x 6 cell
+    pages, since a needle sentence takes 3-5 of a page's five 15-character lines; free: DejaVuSans 24 px,
     context_chars default 1024). A needle too long for the context is redrawn (up to 20 times).
     The answer is never split across lines; the whole needle is
     kept on one line when it fits.
     """
     wanted = sample_indices(n, indices)
-    layout = resolve_layout_name(layout, font=font, font_size=font_size, line_height=line_height, margin=margin)
-    if (layout == "free" and pages is None or source == "needlebench") and context_chars is None:
+    page = PageLayout.from_keys(page, **layout_keys)
+    if (page.mode == "free" and pages is None or source == "needlebench") and context_chars is None:
         context_chars = 1024
     pages = 2 if pages is None else int(pages)
     samples = []
     for i in wanted:
         rng = sample_rng("niah", seed, i)
-        lay = make_layout(layout, sample_rng("niah-offset", seed, i), font=font, font_size=font_size,
-                          line_height=line_height, margin=margin, chars_per_line=chars_per_line,
-                          lines_per_page=lines_per_page, grid_offset=grid_offset, max_pages=max_pages)
+        lay = page.text_layout(sample_rng("niah-offset", seed, i))
         nt, question = _document(rng, source=source, context_chars=context_chars, depth=depth,
                                  n_lines=pages * lay.lines_per_page, width=lay.chars_per_line,
                                  lines_per_page=lay.lines_per_page)
         meta = dict(generator="niah_images", source=source, context_chars=context_chars,
                     fill_pages=pages if context_chars is None else None,
-                    grid_offset=[lay.x_off, lay.y_off] if layout == "grid" else None,
-                    font=lay.font if layout == "free" else "DejaVuSansMono-Bold (grid)",
-                    font_size=lay.font_size if layout == "free" else None, index=i)
+                    grid_offset=[lay.x_off, lay.y_off] if lay.mode == "grid" else None,
+                    font=lay.font if lay.mode == "free" else "DejaVuSansMono-Bold (grid)",
+                    font_size=lay.font_size if lay.mode == "free" else None, index=i)
         samples.append(image_sample(sample_id(IMAGES_ID, seed, i), nt, lay, _word_spans(nt), question, seed, "auto",
                                     meta))
     return samples

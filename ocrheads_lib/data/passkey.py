@@ -3,8 +3,13 @@
     passkey_images(8, seed=0)                     # the book default: the embedded model's grid page
     passkey_images(8, seed=0, layout="free", context_chars=1024, font_size=24)   # paper-like pages
     passkey_images(8, seed=0, font_size=30)       # a free-layout option alone also selects "free"
+    passkey_images(8, seed=0, page=PageLayout(grid_offset="random"))   # the layout as one object
     passkey_text(8, seed=0, context_chars=320)    # text retrieval version (needle/answer spans)
     case_study_images(n_per_char=2, seed=0)       # one character 0-9a-z as the pass key
+
+The page layout (layout, font, font_size, line_height, margin, chars_per_line, lines_per_page,
+grid_offset, max_pages) is a :class:`~ocrheads_lib.data.layout.PageLayout`, given as ``page=`` and/or
+as its flat keys.
 
 Needle: "The pass key is {key}." at a sentence boundary. Boxes: one per digit (exact ink of each
 glyph at its drawn position), the coarse box is their union. Same seed -> identical pages; sample i
@@ -16,8 +21,8 @@ import random
 import string
 from typing import Any, Sequence
 
-from .compose import (fill_window, image_sample, make_layout, needle_text, resolve_depth, resolve_layout_name,
-                      sample_id, sample_indices, sample_rng)
+from .compose import fill_window, image_sample, needle_text, resolve_depth, sample_id, sample_indices, sample_rng
+from .layout import PageLayout
 from .samples import ImageSample, TextSample
 
 PASSKEY_QUESTION = "What is the pass key?"
@@ -59,42 +64,37 @@ def _passkey_document(rng: random.Random, key: str, *, context_chars: int | None
     return needle_text(rng, needle, ans, int(context_chars), depth_value, filler)
 
 
-def passkey_images(n: int, seed: int = 0, *, context_chars: int | None = None, depth: float | None = None,
-                   font: str | None = None, font_size: int | None = None, line_height: int | None = None,
-                   margin: int | None = None, chars_per_line: int | None = None, lines_per_page: int | None = None,
-                   layout: str | None = None, key_digits: int | Sequence[int] = (4, 5), pages: int | None = None,
-                   filler: str = "classic", grid_offset: Any = "aligned", needle_template: str = NEEDLE_TEMPLATE,
-                   question: str = PASSKEY_QUESTION, max_pages: int = 200,
-                   indices: Sequence[int] | None = None) -> list[ImageSample]:
+def passkey_images(n: int, seed: int = 0, *, page: PageLayout | None = None, context_chars: int | None = None,
+                   depth: float | None = None, key_digits: int | Sequence[int] = (4, 5), pages: int | None = None,
+                   filler: str = "classic", needle_template: str = NEEDLE_TEMPLATE, question: str = PASSKEY_QUESTION,
+                   indices: Sequence[int] | None = None, **layout_keys: Any) -> list[ImageSample]:
     """n pass-key samples rendered on pages (only those at `indices`, in that order, when given: each sample
     depends on (seed, index) alone, so they equal the same samples of the full set).
 
-    layout: "grid" (the embedded model's book page: grid.py, 15 chars x 5 lines on a 16 x 6 cell
-      page, one character per 28-px cell) or "free" (TrueType font at font_size px, default
-      DejaVuSans 24 px, 50 chars x 15 lines per page, margin 16 px, line_height from the font).
-      None (default) = "free" if any of font / font_size / line_height / margin is given, else "grid".
+    page / layout_keys: the PageLayout (see data/layout.py), as an object and/or its flat keys
+      (layout="free", font_size=30, grid_offset="random", ...). Default: "grid", the embedded model's book
+      page (15 chars x 5 lines on a 16 x 6 cell page, one character per 28-px cell); a free-layout option
+      (font / font_size / line_height / margin) alone selects "free" (DejaVuSans 24 px, 50 x 15).
     context_chars: None = fill `pages` (default 1) full pages with the needle's lines at `depth` of them
-      (for layout="free" without `pages`, None means 1024 characters, the paper's shortest setting);
+      (for the free layout without `pages`, None means 1024 characters, the paper's shortest setting);
       an int = about that many characters (never more), the needle after round(depth * n_sentences)
       sentences, pages filling up in reading order.
     depth: in [0, 1]; None draws it uniformly per sample.
-    font: "DejaVuSans" | "DejaVuSansMono" | "DejaVuSansMono-Bold" | a .ttf path (free layout only).
     key_digits: digit count (lo, hi) of the key, or an int. filler: "classic" (the stock five sentences)
-      or "varied" (our English generator; digit-free). grid_offset: "aligned" | "random" | (x, y) px.
-    Raises ContextTooShortError, FileNotFoundError (font), RenderError (page limit, line too short).
+      or "varied" (our English generator; digit-free).
+    Raises ContextTooShortError, FileNotFoundError (font), RenderError (page limit, line too short),
+    ValueError/TypeError (bad layout: see PageLayout).
     """
     wanted = sample_indices(n, indices)
-    layout = resolve_layout_name(layout, font=font, font_size=font_size, line_height=line_height, margin=margin)
-    if layout == "free" and context_chars is None and pages is None:
+    page = PageLayout.from_keys(page, **layout_keys)
+    if page.mode == "free" and context_chars is None and pages is None:
         context_chars = 1024
     pages = 1 if pages is None else int(pages)
     samples = []
     for i in wanted:
         rng = sample_rng("passkey", seed, i)
         key = random_key(rng, key_digits)
-        lay = make_layout(layout, sample_rng("passkey-offset", seed, i), font=font, font_size=font_size,
-                          line_height=line_height, margin=margin, chars_per_line=chars_per_line,
-                          lines_per_page=lines_per_page, grid_offset=grid_offset, max_pages=max_pages)
+        lay = page.text_layout(sample_rng("passkey-offset", seed, i))
         nt = _passkey_document(rng, key, context_chars=context_chars, depth=depth, filler=filler,
                                needle_template=needle_template, n_lines=pages * lay.lines_per_page,
                                width=lay.chars_per_line, lines_per_page=lay.lines_per_page)
@@ -102,9 +102,9 @@ def passkey_images(n: int, seed: int = 0, *, context_chars: int | None = None, d
         units = [(a0 + k, a0 + k + 1) for k in range(len(key))]
         meta = dict(generator="passkey_images", context_chars=context_chars, fill_pages=pages if context_chars is None
                     else None, key_digits=list(key_digits) if not isinstance(key_digits, int) else key_digits,
-                    filler=filler, grid_offset=[lay.x_off, lay.y_off] if layout == "grid" else None,
-                    font=lay.font if layout == "free" else "DejaVuSansMono-Bold (grid)",
-                    font_size=lay.font_size if layout == "free" else None, index=i)
+                    filler=filler, grid_offset=[lay.x_off, lay.y_off] if lay.mode == "grid" else None,
+                    font=lay.font if lay.mode == "free" else "DejaVuSansMono-Bold (grid)",
+                    font_size=lay.font_size if lay.mode == "free" else None, index=i)
         samples.append(image_sample(sample_id(IMAGES_ID, seed, i), nt, lay, units, question, seed, "auto", meta))
     return samples
 
@@ -129,38 +129,32 @@ def passkey_text(n: int, seed: int = 0, *, context_chars: int = DEFAULT_TEXT_CHA
     return out
 
 
-def case_study_images(chars: str = CASE_STUDY_CHARS, n_per_char: int = 1, seed: int = 0, *,
-                      characters: str | None = None, layout: str | None = None, context_chars: int | None = None,
-                      depth: float | None = None, font: str | None = None, font_size: int | None = None,
-                      line_height: int | None = None, margin: int | None = None, chars_per_line: int | None = None,
-                      lines_per_page: int | None = None, pages: int | None = None, filler: str = "classic",
-                      grid_offset: Any = "aligned", question: str = PASSKEY_QUESTION,
-                      max_pages: int = 200) -> list[ImageSample]:
+def case_study_images(characters: str = CASE_STUDY_CHARS, n_per_char: int = 1, seed: int = 0, *,
+                      page: PageLayout | None = None, context_chars: int | None = None, depth: float | None = None,
+                      pages: int | None = None, filler: str = "classic", question: str = PASSKEY_QUESTION,
+                      **layout_keys: Any) -> list[ImageSample]:
     """One character as the pass key ("The pass key is k."), n_per_char samples per character, ordered
     by character. The needle is never split across lines: it is kept whole on one line when it fits,
     otherwise (the 15-character grid line) its longest tail that fits ("pass key is k.") stays together.
-    `characters` is an alias of `chars`."""
-    chars = characters if characters is not None else chars
-    if not chars or any(len(c) != 1 or c.isspace() for c in chars):
-        raise ValueError(f"chars must be a string of non-space characters, got {chars!r}")
-    layout = resolve_layout_name(layout, font=font, font_size=font_size, line_height=line_height, margin=margin)
-    if layout == "free" and context_chars is None and pages is None:
+    page / layout_keys and the other options: as in passkey_images."""
+    if not characters or any(not isinstance(c, str) or len(c) != 1 or c.isspace() for c in characters):
+        raise ValueError(f"characters must be a string of non-space characters (one pass key each), "
+                         f"got {characters!r}")
+    page = PageLayout.from_keys(page, **layout_keys)
+    if page.mode == "free" and context_chars is None and pages is None:
         context_chars = 1024
     pages = 1 if pages is None else int(pages)
     samples = []
-    for c in chars:
+    for c in characters:
         for j in range(n_per_char):
             rng = sample_rng(f"case:{c}", seed, j)
-            lay = make_layout(layout, sample_rng(f"case-offset:{c}", seed, j), font=font, font_size=font_size,
-                              line_height=line_height, margin=margin,
-                              chars_per_line=chars_per_line, lines_per_page=lines_per_page, grid_offset=grid_offset,
-                              max_pages=max_pages)
+            lay = page.text_layout(sample_rng(f"case-offset:{c}", seed, j))
             nt = _passkey_document(rng, c, context_chars=context_chars, depth=depth, filler=filler,
                                    needle_template=NEEDLE_TEMPLATE, n_lines=pages * lay.lines_per_page,
                                    width=lay.chars_per_line, keep_needle="tail", lines_per_page=lay.lines_per_page)
             a0 = nt.answer_span[0]
             meta = dict(generator="case_study_images", character=c, context_chars=context_chars, filler=filler,
-                        grid_offset=[lay.x_off, lay.y_off] if layout == "grid" else None, index=j)
+                        grid_offset=[lay.x_off, lay.y_off] if lay.mode == "grid" else None, index=j)
             samples.append(image_sample(f"case-{c}-{seed}-{j}", nt, lay, [(a0, a0 + 1)], question, seed, "tail",
                                         meta))
     return samples
