@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ocrheads_lib.types import head_label
+
 FINE = "#dc1e1e"        # fine boxes (one per answer unit), as on the contact sheet
 COARSE = "#1e5ae6"      # coarse box around the whole answer
 EVIDENCE = "#00a0cc"
@@ -144,7 +146,7 @@ def grounding_figure(chars: Any, result: Any, width_in: float = 7.2) -> Any:
     ax.set_ylim(page.height, 0)
     ax.set_xticks([])
     ax.set_yticks([])
-    heads = ", ".join(f"L{l}H{h}" for l, h in result.heads)
+    heads = ", ".join(head_label(h) for h in result.heads)
     ax.set_title(f"{chars.sample_id}: {sum(result.hits)} of {len(result.hits)} characters hit (heads {heads})")
     fig.tight_layout()
     return fig

@@ -13,17 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from ocrheads_lib.types import Head
-
-
-def head_name(head: Sequence[int]) -> str:
-    """(2, 5) -> "L2H5"."""
-    return f"L{int(head[0])}H{int(head[1])}"
+from ocrheads_lib.types import Head, head_label
 
 
 def heads_text(heads: Sequence[Sequence[int]], limit: int = 6) -> str:
     """"L2H1, L2H5 and L3H0" (at most `limit` names, then "and N more"); "none" for no heads."""
-    names = [head_name(h) for h in heads]
+    names = [head_label(h) for h in heads]
     if not names:
         return "none"
     if len(names) > limit:
@@ -92,7 +87,7 @@ def ocr_heads_chapter(model_id: str, n_heads: int, emit_selected: Sequence[Head]
     if emit_selected:
         best, value = emit_top[0]
         out.append(f"With the emitting row, {_share(len(emit_selected), n_heads)} heads pass the selection rule; "
-                   f"the best is {head_name(best)} with a mean OCR score of {value:.2f}.")
+                   f"the best is {head_label(best)} with a mean OCR score of {value:.2f}.")
     else:
         out.append(f"With the emitting row no head of the {n_heads} passes the selection rule: this model shows no "
                    "OCR heads on these samples.")
@@ -118,7 +113,7 @@ def ocr_heads_chapter(model_id: str, n_heads: int, emit_selected: Sequence[Head]
     if official:
         top = official.get("top") or []
         out.append(f"The released InternVL2-8B file selects {_share(official['n_selected'], official['n_heads'])} "
-                   "heads by the paper's rule" + (f"; its best head is {head_name(top[0][0])} at {top[0][1]:.2f}."
+                   "heads by the paper's rule" + (f"; its best head is {head_label(top[0][0])} at {top[0][1]:.2f}."
                                                   if top else "."))
     return out
 
@@ -196,7 +191,7 @@ def sink_mass_sentences(mass: Any, selected: Sequence[Head], threshold: float = 
     n_sink = int((values > threshold).sum())
     top = tuple(int(i) for i in np.unravel_index(int(values.argmax()), values.shape))
     out = [f"{_share(n_sink, values.size)} heads put more than {threshold:g} of their attention on the first token "
-           f"while the answer is written (the most: {head_name(top)}, {values[top]:.2f})"
+           f"while the answer is written (the most: {head_label(top)}, {values[top]:.2f})"
            + (": the model has attention sinks." if n_sink else ": no head uses the first token as a sink.")]
     if selected:
         on_sink = [float(values[int(l), int(h)]) for l, h in selected]
@@ -259,7 +254,7 @@ def case_study_chapter(model_id: str, consistency: Mapping[str, Any], top: int, 
            f"({ratio:.1f} times chance)."]
     if common:
         l, h, c = common[0]
-        out.append(f"The most frequent head, {head_name((l, h))}, is in the top {top} of {c} of the {scored} "
+        out.append(f"The most frequent head, {head_label((l, h))}, is in the top {top} of {c} of the {scored} "
                    "characters" + (": the same few heads locate every character." if c >= 0.75 * scored and ratio > 2
                                    else "."))
     return out
@@ -330,7 +325,7 @@ def sink_chapter(comparison: Any, max_first_mass: float | None, max_mass_head: H
     else:
         out.append("No β sweep was evaluated.")
     if max_first_mass is not None and _finite(max_first_mass):
-        where = f" ({head_name(max_mass_head)})" if max_mass_head is not None else ""
+        where = f" ({head_label(max_mass_head)})" if max_mass_head is not None else ""
         if max_first_mass < 0.05:
             out.append(f"No head uses the first token as a sink: the largest first-token mass is {max_first_mass:.2g}"
                        f"{where}, so every β moves almost nothing and a flat sweep is expected, not evidence against "
@@ -373,7 +368,7 @@ def explorer_chapter(model_id: str, best_head: Head | None, best_share: float, m
     """Chapter 09: how much of the top OCR head's on-page attention lands in the evidence boxes."""
     if best_head is None:
         return [f"No OCR scores were available for `{model_id}`, so the explorer opens on layer 0, head 0."]
-    return [f"Over the {n_samples} pages shown, the top OCR head {head_name(best_head)} puts "
+    return [f"Over the {n_samples} pages shown, the top OCR head {head_label(best_head)} puts "
             f"{100 * best_share:.0f} % of its on-page attention (from the answer rows) on the evidence tokens; the "
             f"median head puts {100 * median_share:.0f} % there."
             + (" That contrast is what an OCR head looks like." if best_share > 2 * median_share else "")]

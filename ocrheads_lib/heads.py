@@ -14,6 +14,7 @@ sort of the layer-major list.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -21,7 +22,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from ocrheads_lib.paths import atomic_write_json
-from ocrheads_lib.scoring.store import Head, HeadScores
+from ocrheads_lib.scoring.store import HeadScores
+from ocrheads_lib.types import Head, parse_head
 
 RULES = ("readme", "paper-code")
 README_MIN_ACTIVE = 0.10        # README: active in >= 10 % of samples
@@ -127,10 +129,6 @@ def save_head_set(path: str | os.PathLike, payload: Mapping[str, Any], layout: s
 def load_head_set(path: str | os.PathLike) -> list[Head]:
     """Read a head set written by :func:`save_head_set` (either layout) or an official step3 list
     (``["l9_h0", ...]``)."""
-    import json
-
-    from ocrheads_lib.scoring.store import parse_head_key
-
     with open(path, encoding="utf-8") as handle:
         payload = json.load(handle)
     if isinstance(payload, dict) and "heads" in payload:
@@ -138,5 +136,5 @@ def load_head_set(path: str | os.PathLike) -> list[Head]:
     if isinstance(payload, dict):
         return [(int(key.split("_", 1)[1]), int(h)) for key, hs in payload.items() for h in hs]
     if isinstance(payload, list):
-        return [parse_head_key(k) if isinstance(k, str) else (int(k[0]), int(k[1])) for k in payload]
+        return [parse_head(k) if isinstance(k, str) else (int(k[0]), int(k[1])) for k in payload]
     raise ValueError(f"{path}: not a head-set file")

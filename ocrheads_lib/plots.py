@@ -17,6 +17,7 @@ import numpy as np
 from ocrheads_lib.analysis import BIN_LABELS, sparsity_bins
 from ocrheads_lib.heads import head_values
 from ocrheads_lib.scoring.store import HeadScores
+from ocrheads_lib.types import head_label
 
 HEATMAP_BOUNDS = (0.0, 0.01, 0.1, 0.3, 0.5, 1.0)   # the paper's discrete colour bounds
 HEATMAP_COLORS = ("#f7f7f7", "#c6dbef", "#6baed6", "#fd8d3c", "#bd0026")
@@ -119,9 +120,9 @@ def score_frequency_bars(scores: HeadScores, ax=None, top: int = 7, title: str |
     position = {int(h): i for i, h in enumerate(order)}
     marked = [flat for flat in best if int(flat) in position]
     ax.plot([position[int(f)] for f in marked], [mean[f] + 0.04 for f in marked], "v", color="black", ms=4)
-    names = [f"{flat // n_heads}-{flat % n_heads}" for flat in best]
+    names = [head_label(divmod(int(flat), n_heads)) for flat in best]
     lines = [", ".join(names[i:i + 4]) for i in range(0, len(names), 4)]
-    ax.text(0.98, 0.72, f"top {top} (layer-head):\n" + "\n".join(lines), transform=ax.transAxes, ha="right",
+    ax.text(0.98, 0.72, f"top {top}:\n" + "\n".join(lines), transform=ax.transAxes, ha="right",
             va="top", fontsize=9, bbox=dict(boxstyle="round", fc="white", ec="#bbbbbb", alpha=0.9))
     ax.set_xlim(-0.5, len(order) - 0.5)
     ax.set_ylim(0, 1.15)
@@ -177,7 +178,7 @@ def head_heatmap(scores: HeadScores | np.ndarray, ax=None, title: str | None = N
 def row_comparison(emit: HeadScores, consume: HeadScores, ax=None, top: int = 5, title: str | None = None,
                    xlabel: str = 'mean score, row="emit"', ylabel: str = 'mean score, row="consume"'):
     """Scatter of every head's mean score under two score sets (e.g. the two row conventions); the top
-    heads of each are labelled "layer-head"."""
+    heads of each are labelled with their head_label ("L9H0")."""
     import seaborn as sns
 
     ax = _axes(ax, figsize=(MAX_WIDTH_IN / 2, 3.4))
@@ -187,7 +188,7 @@ def row_comparison(emit: HeadScores, consume: HeadScores, ax=None, top: int = 5,
     lim = max(1e-3, float(max(a.max(), b.max()))) * 1.08
     ax.plot([0, lim], [0, lim], color="grey", lw=0.8, ls="--")
     for flat in sorted(set(np.argsort(-a, kind="stable")[:top]) | set(np.argsort(-b, kind="stable")[:top])):
-        ax.annotate(f"{flat // n_heads}-{flat % n_heads}", (a[flat], b[flat]), fontsize=9,
+        ax.annotate(head_label(divmod(int(flat), n_heads)), (a[flat], b[flat]), fontsize=9,
                     xytext=(3, 3), textcoords="offset points")
     ax.set_xlim(0, lim)
     ax.set_ylim(0, lim)

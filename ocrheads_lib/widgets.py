@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ocrheads_lib.types import head_label
+
 PixelBox = tuple[float, float, float, float]
 
 EVIDENCE_COLOR = (0, 200, 255)      # cyan: the answer units' boxes
@@ -165,7 +167,7 @@ def render_character(chars: Any, index: int, heads: Sequence[tuple[int, int]], w
     for layer, head in heads:
         image = render_attention(chars.page, chars.token_boxes, chars.attention[layer, head, index],
                                  [chars.char_boxes[index]], panel_w)
-        panels.append((f"L{layer}H{head}", image))
+        panels.append((head_label((layer, head)), image))
     rows = -(-len(panels) // cols)
     panel_h = panels[0][1].height if panels else 1
     canvas = Image.new("RGB", (width, rows * (panel_h + label_h + 6)), "white")
@@ -268,7 +270,7 @@ def head_explorer(maps: Sequence[HeadAttentionMaps], scores: Mapping[str, Any] |
     if pairs is not None:
         def label(layer: int, head: int) -> str:
             extra = ", ".join(f"{name} {matrix[layer, head]:.2f}" for name, matrix in matrices.items())
-            return f"L{layer}H{head}" + (f" ({extra})" if extra else "")
+            return head_label((layer, head)) + (f" ({extra})" if extra else "")
 
         head_pick = widgets.Dropdown(options=[(label(l, h), i) for i, (l, h) in enumerate(pairs)], index=0,
                                      description="head", layout=widgets.Layout(width="420px"))
@@ -365,7 +367,7 @@ def _top_heads_html(matrices: Mapping[str, np.ndarray], k: int = 5) -> str:
     for name, matrix in matrices.items():
         flat = np.nan_to_num(matrix, nan=-np.inf).ravel()
         order = np.argsort(-flat, kind="stable")[:k]
-        heads = ", ".join(f"L{i // matrix.shape[1]}H{i % matrix.shape[1]} ({flat[i]:.2f})" for i in order)
+        heads = ", ".join(f"{head_label(divmod(int(i), matrix.shape[1]))} ({flat[i]:.2f})" for i in order)
         lines.append(f"top {k} by {html.escape(name)} score: {heads}")
     return "<div style='font-size:0.85em'>" + "<br>".join(lines) + "</div>" if lines else ""
 
@@ -497,7 +499,7 @@ def render_text_head(maps: TextAttentionMaps, layer: int, head: int) -> str:
     on_context = float(weights.sum())
     return ("<div style='font-family:monospace;font-size:0.85em;line-height:1.6;white-space:pre-wrap'>"
             + "".join(spans) + "</div>"
-            + f"<div style='font-size:0.85em;color:#555'>L{layer}H{head}: {100 * on_context:.1f} % of its attention "
+            + f"<div style='font-size:0.85em;color:#555'>{head_label((layer, head))}: {100 * on_context:.1f} % of its attention "
               f"from the answer rows is on the context; {100 * float(weights[maps.needle].sum()):.1f} % on the needle."
               "</div>")
 
@@ -520,7 +522,7 @@ def text_head_explorer(maps: Sequence[TextAttentionMaps], heads: Sequence[tuple[
 
     def label(layer: int, head: int) -> str:
         extra = ", ".join(f"{name} {matrix[layer, head]:.2f}" for name, matrix in matrices.items())
-        return f"L{layer}H{head}" + (f" ({extra})" if extra else "")
+        return head_label((layer, head)) + (f" ({extra})" if extra else "")
 
     sample_pick = widgets.Dropdown(options=[(f"{m.sample_id} — answer {m.answer}", i) for i, m in enumerate(maps)],
                                    index=0, description="sample", layout=widgets.Layout(width="420px"))

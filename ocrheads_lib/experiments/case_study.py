@@ -32,6 +32,7 @@ import numpy as np
 from ocrheads_lib.analysis import jaccard
 from ocrheads_lib.paths import atomic_write_json
 from ocrheads_lib.scoring import score_ocr
+from ocrheads_lib.types import head_key, head_label
 
 CHARACTERS = "0123456789abcdefghijklmnopqrstuvwxyz"
 TOP = 5
@@ -79,7 +80,7 @@ def consistency(top_sets: Mapping[str, Sequence[tuple[int, int]]], n_total_heads
         "n_characters": len(sets),
         "mean_pairwise_jaccard": mean_pairwise_jaccard(sets),
         "chance_jaccard": chance_jaccard(n_total_heads, top),
-        "head_counts": {f"l{l}_h{h}": int(c) for (l, h), c in ordered},
+        "head_counts": {head_key(head): int(c) for head, c in ordered},
         "most_common": [[int(l), int(h), int(c)] for (l, h), c in ordered[:10]],
     }
 
@@ -154,7 +155,7 @@ def _json_safe(value: Any) -> Any:
 
 def plot_case_grid(result: Mapping[str, Any], path: str | Path | None = None, cols: int = 6) -> Any:
     """The 6 x 6 grid: one layer x head heatmap per character showing only its top-5 cells (shared colour scale),
-    each annotated "L{l}H{h}"; characters without scored samples are left blank. Returns the figure."""
+    each annotated with its head_label ("L9H0"); characters without scored samples are left blank. Returns the figure."""
     chars = list(result["characters"])
     n_layers, n_heads = int(result["n_layers"]), int(result["n_heads"])
     values = [v for c in chars for _, _, v in result["characters"][c]["top"]]
@@ -170,7 +171,7 @@ def plot_case_grid(result: Mapping[str, Any], path: str | Path | None = None, co
         info = result["characters"][char]
         ax.set_title(f"'{char}' (n={info['n_scored']})", fontsize=8)
         for l, h, _ in info["top"]:
-            ax.text(h, l, f"L{l}H{h}", ha="center", va="center", fontsize=5, color="white")
+            ax.text(h, l, head_label((l, h)), ha="center", va="center", fontsize=5, color="white")
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in list(axes.flat)[len(chars):]:

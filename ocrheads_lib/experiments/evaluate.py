@@ -39,7 +39,7 @@ from ocrheads_lib.inference import answer
 from ocrheads_lib.metrics import metric
 from ocrheads_lib.paths import atomic_write_text
 from ocrheads_lib.scoring.batch import is_fault
-from ocrheads_lib.types import Head
+from ocrheads_lib.types import Head, head_key
 
 PASSKEY_METRICS = ("accuracy", "em", "char_sim")
 DOC_METRICS = ("anls", "em", "f1", "char_sim")
@@ -243,5 +243,5 @@ def modality(samples: Sequence[Any]) -> str:
 
 
 def format_heads(heads: Iterable[Head]) -> str:
-    """"l1_h2 l3_h0" (the official key format, space separated)."""
-    return " ".join(f"l{int(l)}_h{int(h)}" for l, h in heads)
+    """"l1_h2 l3_h0" (the file format of types.head_key, space separated)."""
+    return " ".join(head_key(h) for h in heads)

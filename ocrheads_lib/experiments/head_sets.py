@@ -19,7 +19,7 @@ from typing import Any
 
 from ocrheads_lib.heads import load_head_set, ranked, select
 from ocrheads_lib.scoring import load_scores, score_ocr, score_retrieval
-from ocrheads_lib.types import Head
+from ocrheads_lib.types import Head, head_label
 
 KINDS = ("ocr", "retrieval")
 
@@ -40,7 +40,7 @@ class ExperimentHeads:
     def describe(self, k: int = 5) -> str:
         lines = []
         for kind in self.ranked:
-            top = " ".join(f"l{l}_h{h}" for l, h in self.ranked[kind][:k])
+            top = " ".join(head_label(h) for h in self.ranked[kind][:k])
             lines.append(f"{kind}: {len(self.selected.get(kind, []))} selected, top-{k} {top}  [{self.source[kind]}]")
         return "\n".join(lines)
 

@@ -19,9 +19,7 @@ from ocrheads_lib.scoring.store import (  # noqa: F401
     SampleScore,
     ScoreMeta,
     from_official,
-    head_key,
     load_scores,
-    parse_head_key,
 )
 
 # The scorers import torch. They are loaded on first access (this module's __getattr__) because the command
@@ -33,8 +31,7 @@ _LAZY = {
     "score_retrieval_sample": "ocrheads_lib.scoring.retrieval",
 }
 
-__all__ = ["Failure", "Head", "HeadScores", "SampleScore", "ScoreMeta", "from_official", "head_key",
-           "load_scores", "parse_head_key", *_LAZY]
+__all__ = ["Failure", "Head", "HeadScores", "SampleScore", "ScoreMeta", "from_official", "load_scores", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -42,27 +42,11 @@ import numpy as np
 from ocrheads_lib import __version__
 
 from ocrheads_lib.paths import atomic_write_text
-from ocrheads_lib.types import Head
+from ocrheads_lib.types import Head, head_key, is_head_key, parse_head
 
 FORMAT = "ocrheads.scores/1"
 KINDS = ("ocr", "retrieval")
 ROWS = ("emit", "consume")
-_HEAD_KEY = re.compile(r"^l(\d+)_h(\d+)$")
-
-
-def head_key(layer: int, head: int) -> str:
-    """The official key of a head: (9, 0) -> "l9_h0"."""
-    return f"l{layer}_h{head}"
-
-
-def parse_head_key(key: str) -> Head:
-    """"l9_h0" -> (9, 0); raises ValueError naming the key otherwise."""
-    match = _HEAD_KEY.match(key)
-    if match is None:
-        raise ValueError(f"{key!r} is not a head key of the form 'l<layer>_h<head>'")
-    return int(match.group(1)), int(match.group(2))
-
-
 def _library_version() -> str:
     return __version__
 
@@ -301,7 +285,7 @@ class HeadScores:
     def mean_dict(self) -> dict[str, float]:
         """{"l{L}_h{H}": mean}: the official ``_mean`` format."""
         means = self.mean()
-        return {head_key(l, h): float(means[l, h]) for (l, h) in self.heads}
+        return {head_key((l, h)): float(means[l, h]) for (l, h) in self.heads}
 
     def failure_counts(self) -> dict[str, int]:
         """How many samples failed for each reason (reason text up to the first ':')."""
@@ -320,7 +304,7 @@ class HeadScores:
     def to_json(self) -> dict[str, Any]:
         payload: dict[str, Any] = {"format": FORMAT, "meta": asdict(self.meta)}
         if self.ragged is not None:
-            payload["ragged"] = {head_key(l, h): [float(x) for x in v] for (l, h), v in self.ragged.items()}
+            payload["ragged"] = {head_key((l, h)): [float(x) for x in v] for (l, h), v in self.ragged.items()}
         payload["samples"] = [sample.to_json() for sample in self.samples]
         payload["failures"] = [failure.to_json() for failure in self.failures]
         return payload
@@ -343,7 +327,7 @@ class HeadScores:
         meta = ScoreMeta(**payload["meta"])
         ragged = None
         if payload.get("ragged") is not None:
-            ragged = {parse_head_key(k): np.asarray(v, dtype=float) for k, v in payload["ragged"].items()}
+            ragged = {parse_head(k): np.asarray(v, dtype=float) for k, v in payload["ragged"].items()}
         return cls(meta=meta, samples=[SampleScore.from_json(s) for s in payload.get("samples", [])],
                    failures=[Failure(str(f["id"]), str(f["reason"])) for f in payload.get("failures", [])],
                    ragged=ragged).check_shapes()
@@ -352,7 +336,7 @@ class HeadScores:
 def from_official(per_head: Mapping[str, Iterable[float]], *, model_id: str = "", kind: str = "ocr",
                   dataset: str = "") -> HeadScores:
     """Wrap an official ``{"l{L}_h{H}": [entries]}`` dict (ragged lists allowed)."""
-    ragged = {parse_head_key(key): np.asarray(list(values), dtype=float) for key, values in per_head.items()}
+    ragged = {parse_head(key): np.asarray(list(values), dtype=float) for key, values in per_head.items()}
     if not ragged:
         raise ValueError("the official score dict is empty")
     n_layers = max(l for l, _ in ragged) + 1
@@ -392,7 +376,7 @@ def load_scores(path: str | os.PathLike, *, kind: str | None = None, model_id: s
             return HeadScores.from_json(payload)
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"score file {path}: {error}") from error
-    if isinstance(payload, dict) and payload and all(_HEAD_KEY.match(k) for k in payload):
+    if isinstance(payload, dict) and payload and all(is_head_key(k) for k in payload):
         guessed_model, guessed_kind = _guess_official_meta(path)
         per_head = {k: (v if isinstance(v, list) else [v]) for k, v in payload.items()}
         return from_official(per_head, model_id=model_id or guessed_model, kind=kind or guessed_kind,
