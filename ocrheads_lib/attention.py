@@ -2,7 +2,7 @@
 
 transformers 5.x lets a project register its own attention function (``AttentionInterface``) and the mask
 builder that goes with it (``AttentionMaskInterface``; without one the function silently receives no causal
-mask). This module registers ``PROBE_ATTENTION`` with both and gives it to the *language model only*; vision
+mask: the mask rewrite of transformers#37866, 4.53, documented as a pitfall by transformers#45811). This module registers ``PROBE_ATTENTION`` with both and gives it to the *language model only*; vision
 towers keep sdpa. Which decoder layer is calling is found by ``id(module)`` of its ``self_attn`` (vision
 attention modules have no ``layer_idx``, and a vision module that ever reached this function would simply run
 sdpa).
@@ -85,9 +85,11 @@ _SINK_ROW_CHUNK = 512
 
 # Where the decoder layers of the language model live, tried in this order (VLMs first: their `model.layers`
 # does not exist, and a text-only `model.model.layers` must not be confused with a vision tower).
+# Workaround for transformers#37033 (4.52): VLMs gained a base *Model, so their decoder moved from
+# `language_model.model.layers` to `model.language_model.layers`; both layouts are still met.
 _DECODER_LAYER_PATHS = (
-    "model.language_model.layers",  # Qwen2-VL, Qwen2.5-VL, InternVL-hf, LLaVA(-OneVision) in transformers 5.x
-    "language_model.model.layers",  # older VLM layouts (e.g. remote-code InternVL chat models)
+    "model.language_model.layers",  # Qwen2-VL, Qwen2.5-VL, InternVL-hf, LLaVA(-OneVision) since 4.52 (#37033)
+    "language_model.model.layers",  # the layout before #37033 (and remote-code InternVL chat models)
     "language_model.layers",  # a bare *Model VLM (e.g. Qwen2VLModel)
     "model.layers",  # text-only *ForCausalLM (Qwen2, Llama, ...)
     "layers",  # a bare text *Model
@@ -450,6 +452,7 @@ def _fast_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, v
 
     flash-attn wants a 2-D padding mask, while the mask registered for the probe is sdpa's 4-D one, so flash is
     used only when the mask is None (plain causal, no padding), where both agree. Not exercised on CPU.
+    (No upstream issue: one registered name has one mask builder, transformers 5.23.)
     """
     if attention_mask is None and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and _flash_ok():
         from transformers.integrations.flash_attention import flash_attention_forward
@@ -477,6 +480,7 @@ def _visible_keys(attention_mask: torch.Tensor | None, local_rows: torch.Tensor,
 
     A None mask follows sdpa's semantics in transformers: causal with upper-left alignment when q_len > 1
     (q_len == kv_len in practice, or a static cache whose extra slots are empty), no mask for one query row.
+    (No upstream issue: sdpa_mask returns None for such masks, transformers 5.23, so the rule is rebuilt here.)
     """
     if attention_mask is not None:
         rows_mask = attention_mask[:, :, local_rows.to(attention_mask.device)]  # (B|1, 1|H, r, kv)
@@ -519,7 +523,10 @@ def _head_scores(query: torch.Tensor, key: torch.Tensor, heads: torch.Tensor, lo
 
 
 def _softmax_rows(scores: torch.Tensor, visible: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """softmax over visible keys (B, h, r, kv); rows without any visible key are all zero (as sdpa returns 0)."""
+    """softmax over visible keys (B, h, r, kv); rows without any visible key are all zero (as sdpa returns 0).
+
+    A plain softmax gives NaN for such rows (pytorch#103749); SDPA returns zeros since pytorch#133882
+    (torch 2.5, its `_safe_softmax`), and nan_to_num matches that."""
     if bias is not None:
         scores = scores + bias
     scores = scores.masked_fill(~visible, float("-inf"))
@@ -696,6 +703,8 @@ def use_probe_attention(model_or_adapter: Any, implementation: str | None = None
     target = implementation or PROBE_ATTENTION
     if previous == target:
         return previous
+    # Composite (VLM) configs take one implementation per sub-config (transformers#32238): setting only the text
+    # config's leaves the vision tower on sdpa.
     if "text_config" in getattr(model.config, "sub_configs", {}) and config is getattr(model.config, "text_config",
                                                                                          None):
         model.set_attn_implementation({"text_config": target})
