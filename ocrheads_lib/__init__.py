@@ -15,7 +15,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# public name -> module that defines it. Loaded on first access (module __getattr__) rather than imported here:
+# `python -m ocrheads_lib ...` imports this package first, and the CLI must start without torch/transformers.
 _LAZY = {
     "load_model": "ocrheads_lib.models",
     "answer": "ocrheads_lib.inference",

@@ -53,6 +53,7 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.utils import is_flash_attn_2_available
 
 from ocrheads_lib.types import Head
 
@@ -455,6 +456,7 @@ def _fast_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, v
     (No upstream issue: one registered name has one mask builder, transformers 5.23.)
     """
     if attention_mask is None and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and _flash_ok():
+        # imported on first use: this module is for CUDA runs with flash-attn installed only
         from transformers.integrations.flash_attention import flash_attention_forward
 
         return flash_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling, **kwargs)
@@ -468,8 +470,6 @@ _FLASH_OK: bool | None = None
 def _flash_ok() -> bool:
     global _FLASH_OK
     if _FLASH_OK is None:
-        from transformers.utils import is_flash_attn_2_available
-
         _FLASH_OK = bool(is_flash_attn_2_available())
     return _FLASH_OK
 

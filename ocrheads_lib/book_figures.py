@@ -12,7 +12,9 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.patches import Rectangle
 
 from ocrheads_lib.types import head_label
 
@@ -23,8 +25,6 @@ UNIT_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0"
 
 
 def _rect(ax: Any, box: Sequence[float], colour: str, lw: float = 1.5, fill: bool = False, alpha: float = 1.0) -> None:
-    from matplotlib.patches import Rectangle
-
     x0, y0, x1, y1 = (float(v) for v in box)
     ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=fill, edgecolor=colour, facecolor=colour if fill else "none",
                            linewidth=lw, alpha=alpha))
@@ -33,8 +33,6 @@ def _rect(ax: Any, box: Sequence[float], colour: str, lw: float = 1.5, fill: boo
 def pages_figure(sample: Any, max_pages: int = 6, cols: int = 3, page_width_in: float = 3.4) -> Any:
     """Every page of an `ImageSample` (up to `max_pages`, always including the evidence page) in reading
     order, `cols` per row; the evidence page is framed and carries the fine boxes (red) and the coarse box (blue)."""
-    import matplotlib.pyplot as plt
-
     n = len(sample.pages)
     shown = list(range(n))
     if n > max_pages:   # keep the first pages and the evidence page, in order
@@ -73,8 +71,6 @@ def token_grid_figure(image_tokens: Any, sample: Any, min_overlap: float = 0.001
     its evidence tokens (filled, one colour per unit) — the tokens an OCR head must look at.
 
     image_tokens: an `ImageTokenMap` (e.g. `lm.build_inputs(sample.pages, sample.question).image_tokens`)."""
-    import matplotlib.pyplot as plt
-
     page_index = int(sample.evidence_page)
     page = sample.pages[page_index]
     on_page = (image_tokens.pages == page_index).cpu().numpy()           # (N,)
@@ -130,15 +126,12 @@ def grounding_figure(chars: Any, result: Any, width_in: float = 7.2) -> Any:
     """The evidence page of one sample with, per answer character, its true box (cyan) and the box the OCR
     heads point at (red dashed when it misses, green when it hits) — `chars` a
     `grounding.CharacterAttention`, `result` its `grounding.CharacterGrounding`."""
-    import matplotlib.pyplot as plt
-
     page = chars.page
     fig, ax = plt.subplots(figsize=(width_in, width_in * page.height / page.width + 0.6))
     ax.imshow(np.asarray(page.convert("RGB")))
     for c, (box, pred, hit) in enumerate(zip(chars.char_boxes, result.predicted, result.hits)):
         _rect(ax, box, EVIDENCE, lw=2)
         x0, y0, x1, y1 = pred
-        from matplotlib.patches import Rectangle
 
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2, ls="-" if hit else "--",
                                edgecolor="#1e9e3c" if hit else "#dc1e1e"))

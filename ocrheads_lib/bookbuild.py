@@ -26,7 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nbformat
+import papermill
 import yaml
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
 from ocrheads_lib.paths import atomic_write_text
 
@@ -86,8 +89,6 @@ def notebook_key(source: bytes, parameters: dict[str, Any], lib_hash: str, previ
 
 def _kernel_check(kernel_name: str) -> None:
     """Fail early, with the fix, when `kernel_name` would not run this Python (the one with the library)."""
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
     try:
         spec = KernelSpecManager().get_kernel_spec(kernel_name)
     except NoSuchKernel as exc:
@@ -137,8 +138,6 @@ def output_problems(notebook_path: Path) -> list[str]:
 
 def finish_executed(notebook_path: Path) -> None:
     """Hide papermill's injected-parameters cell behind a toggle, like the defaults cell it overrides."""
-    import nbformat
-
     nb = nbformat.read(str(notebook_path), as_version=4)
     for cell in nb.cells:
         tags = cell.get("metadata", {}).get("tags", [])
@@ -158,8 +157,6 @@ def run_notebooks(notebooks_dir: str | os.PathLike, out_dir: str | os.PathLike,
     (default `<out_dir>/../../_build/failed`), never into `out_dir`. `library_root`: the files whose
     hash enters every key (the package; tests pass a fixed folder).
     """
-    import papermill
-
     notebooks_dir, out_dir = Path(notebooks_dir).resolve(), Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     failed_dir = Path(failed_dir) if failed_dir else out_dir.parent.parent / "_build" / "failed"

@@ -12,7 +12,12 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import matplotlib as mpl
+import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.colors import BoundaryNorm, ListedColormap
 
 from ocrheads_lib.analysis import BIN_LABELS, sparsity_bins
 from ocrheads_lib.heads import head_values
@@ -43,17 +48,12 @@ def _layer_head_axes(ax: Any, n_layers: int, n_heads: int) -> None:
 
 def set_theme() -> None:
     """The book's one figure theme: seaborn whitegrid, fonts >= 9 pt, 100-dpi PNGs."""
-    import matplotlib as mpl
-    import seaborn as sns
-
     sns.set_theme(context="notebook", style="whitegrid", palette="deep", rc=FONT_SIZES)
     mpl.rcParams.update({"figure.dpi": DPI, "savefig.dpi": DPI, "savefig.bbox": "tight",
                          "figure.figsize": (MAX_WIDTH_IN, 3.6), "axes.titleweight": "normal"})
 
 
 def _axes(ax=None, figsize=(4, 4)):
-    import matplotlib.pyplot as plt
-
     if ax is None:
         _, ax = plt.subplots(figsize=figsize)
     return ax
@@ -76,9 +76,6 @@ def bin_bars(score_sets: Sequence[HeadScores], ax=None, filtered: bool = False, 
     """Share of heads (%) per score bin (==0, (0,.1], (.1,.3], (.3,.5], (.5,1]), one bar colour per score set;
     the head counts are written on the bars. Replaces the paper's donuts: bars of several sets side by side
     are comparable at a glance."""
-    import pandas as pd
-    import seaborn as sns
-
     ax = _axes(ax, figsize=(MAX_WIDTH_IN, 3.4))
     names = list(names) if names is not None else [label(s) for s in score_sets]
     rows = []
@@ -102,8 +99,6 @@ def score_frequency_bars(scores: HeadScores, ax=None, top: int = 7, title: str |
     """Bars = raw mean score per head, line = activation frequency (share of entries > threshold), heads
     sorted by frequency (then mean) descending; the first `top` heads of that order are marked and named
     (the paper's inset, see :func:`inset_heads`)."""
-    import seaborn as sns
-
     ax = _axes(ax, figsize=(MAX_WIDTH_IN, 3.2))
     mean = scores.mean().reshape(-1)
     freq = scores.activation_frequency(active_threshold).reshape(-1)
@@ -152,9 +147,6 @@ def head_heatmap(scores: HeadScores | np.ndarray, ax=None, title: str | None = N
                  colorbar: bool = True, annotate: int = 5):
     """Layer × head map of the head values (raw mean for rule="readme", filtered for "paper-code") in the
     paper's discrete colours (bounds 0, .01, .1, .3, .5, 1); the `annotate` best heads carry their value."""
-    import seaborn as sns
-    from matplotlib.colors import BoundaryNorm, ListedColormap
-
     if isinstance(scores, HeadScores):
         values = head_values(scores, rule)
         name = _title(scores, title)
@@ -179,8 +171,6 @@ def row_comparison(emit: HeadScores, consume: HeadScores, ax=None, top: int = 5,
                    xlabel: str = 'mean score, row="emit"', ylabel: str = 'mean score, row="consume"'):
     """Scatter of every head's mean score under two score sets (e.g. the two row conventions); the top
     heads of each are labelled with their head_label ("L9H0")."""
-    import seaborn as sns
-
     ax = _axes(ax, figsize=(MAX_WIDTH_IN / 2, 3.4))
     a, b = emit.mean().reshape(-1), consume.mean().reshape(-1)
     n_heads = emit.meta.n_heads
@@ -200,8 +190,6 @@ def row_comparison(emit: HeadScores, consume: HeadScores, ax=None, top: int = 5,
 
 def two_panels(height: float = 3.4, width_ratios: Sequence[float] = (1, 1)):
     """A figure with two panels side by side at the book's column width."""
-    import matplotlib.pyplot as plt
-
     return plt.subplots(1, 2, figsize=(MAX_WIDTH_IN, height), gridspec_kw={"width_ratios": list(width_ratios)})
 
 
@@ -209,8 +197,6 @@ def findings_grid(score_sets: Sequence[HeadScores], kind: str = "bins", filtered
                   ncols: int = 2, size: float = 3.2):
     """One figure for several score sets: kind = "bins" (one bar chart, sets side by side), "bars" (one
     score-vs-frequency panel per set, `ncols` per row) or "heatmap"."""
-    import matplotlib.pyplot as plt
-
     if kind == "bins":
         fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN, size + 0.4))
         bin_bars(score_sets, ax=ax, filtered=filtered)
@@ -239,10 +225,6 @@ def sweep_panels(curves: Any, x: str, xlabel: str, baseline: str = "start", col_
     curves: the tidy table of `experiments.masking.score_curves` / `experiments.sink.sink_curves`
     (columns task, modality, head_set, metric, score, lo, hi and `x`). baseline: "start" = the unmasked
     score is every curve's first point (k = 0); "line" = a dashed horizontal line."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
-
     if baseline not in ("start", "line"):
         raise ValueError(f"baseline must be 'start' or 'line', got {baseline!r}")
     tasks = sorted(curves["task"].unique(), key=lambda t: (curves[curves.task == t].modality.iloc[0] != "image", t))
@@ -283,8 +265,6 @@ def value_heatmap(values: Any, ax=None, title: str = "", label: str = "", annota
                   cmap: str = "rocket_r"):
     """Layer × head map of any per-head number (a count, an attention mass, a share) on a continuous scale;
     the `annotate` largest cells carry their value."""
-    import seaborn as sns
-
     values = np.asarray(values, dtype=float)
     n_layers, n_heads = values.shape
     ax = _axes(ax, figsize=(min(MAX_WIDTH_IN, 1.6 + 0.35 * n_heads), 3.2))
@@ -302,9 +282,6 @@ def value_heatmap(values: Any, ax=None, title: str = "", label: str = "", annota
 
 def condition_scatter(changes: Any, x: str = "direct", y: str = "cot", col: str = "task"):
     """Per-head scores under two conditions (one panel per `col` value, two per row), diagonal dashed."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
     groups = list(changes.groupby(col, sort=True))
     ncols = max(1, min(2, len(groups)))
     nrows = max(1, -(-len(groups) // ncols))

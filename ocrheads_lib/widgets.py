@@ -22,11 +22,16 @@ import io
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from matplotlib import colormaps, colors
+from PIL import Image, ImageDraw, ImageFont
 
+from ocrheads_lib import scoring              # torch-free: each scorer imports torch on first use only
+from ocrheads_lib.grounding import covers, record_rows
+from ocrheads_lib.scoring import load_scores
 from ocrheads_lib.types import head_label
 
 PixelBox = tuple[float, float, float, float]
@@ -88,8 +93,6 @@ def record_image_attention(lm: Any, sample: Any, answer: str | None = None) -> H
     lm: a model adapter (`ocrheads_lib.load_model(...)` or `models.testing.tiny_random(...)`);
     sample: an `ImageSample`.
     """
-    from ocrheads_lib.grounding import record_rows
-
     text = sample.answer if answer is None else answer
     recorded = record_rows(lm, sample, answer=text)
     return HeadAttentionMaps(sample_id=str(sample.id), page=sample.pages[sample.evidence_page],
@@ -105,8 +108,6 @@ def render_attention(page: Image.Image, token_boxes: np.ndarray, weights: np.nda
                      width: int = 480, heat_alpha: float = 0.65) -> Image.Image:
     """The page (grey) with `weights` per image token as a heat map scaled to their maximum, `boxes`
     outlined in cyan and the most attended token in black (an RGB PIL image `width` pixels wide)."""
-    from matplotlib import colormaps
-
     weights = np.asarray(weights, dtype=np.float64)                           # (N,)
     scale = width / page.width                                                # page px -> image px
     size = (max(1, round(page.width * scale)), max(1, round(page.height * scale)))
@@ -159,8 +160,6 @@ def render_character(chars: Any, index: int, heads: Sequence[tuple[int, int]], w
     """PNG bytes: for answer character `index` of a `grounding.CharacterAttention`, one small page per head
     of `heads` (`cols` per row) with that head's emitting row as heat, the character's box in cyan and the
     head's most attended token in black, each labelled with the head."""
-    from PIL import ImageFont
-
     panel_w = (width - 8 * (cols - 1)) // cols
     label_h = 22
     panels = []
@@ -231,7 +230,7 @@ def head_explorer(maps: Sequence[HeadAttentionMaps], scores: Mapping[str, Any] |
     Raises ValueError when the widget state would exceed `max_state_mb` (pass fewer samples, layers or
     heads, a `head_list`, or a smaller `width`).
     """
-    import ipywidgets as widgets
+    import ipywidgets as widgets  # optional (notebook) dependency: only the widget builders need it
 
     if not maps:
         raise ValueError("head_explorer: no samples given (pass the output of record_image_attention)")
@@ -333,10 +332,6 @@ def explorer_scores(lm: Any, model_dir: str | Any, samples_for: Any = None) -> d
     the experiments' cache `model_dir/cache/experiment_scores/{kind}_scores.json`; otherwise computed on
     `samples_for(kind)` (image samples for "ocr", text samples for "retrieval") and saved to that cache.
     A kind that is on disk nowhere and has no `samples_for` is left out."""
-    from pathlib import Path
-
-    from ocrheads_lib.scoring import load_scores
-
     model_dir = Path(model_dir)
     out: dict[str, Any] = {}
     for kind in ("ocr", "retrieval"):
@@ -353,8 +348,6 @@ def explorer_scores(lm: Any, model_dir: str | Any, samples_for: Any = None) -> d
         if found is not None:
             out[kind] = found
         elif samples_for is not None:
-            import ocrheads_lib.scoring as scoring      # each scorer imports torch on first use only
-
             samples = list(samples_for(kind))
             out[kind] = scoring.score_ocr(lm, samples) if kind == "ocr" else scoring.score_retrieval(lm, samples)
             out[kind].save(candidates[1])
@@ -375,8 +368,6 @@ def _top_heads_html(matrices: Mapping[str, np.ndarray], k: int = 5) -> str:
 def evidence_share(maps: Sequence[HeadAttentionMaps]) -> np.ndarray:
     """(L, H): the share of each head's on-page attention (from the answer rows) that lands on evidence
     tokens — tokens covering an answer unit's box — averaged over `maps`."""
-    from ocrheads_lib.grounding import covers
-
     shares = []
     for m in maps:
         mask = np.array([any(covers(t, b) for b in m.evidence_boxes) for t in m.token_boxes])   # (N,)
@@ -404,7 +395,7 @@ def character_explorer(chars: Sequence[Any], heads: Sequence[tuple[int, int]], w
     character's evidence box (see :func:`render_character`). Works in the static book (browser-side link).
 
     chars: `grounding.CharacterAttention` per sample (`grounding.record_character_attention`)."""
-    import ipywidgets as widgets
+    import ipywidgets as widgets  # optional (notebook) dependency: only the widget builders need it
 
     heads = [(int(l), int(h)) for l, h in heads]
     if not chars or not heads:
@@ -450,6 +441,7 @@ class TextAttentionMaps(_PerHeadAttention):
 def record_text_attention(lm: Any, sample: Any, answer: str | None = None) -> TextAttentionMaps:
     """One teacher-forced pass of a `TextSample` (gold answer, or `answer`) under the probe, recording every
     head's attention on each context token from the answer-emitting rows (mean over those rows)."""
+    # torch and the model side imported here: the drawing and widget helpers of this module stay torch-free
     import torch
 
     from ocrheads_lib.attention import Plan, apply
@@ -480,8 +472,6 @@ def record_text_attention(lm: Any, sample: Any, answer: str | None = None) -> Te
 def render_text_head(maps: TextAttentionMaps, layer: int, head: int) -> str:
     """HTML: the context with every token shaded by head (layer, head)'s attention (scaled to its maximum over
     the context), the needle's tokens underlined in cyan and the most attended token outlined."""
-    from matplotlib import colormaps, colors
-
     weights = maps.attention[layer, head]                                     # (N,)
     top = float(weights.max()) if weights.size else 0.0
     norm = weights / top if top > 0 else np.zeros_like(weights)
@@ -509,7 +499,7 @@ def text_head_explorer(maps: Sequence[TextAttentionMaps], heads: Sequence[tuple[
     """The explorer for a text model (an `ipywidgets.VBox`): pick a sample and one of `heads` (e.g.
     :func:`top_heads` of its retrieval scores) and see the context shaded by that head's attention. Like
     :func:`head_explorer`, everything is precomputed and linked in the browser (works in the static book)."""
-    import ipywidgets as widgets
+    import ipywidgets as widgets  # optional (notebook) dependency: only the widget builders need it
 
     pairs = [(int(l), int(h)) for l, h in heads]
     if not maps or not pairs:

@@ -28,6 +28,7 @@ import os
 import textwrap
 from dataclasses import dataclass, field
 
+import matplotlib
 from PIL import Image, ImageDraw, ImageFont
 
 CELL = 28            # pixels per visual token side (patch 14 x spatial merge 2)
@@ -46,12 +47,14 @@ BOOK_LAYOUT = dict(
 )
 
 
+def matplotlib_font_dir() -> str:
+    """The folder of TrueType fonts shipped inside matplotlib (``mpl-data/fonts/ttf``)."""
+    return os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf")
+
+
 def font_path() -> str:
     """DejaVu Sans Mono Bold, shipped with matplotlib (so no system font is needed)."""
-    import matplotlib
-
-    path = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf",
-                        "DejaVuSansMono-Bold.ttf")
+    path = os.path.join(matplotlib_font_dir(), "DejaVuSansMono-Bold.ttf")
     if not os.path.exists(path):
         raise FileNotFoundError(f"DejaVuSansMono-Bold.ttf not found at {path}; "
                                 "reinstall matplotlib (it ships the DejaVu fonts)")

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import ast
 import gzip
+import io
 import json
 import os
 import random
 from pathlib import Path
 from typing import Any, Iterable
+
+from PIL import Image
 
 from .samples import DocSample
 
@@ -58,7 +61,7 @@ def _check_n(n: int | None) -> None:
 def _open_table(hub_id: str, config: str | None, split: str, path: str | os.PathLike | None, what: str):
     """A `datasets.Dataset` from a local save_to_disk folder, parquet file(s)/folder, or the local HF cache."""
     try:
-        import datasets
+        import datasets  # optional dependency: imported where needed, so the rest works without it
     except ImportError as error:
         raise DatasetUnavailableError(f"{what} needs the `datasets` package: pip install datasets") from error
     if path is not None:
@@ -107,14 +110,11 @@ def _as_list(answers: Any) -> list[str]:
 
 
 def _as_image(value: Any):
-    from PIL import Image
-
     if value is None:
         return None
     if isinstance(value, Image.Image):
         return value.convert("RGB")
     if isinstance(value, dict) and value.get("bytes") is not None:
-        import io
         return Image.open(io.BytesIO(value["bytes"])).convert("RGB")
     if isinstance(value, dict) and value.get("path"):
         return Image.open(value["path"]).convert("RGB")

@@ -46,7 +46,7 @@ def _word_spans(nt: NeedleText) -> list[tuple[int, int]]:
 def _needlebench(rng: random.Random, max_answer_chars: int | None):
     """A NeedleBench English needle and haystack text (needs the dataset locally)."""
     try:
-        import datasets
+        import datasets  # optional dependency: imported where needed, so the rest works without it
     except ImportError as error:
         raise DatasetUnavailableError("source='needlebench' needs the `datasets` package "
                                       "(pip install datasets)") from error

@@ -50,13 +50,6 @@ class RenderError(ValueError):
     """The text cannot be laid out as asked (a line or a glued span does not fit, too many pages...)."""
 
 
-def matplotlib_font_dir() -> str:
-    """The folder of TrueType fonts shipped inside matplotlib (``mpl-data/fonts/ttf``)."""
-    import matplotlib
-
-    return os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf")
-
-
 def resolve_font(font: str) -> str:
     """A font name ("DejaVuSans", "DejaVuSansMono", "DejaVuSansMono-Bold", ...) or a .ttf/.otf path
     -> an existing font file path. Raises FileNotFoundError naming what was tried."""
@@ -65,7 +58,7 @@ def resolve_font(font: str) -> str:
             return font
         raise FileNotFoundError(f"font file {font!r} does not exist; pass an existing .ttf path or one of "
                                 f"{sorted(FONT_ALIASES)} (DejaVu fonts shipped with matplotlib)")
-    folder = matplotlib_font_dir()
+    folder = _grid.matplotlib_font_dir()
     name = FONT_ALIASES.get(font.lower().replace(" ", ""), font + ".ttf")
     path = os.path.join(folder, name)
     if not os.path.exists(path):

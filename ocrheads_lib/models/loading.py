@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import inspect
 import json
 import os
 import socket
@@ -19,7 +20,12 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
+import transformers
+from safetensors import safe_open
 from torch import nn
+from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer, PretrainedConfig, TokenizersBackend
+from transformers.models.auto.tokenization_auto import get_tokenizer_config
+from transformers.utils import logging as hf_logging
 
 from ..embedded.tiny import WEIGHTS_DIR as TINY_WEIGHTS
 from .base import ModelAdapter
@@ -123,10 +129,6 @@ def check_local_path(model_id: str) -> None:
 def check_checkpoint_files(folder: str | os.PathLike) -> None:
     """Open every JSON file and every safetensors header of a local checkpoint folder; a truncated or
     invalid one raises CorruptCheckpointError naming the file (instead of a bare parser error)."""
-    import json
-
-    from safetensors import safe_open
-
     folder = Path(folder)
     if not folder.is_dir():
         return
@@ -199,8 +201,6 @@ def resolve_source(model_id: str) -> tuple[str, bool]:
 
 def read_model_type(source: str, local_files_only: bool, model_id: str) -> str:
     """model_type from the checkpoint's config.json, without instantiating (remote-code configs included)."""
-    from transformers import PretrainedConfig
-
     if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
         raise WeightsNotFoundError(f"{source} is a folder without config.json: not a checkpoint saved with "
                                    f"save_pretrained (pass a hub id or the folder that holds config.json)")
@@ -280,9 +280,6 @@ def load_tokenizer(source: str, local_files_only: bool) -> Any:
     "PreTrainedTokenizerFast", e.g. a character-level one built in code) is loaded exactly as saved: in
     transformers 5.23 AutoTokenizer would pick the class of the config's model_type (Qwen2Tokenizer for
     model_type "qwen2") and rebuild a byte-level pipeline around the vocabulary, breaking such tokenizers."""
-    from transformers import AutoTokenizer, TokenizersBackend
-    from transformers.models.auto.tokenization_auto import get_tokenizer_config
-
     tokenizer_class = get_tokenizer_config(source, local_files_only=local_files_only).get("tokenizer_class")
     if tokenizer_class in ("TokenizersBackend", "PreTrainedTokenizerFast"):
         return TokenizersBackend.from_pretrained(source, local_files_only=local_files_only)
@@ -294,8 +291,6 @@ def load_tokenizer(source: str, local_files_only: bool) -> Any:
 def check_adapter_options(adapter_class: type[ModelAdapter], options: dict[str, Any], model_id: str) -> None:
     """Refuse adapter options the family does not take (a typo such as max_pixel=5 would be ignored) and
     non-positive sizes."""
-    import inspect
-
     valid = [name for name, p in inspect.signature(adapter_class.__init__).parameters.items()
              if name not in ("self", "model", "processor", "tokenizer", "model_id")
              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
@@ -334,9 +329,6 @@ def load_model(model_id: str, device: str = "auto", dtype: torch.dtype | str | N
     paper_setting: use the paper's image settings (`paper_options`); explicit options still win.
     options: adapter options — Qwen: min_pixels, max_pixels; InternVL: max_tiles (paper: 1).
     """
-    from transformers import AutoModelForCausalLM, AutoProcessor
-    import transformers
-
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     check_local_path(model_id)
@@ -376,8 +368,6 @@ def load_model(model_id: str, device: str = "auto", dtype: torch.dtype | str | N
 def _quiet_loading() -> Iterator[None]:
     """No per-tensor "Loading weights" progress bar: in an executed notebook every bar becomes a saved
     widget on the book page. The previous setting is restored afterwards."""
-    from transformers.utils import logging as hf_logging
-
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:

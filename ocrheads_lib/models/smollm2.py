@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from ocrheads_lib.paths import atomic_folder, atomic_write_json
 
@@ -108,8 +109,6 @@ def ensure_smollm2(verbose: bool = True) -> Path:
 
 def convert(source: Path, folder: Path, sha256: str, stamp: str) -> None:
     """GGUF -> plain transformers folder, written next to `folder` and moved into place when complete."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     loaded = LlamaForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
     config = {k: v for k, v in loaded.config.to_dict().items() if k not in _GGUF_ONLY_KEYS}

@@ -14,9 +14,22 @@ from typing import Any, Callable
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models
-from transformers import PreTrainedTokenizerFast
+from transformers import (InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor, LlamaConfig,
+                          LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration, LlavaOnevisionConfig,
+                          LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor, LlavaProcessor,
+                          PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                          Qwen2_5_VLProcessor, Qwen2Config, Qwen2ForCausalLM, Qwen2VLConfig,
+                          Qwen2VLForConditionalGeneration, Qwen2VLProcessor)
+from transformers.models.got_ocr2.image_processing_got_ocr2 import GotOcr2ImageProcessor
+from transformers.models.internvl.video_processing_internvl import InternVLVideoProcessor
+from transformers.models.llava.image_processing_llava import LlavaImageProcessor
+from transformers.models.llava_onevision.image_processing_llava_onevision import LlavaOnevisionImageProcessor
+from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
 from .base import ModelAdapter
+from .loading import make_adapter, paper_options, set_language_attention
 
 TINY_HIDDEN = 64
 TINY_LAYERS = 2
@@ -138,16 +151,12 @@ def _qwen_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
 
 
 def _build_qwen(version: str) -> tuple[torch.nn.Module, Any, PreTrainedTokenizerFast]:
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-
     tokenizer = _qwen_tokenizer()
     head_dim = TINY_HIDDEN // TINY_HEADS
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(head_dim)}
     text_config = _text_config(tokenizer, rope_parameters=rope)
     image_processor = Qwen2VLImageProcessor(min_pixels=TINY_QWEN_MIN_PIXELS, max_pixels=TINY_QWEN_MAX_PIXELS)
     if version == "qwen2_vl":
-        from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
         vision_config = dict(depth=1, embed_dim=TINY_VISION_HIDDEN, hidden_size=TINY_HIDDEN, num_heads=2,
                              mlp_ratio=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
         config = Qwen2VLConfig(text_config=text_config, vision_config=vision_config,
@@ -156,7 +165,6 @@ def _build_qwen(version: str) -> tuple[torch.nn.Module, Any, PreTrainedTokenizer
         processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                      video_processor=Qwen2VLVideoProcessor(), chat_template=_QWEN_CHAT_TEMPLATE)
     else:
-        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
         vision_config = dict(depth=2, hidden_size=TINY_VISION_HIDDEN, out_hidden_size=TINY_HIDDEN,
                              intermediate_size=2 * TINY_VISION_HIDDEN, num_heads=2, patch_size=14,
                              spatial_merge_size=2, temporal_patch_size=2, window_size=56,
@@ -172,10 +180,6 @@ def _build_qwen(version: str) -> tuple[torch.nn.Module, Any, PreTrainedTokenizer
 # ---------------------------------------------------------------------------------- InternVL
 
 def _build_internvl() -> tuple[torch.nn.Module, Any, PreTrainedTokenizerFast]:
-    from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor
-    from transformers.models.got_ocr2.image_processing_got_ocr2 import GotOcr2ImageProcessor
-    from transformers.models.internvl.video_processing_internvl import InternVLVideoProcessor
-
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
     tokenizer = char_tokenizer(specials, _INTERNVL_CHAT_TEMPLATE, eos="<|im_end|>", pad="<|endoftext|>",
                                extra_special_tokens={"start_image_token": "<img>", "end_image_token": "</img>",
@@ -202,9 +206,6 @@ def _build_internvl() -> tuple[torch.nn.Module, Any, PreTrainedTokenizerFast]:
 # ---------------------------------------------------------------------------------- LLaVA
 
 def _build_llava() -> tuple[torch.nn.Module, Any, PreTrainedTokenizerFast]:
-    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-    from transformers.models.llava.image_processing_llava import LlavaImageProcessor
-
     specials = ["<unk_pad>", "<s>", "</s>", "<image>"]
     tokenizer = char_tokenizer(specials, _LLAVA_CHAT_TEMPLATE, eos="</s>", pad="<unk_pad>", bos="<s>",
                                extra_special_tokens={"image_token": "<image>"})
@@ -229,11 +230,6 @@ def _build_llava() -> tuple[torch.nn.Module, Any, PreTrainedTokenizerFast]:
 # ---------------------------------------------------------------------------------- LLaVA-OneVision
 
 def _build_llava_onevision() -> tuple[torch.nn.Module, Any, PreTrainedTokenizerFast]:
-    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
-                              LlavaOnevisionProcessor)
-    from transformers.models.llava_onevision.image_processing_llava_onevision import LlavaOnevisionImageProcessor
-    from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
-
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
     template = _QWEN_CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<image>\n")
     tokenizer = char_tokenizer(specials, template, eos="<|im_end|>", pad="<|endoftext|>",
@@ -263,12 +259,10 @@ def _build_llava_onevision() -> tuple[torch.nn.Module, Any, PreTrainedTokenizerF
 
 def _build_text(arch: str) -> tuple[torch.nn.Module, Any, PreTrainedTokenizerFast]:
     if arch == "qwen2":
-        from transformers import Qwen2Config, Qwen2ForCausalLM
         tokenizer = char_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], _QWEN_CHAT_TEMPLATE,
                                    eos="<|im_end|>", pad="<|endoftext|>")
         model = Qwen2ForCausalLM(Qwen2Config(**_text_config(tokenizer)))
     else:
-        from transformers import LlamaConfig, LlamaForCausalLM
         tokenizer = char_tokenizer(["<|finetune_right_pad_id|>", "<|begin_of_text|>", "<|start_header_id|>",
                                     "<|end_header_id|>", "<|eot_id|>"], _LLAMA_CHAT_TEMPLATE,
                                    eos="<|eot_id|>", pad="<|finetune_right_pad_id|>", bos="<|begin_of_text|>")
@@ -296,8 +290,6 @@ def tiny_random(family: str, seed: int = 0, attn: str = "sdpa", paper_setting: b
     paper_setting: the paper's image settings (`loading.paper_options`); explicit options still win.
     adapter_options: as for `load_model` (e.g. min_pixels/max_pixels for Qwen, max_tiles for InternVL).
     """
-    from .loading import make_adapter, paper_options, set_language_attention
-
     if family not in _BUILDERS:
         raise ValueError(f"unknown tiny family {family!r}; choose one of {', '.join(FAMILIES)}")
     torch.manual_seed(seed)
