@@ -51,3 +51,25 @@ def test_scoring_settings_validate() -> None:
     with pytest.raises(ValueError, match="n_samples must be >= 1, got 0"):
         findings.ScoringSettings(n_samples=0, seed=0, results_root=".")
     assert findings.LANGUAGE_HALVES["smol-vl"] == "smollm2"
+
+
+def _row(model: str, retrieval: str, relation: str, jaccard: float, low: float, high: float) -> dict:
+    return {"model": model, "OCR": f"OCR {model}", "retrieval": retrieval, "relation": relation, "n_a": 10,
+            "n_b": 8, "n_shared": 3, "jaccard": jaccard, "jaccard_low": low, "jaccard_high": high, "spearman": 0.4}
+
+
+def test_model_comparison_sentences() -> None:
+    from ocrheads_lib import conclusions
+
+    rows = [_row("tiny", "retrieval tiny", "same model", 0.8, 0.7, 0.9),
+            _row("smol-vl", "retrieval smol-vl", "same model", 0.6, 0.5, 0.7),
+            _row("smol-vl", "retrieval smollm2 (before)", "language half before VLM training", 0.1, 0.05, 0.2)]
+    text = " ".join(conclusions.model_comparison_sentences(rows, chosen="tiny"))
+    assert "`tiny`" not in text                       # the chosen model's own pair is findings_chapter's sentence
+    assert "heads of retrieval smollm2 (before) share 3 (Jaccard 0.10, interval 0.05–0.20" in text
+    assert ": distinct." in text and ": overlapping substantially." in text
+    assert "0.60, is higher than their Jaccard with the language half's retrieval heads before it, 0.10" in text
+    assert text.endswith("the training pulled the retrieval heads toward the heads that read pages.")
+    rows[1].update(jaccard=0.15, jaccard_low=0.1, jaccard_high=0.25)   # intervals overlap: no verdict
+    assert conclusions.model_comparison_sentences(rows, chosen="tiny")[-1].endswith(
+        "the two intervals overlap, so this run cannot tell whether the training moved them.")
