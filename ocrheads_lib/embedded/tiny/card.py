@@ -10,7 +10,6 @@ fills the template; the page is book/model_card.md, the curves and examples figu
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -18,12 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from ocrheads_lib.embedded.cards import bullets, paragraph, read_sections, read_template, render
-from ocrheads_lib.embedded.tiny import MODEL_CARD, WEIGHTS_DIR
-from ocrheads_lib.embedded.tiny.evaluate import (HELDOUT_N, HELDOUT_SEED, MAX_NEW_TOKENS, TARGETS, SetResult,
-                                                 evaluate_heldout, generate_answers, load, print_results)
+from ocrheads_lib.embedded.tiny import MODEL_CARD
+from ocrheads_lib.embedded.tiny.evaluate import (HELDOUT_SEED, MAX_NEW_TOKENS, TARGETS, SetResult, generate_answers,
+                                                 heldout_parser, load, run_heldout)
 from ocrheads_lib.embedded.tiny.examples import key_example, page_example
 from ocrheads_lib.metrics import wilson_interval
 from ocrheads_lib.paths import atomic_path, atomic_write_text
@@ -319,13 +316,7 @@ def write_markdown(card: dict, path: str = "book/model_card.md", template: str =
 
 
 def main(argv: list[str] | None = None) -> int:
-    torch.set_flush_denormal(True)
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=WEIGHTS_DIR)
-    p.add_argument("--n", type=int, default=HELDOUT_N, help="samples per set (the first n of each set's seeded stream)")
-    p.add_argument("--seed", type=int, default=HELDOUT_SEED)
-    p.add_argument("--sets", default="", help="comma-separated subset of set names")
-    p.add_argument("--threads", type=int, default=1)
+    p = heldout_parser(__doc__)
     p.add_argument("--no-card", action="store_true", help="evaluate and print only (as evaluate.py does)")
     p.add_argument("--figures", default="book/figures/tiny")
     p.add_argument("--markdown", default="book/model_card.md")
@@ -339,7 +330,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--render_only", action="store_true",
                    help="no evaluation: re-read the JSON card, add --width_cost/--scratch_run, rewrite the page")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
     previous = json.load(open(args.card)) if os.path.exists(args.card) else {}
     if args.render_only:
         if not previous:
@@ -347,8 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         _write_card_files(with_measurements(previous, previous, args), args)
         return 0
     t0 = time.time()
-    results = evaluate_heldout(args.model, args.n, args.seed, [s for s in args.sets.split(",") if s] or None)
-    print_results(results)
+    results = run_heldout(args)
     if not args.no_card:
         card = write_model_card(results, args.model, card_path=args.card, figure_dir=args.figures,
                                 eval_wall_s=time.time() - t0)

@@ -164,17 +164,29 @@ def print_results(results: dict[str, SetResult]) -> None:
             print("    wrong:", f)
 
 
-def main(argv: list[str] | None = None) -> int:
-    torch.set_flush_denormal(True)
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def heldout_parser(description: str | None) -> argparse.ArgumentParser:
+    """The options of a held-out evaluation (model, n, seed, sets, threads): this module's command line and the
+    card's (`card.py`) start from it."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=WEIGHTS_DIR)
     p.add_argument("--n", type=int, default=HELDOUT_N, help="samples per set (the first n of each set's seeded stream)")
     p.add_argument("--seed", type=int, default=HELDOUT_SEED)
     p.add_argument("--sets", default="", help="comma-separated subset of set names")
     p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args(argv)
+    return p
+
+
+def run_heldout(args: argparse.Namespace) -> dict[str, SetResult]:
+    """Evaluate as `heldout_parser`'s options say (threads set, denormals flushed) and print the results."""
+    torch.set_flush_denormal(True)
     torch.set_num_threads(args.threads)
-    print_results(evaluate_heldout(args.model, args.n, args.seed, [s for s in args.sets.split(",") if s] or None))
+    results = evaluate_heldout(args.model, args.n, args.seed, [s for s in args.sets.split(",") if s] or None)
+    print_results(results)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    run_heldout(heldout_parser(__doc__).parse_args(argv))
     return 0
 
 
