@@ -47,7 +47,7 @@ from ocrheads_lib.data import (ContextTooShortError, RenderError, niah_images, n
 from ocrheads_lib.embedded.smolvl.build import assemble, fit_merger_output
 from ocrheads_lib.embedded.smolvl.evaluate import evaluate_sets
 from ocrheads_lib.embedded.smolvl.weights_io import load_parts_into, parts_hash, save_parts
-from ocrheads_lib.embedded.tiny.examples import Example, key_example, page_example
+from ocrheads_lib.embedded.tiny.examples import Example, key_example, page_example, seeded_examples
 from ocrheads_lib.paths import atomic_path, atomic_write_json
 
 TRAIN_SEED_FLOOR = 10_000_000        # generator seeds of training samples are drawn from [1e7, 1e9)
@@ -184,8 +184,7 @@ def heldout_sets(n: int, seed: int) -> dict[str, list[Example]]:
     """Held-out sets (fresh seeds, never drawn for training): keys alone on a page (aligned, unaligned), the
     book's pass-key paragraph page (aligned), the book's NIAH pages, the book's text pass key (320 chars)."""
     def keys(offset: int, layout: str) -> list[Example]:
-        rng = random.Random(seed + offset)
-        return [key_example(rng, layout) for _ in range(n)]
+        return seeded_examples(n, seed + offset, lambda rng: key_example(rng, layout))
 
     return {
         "key_aligned": keys(1, "aligned"),

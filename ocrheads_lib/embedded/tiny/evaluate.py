@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 from dataclasses import dataclass, field
 
@@ -27,7 +26,7 @@ from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 from ocrheads_lib.data import case_study_images, passkey_images, passkey_text
 from ocrheads_lib.embedded.tiny import WEIGHTS_DIR
 from ocrheads_lib.embedded.tiny.build import user_messages
-from ocrheads_lib.embedded.tiny.examples import Example, key_example, page_example, text_example
+from ocrheads_lib.embedded.tiny.examples import Example, key_example, page_example, seeded_examples, text_example
 
 HELDOUT_SEED = 2_000_003
 # Longest answers: three short words, 15 characters = 15 tokens, + <|im_end|>. (Until 2026-11-24 this was
@@ -58,9 +57,8 @@ HELDOUT_N = 1000
 
 
 def heldout_sets(n: int, seed: int = HELDOUT_SEED) -> dict[str, list[Example]]:
-    def gen(offset: int, fn) -> list[Example]:
-        rng = random.Random(seed + offset)
-        return [fn(rng) for _ in range(n)]
+    def gen(offset: int, make) -> list[Example]:
+        return seeded_examples(n, seed + offset, make)
 
     return {
         "a_key_aligned": gen(1, lambda r: key_example(r, "aligned")),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -49,6 +50,13 @@ class Example:
 
 
 # ------------------------------------------------------------------ keys and filler
+def seeded_examples(n: int, seed: int, make: Callable[[random.Random], "Example"]) -> list["Example"]:
+    """n examples from `make`, drawn in order from one random.Random(seed): a held-out set that is the same
+    wherever it is built (the card's and the trainer's evaluation sets use disjoint seeds)."""
+    rng = random.Random(seed)
+    return [make(rng) for _ in range(n)]
+
+
 def random_key(rng: random.Random, style: str | None = None) -> tuple[str, str]:
     """A pass key; returns (key, style)."""
     style = style or rng.choices(["digits", "paper", "char", "alnum"], weights=[5, 3, 2, 1])[0]

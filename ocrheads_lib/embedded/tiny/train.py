@@ -42,7 +42,7 @@ from transformers import Qwen2VLForConditionalGeneration
 
 from ocrheads_lib.embedded.tiny.build import (CHARACTERS, TinyConfig, build_config, build_generation_config,
                                               build_processor, build_tokenizer, user_messages)
-from ocrheads_lib.embedded.tiny.examples import Example, key_example, page_example, text_example
+from ocrheads_lib.embedded.tiny.examples import Example, key_example, page_example, seeded_examples, text_example
 from ocrheads_lib.paths import atomic_folder, atomic_path, atomic_write_json
 
 AUX_CLASSES = [""] + CHARACTERS            # class 0 = blank cell
@@ -413,9 +413,8 @@ def export_model_folder(model, processor, out_dir: str, dtype: torch.dtype = tor
 
 def eval_sets(n: int, seed: int = EVAL_SEED) -> dict[str, list[Example]]:
     """Held-out teacher-forced eval sets (seeds disjoint from training's)."""
-    def gen(offset: int, fn) -> list[Example]:
-        rng = random.Random(seed + offset)
-        return [fn(rng) for _ in range(n)]
+    def gen(offset: int, make) -> list[Example]:
+        return seeded_examples(n, seed + offset, make)
 
     return {
         "key_aligned": gen(1, lambda r: key_example(r, "aligned")),
