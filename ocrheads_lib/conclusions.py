@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ocrheads_lib.types import Head, head_label
+from ocrheads_lib.types import BEFORE_TRAINING, RETRIEVAL_KEPT, SAME_MODEL, Head, head_label
 
 
 def heads_text(heads: Sequence[Sequence[int]], limit: int = 6) -> str:
@@ -378,35 +378,45 @@ def explorer_chapter(model_id: str, best_head: Head | None, best_share: float, m
 
 def model_comparison_sentences(rows: Sequence[Mapping[str, Any]], chosen: str) -> list[str]:
     """Chapter 04, from `findings.compare` rows: one sentence per OCR-vs-retrieval comparison (but the chosen
-    model's own, which `findings_chapter` states), then, for a model compared both with its own retrieval heads
-    and with its language half's heads before the VLM training (smol-vl vs SmolLM2), what the training did."""
+    model's own, which `findings_chapter` states); for a model compared both with its own retrieval heads and
+    with its language half's heads before the VLM training (smol-vl vs SmolLM2), what the training did; and
+    whether the training kept the language half's retrieval heads."""
     out = []
     for row in rows:
-        if row["model"] == chosen and row["relation"] == "same model":
+        if row["relation"] == RETRIEVAL_KEPT or (row["model"] == chosen and row["relation"] == SAME_MODEL):
             continue
         if not _finite(row["jaccard"]):
-            out.append(f"`{row['model']}`: its OCR heads cannot be compared with the {row['retrieval']} heads, "
+            out.append(f"`{row['model']}`: its OCR heads cannot be compared with the {row['reference']} heads, "
                        "because at least one of the two sets is empty.")
             continue
         verdict = ("distinct" if row["jaccard"] < 0.3 else
                    "overlapping substantially" if row["jaccard"] >= 0.5 else "partly overlapping")
-        out.append(f"`{row['model']}`: its {row['n_a']} OCR heads and the {row['n_b']} heads of {row['retrieval']} "
+        out.append(f"`{row['model']}`: its {row['n_a']} OCR heads and the {row['n_b']} heads of {row['reference']} "
                    f"share {row['n_shared']} (Jaccard {row['jaccard']:.2f}, interval {row['jaccard_low']:.2f}–"
                    f"{row['jaccard_high']:.2f}; Spearman {row['spearman']:.2f} over all head scores): {verdict}.")
     by_model: dict[str, dict[str, Mapping[str, Any]]] = {}
     for row in rows:
         by_model.setdefault(row["model"], {})[row["relation"]] = row
     for model, relations in by_model.items():
-        after, before = relations.get("same model"), relations.get("language half before VLM training")
-        if after is None or before is None or not (_finite(after["jaccard"]) and _finite(before["jaccard"])):
-            continue
-        relation = _compare(after["jaccard"], before["jaccard"])
-        out.append(f"On `{model}`, the OCR heads' Jaccard with the model's own retrieval heads after the VLM training, "
-                   f"{after['jaccard']:.2f}, is {relation} their Jaccard with the language half's retrieval heads before "
-                   f"it, {before['jaccard']:.2f}: "
-                   + ("the training pulled the retrieval heads toward the heads that read pages."
-                      if after["jaccard_low"] > before["jaccard_high"] else
-                      "the training moved the retrieval heads away from the heads that read pages."
-                      if after["jaccard_high"] < before["jaccard_low"] else
-                      "the two intervals overlap, so this run cannot tell whether the training moved them."))
+        after, before = relations.get(SAME_MODEL), relations.get(BEFORE_TRAINING)
+        if after is not None and before is not None and _finite(after["jaccard"]) and _finite(before["jaccard"]):
+            relation = _compare(after["jaccard"], before["jaccard"])
+            out.append(f"On `{model}`, the OCR heads' Jaccard with the model's own retrieval heads after the VLM "
+                       f"training, {after['jaccard']:.2f}, is {relation} their Jaccard with the language half's "
+                       f"retrieval heads before it, {before['jaccard']:.2f}: "
+                       + ("the training pulled the retrieval heads toward the heads that read pages."
+                          if after["jaccard_low"] > before["jaccard_high"] else
+                          "the training moved the retrieval heads away from the heads that read pages."
+                          if after["jaccard_high"] < before["jaccard_low"] else
+                          "the two intervals overlap, so this run cannot tell whether the training moved them."))
+        kept = relations.get(RETRIEVAL_KEPT)
+        if kept is not None and _finite(kept["jaccard"]):
+            out.append(f"`{model}`'s {kept['n_a']} retrieval heads after the VLM training and the {kept['n_b']} "
+                       f"{kept['reference']} share {kept['n_shared']} (Jaccard {kept['jaccard']:.2f}, interval "
+                       f"{kept['jaccard_low']:.2f}–{kept['jaccard_high']:.2f}; Spearman {kept['spearman']:.2f}): "
+                       + ("the training kept most of the language half's retrieval heads."
+                          if kept["jaccard"] >= 0.5 else
+                          "the training replaced most of the language half's retrieval heads."
+                          if kept["jaccard"] < 0.3 else
+                          "the training kept part of the language half's retrieval heads."))
     return out

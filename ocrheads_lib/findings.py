@@ -4,15 +4,17 @@ Chapter 04 asks, for every image model it is given, whether its OCR heads are it
 model brings two score sets: its OCR scores (the book's grid pass-key pages) and its retrieval scores (text
 pass keys, Wu's test). A VLM whose language half is a pretrained text model that the book also loads
 (`smol-vl`, whose language half is `smollm2`) brings a third: that text model's own retrieval scores, the
-heads it had *before* it learned to read pages. So each model gives one or two comparisons:
+heads it had *before* it learned to read pages. So each model gives one or three comparisons:
 
 * OCR heads vs the same model's retrieval heads (after the VLM training, for smol-vl);
-* OCR heads vs the language half's retrieval heads before the VLM training (smol-vl vs SmolLM2).
+* OCR heads vs the language half's retrieval heads before the VLM training (smol-vl vs SmolLM2);
+* the model's retrieval heads after the VLM training vs the language half's before it: did the training
+  keep the text model's retrieval heads, or move them?
 
 `model_score_sets` computes (or reads from `results/<model>/`) those sets through `scoring.runs.get_scores`,
 with the same options chapter 03 uses for the text model, so the files chapter 03 wrote are reused unchanged.
 `compare(comparison, n_boot, seed)` gives one row of the distinctness table: head-set sizes, Jaccard with a
-bootstrap interval over the OCR samples, Spearman rank correlation of all head scores and top-k overlaps.
+bootstrap interval over the samples of the first set, Spearman rank correlation of all head scores and top-k overlaps.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from typing import Any
 from ocrheads_lib import analysis, heads
 from ocrheads_lib.scoring.runs import get_scores, load_scoring_model, scoring_samples
 from ocrheads_lib.scoring.store import HeadScores
+from ocrheads_lib.types import BEFORE_TRAINING, RELATIONS, RETRIEVAL_KEPT, SAME_MODEL
 
 # image model -> the pretrained text model that is its language half (loaded by the book as its own model)
 LANGUAGE_HALVES: dict[str, str] = {"smol-vl": "smollm2"}
@@ -40,12 +43,17 @@ class ScoreSet:
 
 @dataclass(frozen=True)
 class Comparison:
-    """OCR heads of an image model against a set of retrieval heads (its own, or its language half's)."""
+    """Two head sets of one network: `heads` (whose samples the Jaccard interval resamples) against
+    `reference`; `relation` is one of SAME_MODEL, BEFORE_TRAINING, RETRIEVAL_KEPT."""
 
     model_id: str
-    ocr: ScoreSet
-    retrieval: ScoreSet
-    relation: str          # "same model" | "language half before VLM training"
+    heads: ScoreSet
+    reference: ScoreSet
+    relation: str
+
+    def __post_init__(self) -> None:
+        if self.relation not in RELATIONS:
+            raise ValueError(f"relation {self.relation!r} is not one of {list(RELATIONS)}")
 
 
 @dataclass(frozen=True)
@@ -86,28 +94,30 @@ def model_score_sets(model_id: str, settings: ScoringSettings, text_max_new_toke
     own = _retrieval(lm, model_id, settings, text_max_new_tokens)
     ocr_set = ScoreSet(f"OCR {model_id}", model_id, "ocr", ocr)
     own_set = ScoreSet(f"retrieval {model_id}", model_id, "retrieval", own)
-    sets, comparisons = [ocr_set, own_set], [Comparison(model_id, ocr_set, own_set, "same model")]
+    sets, comparisons = [ocr_set, own_set], [Comparison(model_id, ocr_set, own_set, SAME_MODEL)]
     half = LANGUAGE_HALVES.get(model_id)
     if half is not None:
         half_lm = load_scoring_model(half, seed=settings.seed, device=settings.device)
         before = ScoreSet(f"retrieval {half} (before)", half, "retrieval",
                           _retrieval(half_lm, half, settings, settings.text_max_new_tokens))
         sets.append(before)
-        comparisons.append(Comparison(model_id, ocr_set, before, "language half before VLM training"))
+        comparisons += [Comparison(model_id, ocr_set, before, BEFORE_TRAINING),
+                        Comparison(model_id, own_set, before, RETRIEVAL_KEPT)]
     return sets, comparisons
 
 
 def compare(comparison: Comparison, n_boot: int, seed: int = 0) -> dict[str, Any]:
-    """One row of the distinctness table: sizes, shared heads, Jaccard with its bootstrap interval (the OCR
-    samples resampled), Spearman and Kendall rank correlations of all head scores, top-k overlaps."""
-    ocr, retrieval = comparison.ocr.scores, comparison.retrieval.scores
-    if ocr.shape != retrieval.shape:
-        raise ValueError(f"{comparison.ocr.label} has {ocr.shape} heads and {comparison.retrieval.label} has "
-                         f"{retrieval.shape}: only scores of the same network can be compared head by head")
-    found = analysis.distinctness(ocr, retrieval)
-    selected_retrieval = heads.select(retrieval)
-    interval = analysis.bootstrap_ci(ocr, lambda s: analysis.jaccard(heads.select(s), selected_retrieval),
+    """One row of the distinctness table: sizes (n_a: `heads`, n_b: `reference`), shared heads, Jaccard with its
+    bootstrap interval (the samples of `heads` resampled), Spearman and Kendall rank correlations of all head
+    scores, top-k overlaps."""
+    first, second = comparison.heads.scores, comparison.reference.scores
+    if first.shape != second.shape:
+        raise ValueError(f"{comparison.heads.label} has {first.shape} heads and {comparison.reference.label} has "
+                         f"{second.shape}: only scores of the same network can be compared head by head")
+    found = analysis.distinctness(first, second)
+    selected_reference = heads.select(second)
+    interval = analysis.bootstrap_ci(first, lambda s: analysis.jaccard(heads.select(s), selected_reference),
                                      n_boot=n_boot, seed=seed)
-    return {"model": comparison.model_id, "OCR": comparison.ocr.label, "retrieval": comparison.retrieval.label,
+    return {"model": comparison.model_id, "heads": comparison.heads.label, "reference": comparison.reference.label,
             "relation": comparison.relation, **found.as_dict(), "jaccard_low": interval.low,
             "jaccard_high": interval.high}

@@ -8,12 +8,20 @@ A head is written two ways, converted here and nowhere else:
 * the display format ``head_label((9, 0)) == "L9H0"`` — the book's prose, tables, figures and widgets.
 
 ``parse_head`` reads either back.
+
+``SAME_MODEL``, ``BEFORE_TRAINING`` and ``RETRIEVAL_KEPT`` name the relation of two head sets that chapter 04
+compares (``findings.Comparison.relation``; ``conclusions`` reads it back from the table rows).
 """
 from __future__ import annotations
 
 import re
 
 Head = tuple[int, int]  # (layer, query head), both 0-based
+
+SAME_MODEL = "same model"                                         # OCR heads vs the model's own retrieval heads
+BEFORE_TRAINING = "language half before VLM training"             # OCR heads vs the language half's retrieval heads
+RETRIEVAL_KEPT = "retrieval heads after vs before VLM training"   # the model's retrieval heads vs its half's
+RELATIONS = (SAME_MODEL, BEFORE_TRAINING, RETRIEVAL_KEPT)
 
 _HEAD_TEXT = re.compile(r"^(?:l(\d+)_h(\d+)|L(\d+)H(\d+))$")
 _HEAD_KEY = re.compile(r"^l\d+_h\d+$")

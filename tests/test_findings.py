@@ -37,7 +37,14 @@ def test_compare_golden_by_hand() -> None:
     # s1 (Jaccard 1/3 again) and loses it when it draws neither (probability 1/16: OCR {0}, Jaccard 0). So every
     # replicate is 0 or 1/3, and with 50 replicates (about 3 zeros expected) the 95 % interval is [0, 1/3].
     assert (row["jaccard_low"], row["jaccard_high"]) == (pytest.approx(0.0), pytest.approx(1 / 3))
-    assert row["relation"] == "same model" and row["OCR"] == "OCR toy"
+    assert row["relation"] == "same model" and row["heads"] == "OCR toy" and row["reference"] == "retrieval toy"
+
+
+def test_comparison_refuses_unknown_relation() -> None:
+    scores = _toy(np.ones((2, 1, 4)), "ocr")
+    one = findings.ScoreSet("OCR toy", "toy", "ocr", scores)
+    with pytest.raises(ValueError, match="relation 'after' is not one of"):
+        findings.Comparison("toy", one, one, "after")
 
 
 def test_compare_refuses_different_networks() -> None:
@@ -53,8 +60,9 @@ def test_scoring_settings_validate() -> None:
     assert findings.LANGUAGE_HALVES["smol-vl"] == "smollm2"
 
 
-def _row(model: str, retrieval: str, relation: str, jaccard: float, low: float, high: float) -> dict:
-    return {"model": model, "OCR": f"OCR {model}", "retrieval": retrieval, "relation": relation, "n_a": 10,
+def _row(model: str, reference: str, relation: str, jaccard: float, low: float, high: float,
+         heads: str | None = None) -> dict:
+    return {"model": model, "heads": heads or f"OCR {model}", "reference": reference, "relation": relation, "n_a": 10,
             "n_b": 8, "n_shared": 3, "jaccard": jaccard, "jaccard_low": low, "jaccard_high": high, "spearman": 0.4}
 
 
@@ -73,3 +81,14 @@ def test_model_comparison_sentences() -> None:
     rows[1].update(jaccard=0.15, jaccard_low=0.1, jaccard_high=0.25)   # intervals overlap: no verdict
     assert conclusions.model_comparison_sentences(rows, chosen="tiny")[-1].endswith(
         "the two intervals overlap, so this run cannot tell whether the training moved them.")
+    # the retrieval heads after vs before: its own sentence, after the OCR sentences, never an "OCR heads" one
+    rows.append(_row("smol-vl", "retrieval smollm2 (before)", "retrieval heads after vs before VLM training",
+                     0.87, 0.8, 0.9, heads="retrieval smol-vl"))
+    sentences = conclusions.model_comparison_sentences(rows, chosen="tiny")
+    assert sentences[-1] == ("`smol-vl`'s 10 retrieval heads after the VLM training and the 8 retrieval smollm2 "
+                             "(before) share 3 (Jaccard 0.87, interval 0.80–0.90; Spearman 0.40): the training kept "
+                             "most of the language half's retrieval heads.")
+    assert sum("OCR heads" in s for s in sentences) == 3
+    rows[-1].update(jaccard=0.2)
+    assert conclusions.model_comparison_sentences(rows, chosen="tiny")[-1].endswith(
+        "the training replaced most of the language half's retrieval heads.")
