@@ -202,23 +202,37 @@ def sink_mass_sentences(mass: Any, selected: Sequence[Head], threshold: float = 
 
 # ------------------------------------------------------------------------------------------ 04 findings
 
+def sparsity_sentences(model_id: str, share_ocr: Any, share_retrieval: Any) -> list[str]:
+    """Chapter 04's first claim on one model. share_*: `analysis.Interval` of the % of heads above 0.1."""
+    separated = share_ocr.low > share_retrieval.high or share_retrieval.low > share_ocr.high
+    relation = _compare(share_ocr.estimate, share_retrieval.estimate)
+    out = [f"Sparsity on `{model_id}`: {share_ocr.estimate:.1f} % of heads score above 0.1 as OCR heads and "
+           f"{share_retrieval.estimate:.1f} % as retrieval heads (intervals {share_ocr.low:.1f}–{share_ocr.high:.1f} "
+           f"and {share_retrieval.low:.1f}–{share_retrieval.high:.1f}); the OCR share is {relation} the retrieval "
+           "share" + (", and the intervals do not overlap." if separated else
+                      ", but the intervals overlap, so this run does not separate them.")]
+    if share_ocr.estimate > share_retrieval.estimate and separated:
+        out.append("So the paper's first claim (OCR heads are less sparse) holds on this model.")
+    else:
+        out.append("So this run does not support the paper's first claim (OCR heads less sparse) on this model.")
+    return out
+
+
+def static_sentences(static_ocr: float, static_retrieval: float, model_id: str | None = None) -> list[str]:
+    """Chapter 04's third claim on one model: Spearman of activation frequency vs mean score per score set
+    (model_id: named in the sentence, for a model beside the chosen one)."""
+    where = f" on `{model_id}`" if model_id else ""
+    return [f"Static activation{where} ({name}): activation frequency and mean score correlate with Spearman "
+            f"{value:.2f}" + (" — a head's score is mostly how often it fires." if value >= 0.8 else ".")
+            for name, value in (("OCR", static_ocr), ("retrieval", static_retrieval)) if _finite(value)]
+
+
 def findings_chapter(model_id: str, share_ocr: Any, share_retrieval: Any, jaccard: float, jaccard_ci: Any,
                      static_ocr: float, static_retrieval: float,
                      released: Mapping[str, Mapping[str, float]] | None = None) -> list[str]:
     """Chapter 04. share_*: `analysis.Interval` of the % of heads above 0.1; jaccard_ci: its Interval;
     static_*: Spearman of frequency vs mean; released: name -> {"share", "spearman", "binary"}."""
-    out = []
-    separated = share_ocr.low > share_retrieval.high or share_retrieval.low > share_ocr.high
-    relation = _compare(share_ocr.estimate, share_retrieval.estimate)
-    out.append(f"Sparsity on `{model_id}`: {share_ocr.estimate:.1f} % of heads score above 0.1 as OCR heads and "
-               f"{share_retrieval.estimate:.1f} % as retrieval heads (intervals {share_ocr.low:.1f}–{share_ocr.high:.1f} "
-               f"and {share_retrieval.low:.1f}–{share_retrieval.high:.1f}); the OCR share is {relation} the retrieval "
-               "share" + (", and the intervals do not overlap." if separated else
-                          ", but the intervals overlap, so this run does not separate them."))
-    if share_ocr.estimate > share_retrieval.estimate and separated:
-        out.append("So the paper's first claim (OCR heads are less sparse) holds on this model.")
-    else:
-        out.append("So this run does not support the paper's first claim (OCR heads less sparse) on this model.")
+    out = sparsity_sentences(model_id, share_ocr, share_retrieval)
     if _finite(jaccard):
         verdict = ("the two sets are distinct" if jaccard < 0.3 else
                    "the two sets overlap substantially, against the paper's 'distinct' claim" if jaccard >= 0.5 else
@@ -227,10 +241,7 @@ def findings_chapter(model_id: str, share_ocr: Any, share_retrieval: Any, jaccar
                    f"{jaccard_ci.low:.2f}–{jaccard_ci.high:.2f} when the OCR samples are resampled): {verdict}.")
     else:
         out.append("Distinctness cannot be judged: at least one of the two head sets is empty.")
-    for name, value in (("OCR", static_ocr), ("retrieval", static_retrieval)):
-        if _finite(value):
-            out.append(f"Static activation ({name}): activation frequency and mean score correlate with Spearman "
-                       f"{value:.2f}" + (" — a head's score is mostly how often it fires." if value >= 0.8 else "."))
+    out += static_sentences(static_ocr, static_retrieval)
     for name, numbers in (released or {}).items():
         note = (" — by construction, since every entry of that file is 0 or 1" if numbers.get("binary") else "")
         out.append(f"Released file {name}: {numbers['share']:.1f} % of heads above 0.1; frequency and mean correlate "

@@ -92,3 +92,17 @@ def test_model_comparison_sentences() -> None:
     rows[-1].update(jaccard=0.2)
     assert conclusions.model_comparison_sentences(rows, chosen="tiny")[-1].endswith(
         "the training replaced most of the language half's retrieval heads.")
+
+
+def test_sparsity_and_static_sentences_name_the_compared_model() -> None:
+    from ocrheads_lib import conclusions
+    from ocrheads_lib.analysis import Interval
+
+    text = conclusions.sparsity_sentences("smol-vl", Interval(40.0, 35.0, 45.0, 50), Interval(5.0, 3.0, 7.0, 50))
+    assert text[0].startswith("Sparsity on `smol-vl`: 40.0 % of heads score above 0.1 as OCR heads and 5.0 %")
+    assert text[1] == "So the paper's first claim (OCR heads are less sparse) holds on this model."
+    static = conclusions.static_sentences(0.9, float("nan"), "smol-vl")
+    assert static == ["Static activation on `smol-vl` (OCR): activation frequency and mean score correlate with "
+                      "Spearman 0.90 — a head's score is mostly how often it fires."]     # NaN: no sentence
+    assert conclusions.static_sentences(0.5, 0.7)[1] == ("Static activation (retrieval): activation frequency and "
+                                                         "mean score correlate with Spearman 0.70.")
