@@ -127,6 +127,18 @@ def test_collate_labels_only_the_answer(assembled):
     assert batch["pixel_values"].shape[0] == 3 * 96 * 4
 
 
+def test_read_page_task_labels_every_line(assembled):
+    _, processor = assembled
+    config = train.TrainConfig(batch_size=4, curriculum=((0, (("read_page", 1.0),)),))
+    examples = [ex for step in range(3) for ex in train.draw_step(config, step)[1]]
+    assert any("\n" in ex.answer for ex in examples)       # multi-line transcriptions among the 12
+    batch = train.collate(processor, examples)
+    for i, ex in enumerate(examples):
+        labelled = batch["labels"][i][batch["labels"][i] != -100].tolist()
+        assert processor.tokenizer.decode(labelled) == ex.answer + "<|im_end|>"
+        assert ex.prompt == "What is written in the image?"
+
+
 @pytest.fixture(scope="module")
 def trainer(tmp_path_factory):
     out = tmp_path_factory.mktemp("smolvl_run")

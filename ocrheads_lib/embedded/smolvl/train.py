@@ -47,7 +47,8 @@ from ocrheads_lib.data import (ContextTooShortError, RenderError, niah_images, n
 from ocrheads_lib.embedded.smolvl.build import assemble, fit_merger_output
 from ocrheads_lib.embedded.smolvl.evaluate import evaluate_sets
 from ocrheads_lib.embedded.smolvl.weights_io import load_parts_into, parts_hash, save_parts
-from ocrheads_lib.embedded.tiny.examples import Example, key_example, page_example, seeded_examples
+from ocrheads_lib.embedded.tiny.examples import (Example, key_example, page_example, read_page_example,
+                                                 seeded_examples)
 from ocrheads_lib.paths import atomic_path, atomic_write_json
 
 TRAIN_SEED_FLOOR = 10_000_000        # generator seeds of training samples are drawn from [1e7, 1e9)
@@ -143,12 +144,17 @@ def _text_chars(rng: random.Random, config: "TrainConfig") -> int:
     return rng.randint(*config.text_chars)
 
 
+READ_RANDOM_SHARE = 0.3   # read_page: share of pages of random strings (the page_book misreads drop repeated digits)
+
 TASKS: dict[str, Callable[[random.Random, TrainConfig], Example]] = {
     "key_aligned": lambda rng, c: key_example(rng, "aligned"),
     "key_mixed": lambda rng, c: key_example(rng, rng.choice(["offset", "2lines", "2lines_offset"])),
     "page_book": lambda rng, c: _from_sample(passkey_images(1, seed=_seed(rng))[0]),
     "page_book_unaligned": lambda rng, c: _from_sample(passkey_images(1, seed=_seed(rng), grid_offset="random")[0]),
     "page_varied": lambda rng, c: page_example(rng, offset=rng.random() < 0.5),
+    # transcribe a whole page (prose, or random strings with adjacent repeats; 60 % unaligned): every
+    # character is a label, so words are spelled out of cells and repeats are counted, at any offset
+    "read_page": lambda rng, c: read_page_example(rng, random_share=READ_RANDOM_SHARE),
     "niah_book": lambda rng, c: _from_sample(niah_images(1, seed=_seed(rng))[0]),
     "text_passkey": lambda rng, c: _from_sample(passkey_text(1, seed=_seed(rng), context_chars=_text_chars(rng, c))[0]),
     "text_niah": lambda rng, c: _from_sample(niah_text(1, seed=_seed(rng), context_chars=_text_chars(rng, c))[0]),
