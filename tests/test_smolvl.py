@@ -217,8 +217,12 @@ def test_card_reports_intervals_targets_and_the_text_comparison():
     from ocrheads_lib.embedded.smolvl.card import card_markdown
 
     config = train.TrainConfig().record()
-    record = {"step": 300, "segments": [{"init": "scratch", "start_step": 0, "end_step": 300, "config": config,
-                                         "wall_seconds": 3600, "threads": 2}],
+    later = train.TrainConfig(seed=5, eye_lr=0.0, text_kl_weight=3.0,
+                              curriculum=((0, (("read_page", 0.5), ("niah_book", 0.5))),)).record()
+    record = {"step": 300, "segments": [{"init": "scratch", "start_step": 0, "end_step": 200, "config": config,
+                                         "wall_seconds": 1800, "threads": 2},
+                                        {"init": "from_weights", "start_step": 200, "end_step": 300, "config": later,
+                                         "wall_seconds": 1800, "threads": 2}],
               "history": [{"step": 100, "key_aligned": {"n": 24, "accuracy": 0.5, "em": 0.5}}]}
 
     def result(correct, n):
@@ -236,6 +240,13 @@ def test_card_reports_intervals_targets_and_the_text_comparison():
     assert ">= 98.0 %: met" in text and ">= 90.0 %: not met" in text
     assert "SmolLM2 alone answers 93.0 %" in text and "minus 5 points: met" in text
     assert "2.0 CPU-hours" in text
+    # every segment's own recipe, not only the last one's
+    assert "  1. steps 0-200, from the least-squares merger and zero deltas, 0.5 h on 2 thread(s): data seed 0" in text
+    assert "eye 5e-05; text KL weight 10.0; from step 0: key_aligned 0.45" in text
+    assert ("; from step 100: key_aligned 0.12" in text and "from step 300" not in text)   # phases it trained on
+    assert ("  2. steps 200-300, from the previous segment's weights, fresh optimizer, 0.5 h on 2 thread(s): data "
+            "seed 5; LoRA learning rate 0.0005, merger 0.001, eye frozen; text KL weight 3.0; from step 200: "
+            "read_page 0.5, niah_book 0.5") in text
     assert "Not evaluated yet" in card_markdown({}, record)
 
 

@@ -79,14 +79,32 @@ def _training(record: dict) -> dict[str, str]:
     summary = (f"{record.get('step')} optimizer steps of {config['batch_size']} examples in {len(segments)} "
                f"segment(s), {wall / 3600:.1f} h wall ({cpu_hours:.1f} CPU-hours) on a shared 2-core CPU. "
                "Precision: " + PRECISION[bool(config["bf16"])])
-    recipe = [f"- LoRA rank {config['lora_rank']}, alpha {config['lora_alpha']}, learning rate "
-              f"{config['lora_lr']}; merger learning rate {config['merger_lr']}; eye "
-              f"{'frozen' if not config['eye_lr'] else 'learning rate ' + str(config['eye_lr'])}; AdamW, "
-              f"{config['warmup_steps']} warm-up steps, cosine to {config['min_lr_ratio']} of the rate at step "
-              f"{config['total_steps']}, gradient norm clipped at {config['grad_clip']}.",
-              "- One task per step, drawn from a curriculum (from step: task weights):"]
-    recipe += [f"  - step {start}: " + ", ".join(f"{t} {w:g}" for t, w in mix) for start, mix in config["curriculum"]]
+    recipe = [f"- LoRA rank {config['lora_rank']}, alpha {config['lora_alpha']}; AdamW, {config['warmup_steps']} "
+              f"warm-up steps at the start of every segment that begins with a fresh optimizer, cosine to "
+              f"{config['min_lr_ratio']} of the rate at step {config['total_steps']}, gradient norm clipped at "
+              f"{config['grad_clip']}. One task per step, drawn from the segment's curriculum (from step: task "
+              "weights). The segments, in order:"]
+    for i, segment in enumerate(segments):
+        c = segment["config"]
+        start = {"scratch": "from the least-squares merger and zero deltas", "resume": "resumed (same optimizer)",
+                 "from_weights": "from the previous segment's weights, fresh optimizer"}.get(segment["init"], segment["init"])
+        head = (f"  {i + 1}. steps {segment['start_step']}-{segment.get('end_step', '?')}, {start}, "
+                f"{segment.get('wall_seconds', 0) / 3600:.1f} h on {segment.get('threads', 1)} thread(s): ")
+        settings = (f"the settings of segment {i}" if i and c == segments[i - 1]["config"] else
+                    f"data seed {c['seed']}; LoRA learning rate {c['lora_lr']}, merger {c['merger_lr']}, eye "
+                    f"{'frozen' if not c['eye_lr'] else str(c['eye_lr'])}; text KL weight {c['text_kl_weight']}")
+        recipe.append(head + settings + "; " + "; ".join(f"from step {at}: " + ", ".join(f"{t} {w:g}" for t, w in mix)
+                                                         for at, mix in _phases(c["curriculum"], segment)))
     return dict(summary=summary, recipe="\n".join(recipe))
+
+
+def _phases(curriculum: list, segment: dict) -> list[tuple[int, list]]:
+    """The curriculum phases a segment trained on (phases start at global steps), each with the step at which
+    it took effect inside the segment."""
+    first, last = segment["start_step"], segment.get("end_step", segment["start_step"])
+    starts = [at for at, _ in curriculum]
+    return [(max(at, first), mix) for k, (at, mix) in enumerate(curriculum)
+            if at < max(last, first + 1) and (k + 1 == len(starts) or starts[k + 1] > first)]
 
 
 def _history_lines(record: dict) -> list[str]:
