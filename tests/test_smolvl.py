@@ -216,7 +216,7 @@ def test_from_weights_restores_the_trained_parts(trainer, tmp_path):
 def test_card_reports_intervals_targets_and_the_text_comparison():
     from ocrheads_lib.embedded.smolvl.card import card_markdown
 
-    config = train.TrainConfig().record()
+    config = train.TrainConfig(eye_lr=5e-5).record()
     later = train.TrainConfig(seed=5, eye_lr=0.0, text_kl_weight=3.0,
                               curriculum=((0, (("read_page", 0.5), ("niah_book", 0.5))),)).record()
     record = {"step": 300, "segments": [{"init": "scratch", "start_step": 0, "end_step": 200, "config": config,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from ocrheads_lib.embedded.tiny.examples import Example
 from ocrheads_lib.experiments.evaluate import score_prediction
 from ocrheads_lib.inference import answer_prompt
@@ -16,13 +18,15 @@ from ocrheads_lib.metrics import wilson_interval
 MAX_NEW_TOKENS = 16     # longest gold: 15 characters (three short words) -> at most 15 tokens, + <|im_end|>
 
 
-def evaluate_sets(adapter: Any, sets: dict[str, list[Example]], max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, dict]:
-    """{set name: {n, correct, accuracy, em, wilson95, failures}} (failures: the first 10 wrong answers)."""
+def evaluate_sets(adapter: Any, sets: dict[str, list[Example]], max_new_tokens: int = MAX_NEW_TOKENS,
+                  progress: bool = True) -> dict[str, dict]:
+    """{set name: {n, correct, accuracy, em, wilson95, failures}} (failures: the first 10 wrong answers).
+    progress: a bar per set (on stderr)."""
     out: dict[str, dict] = {}
     for name, examples in sets.items():
         correct = exact = 0
         failures = []
-        for ex in examples:
+        for ex in tqdm(examples, desc=f"[smol-vl] {name}", unit="sample", disable=not progress, leave=False):
             golds = list(ex.meta.get("golds") or [ex.answer])
             prediction = answer_prompt(adapter, list(ex.pages), ex.prompt, max_new_tokens)
             scores = score_prediction(prediction, golds, ("accuracy", "em"))

@@ -67,6 +67,8 @@ DEFAULT_CURRICULUM: tuple[tuple[int, tuple[tuple[str, float], ...]], ...] = (
 # Why this mixture (run of 2026-11-30, the first 636 steps, n = 48 held-out): with NIAH pages from step 500
 # and unaligned keys at 15-20 %, paragraph pages reached 97.9 % but NIAH pages 12.5 % (answer-list guesses)
 # and unaligned keys 2.1 %; so NIAH pages and unaligned keys come earlier and weigh more here.
+# The shipped weights were trained by the segments in their training record (each with its own recipe; the
+# card lists them, `--replay` re-runs them), not by this default alone.
 
 
 @dataclass
@@ -80,7 +82,10 @@ class TrainConfig:
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     lora_lr: float = 5e-4              # ~10x the prototype's full fine-tuning rate (5e-5), usual for LoRA
     merger_lr: float = 1e-3            # the prototype's merger rate
-    eye_lr: float = 5e-5               # the tiny eye's blocks adapt slowly (0 = frozen): frozen, unaligned keys stayed at 2 %
+    eye_lr: float = 0.0                # 0 = the tiny eye's blocks frozen. At 5e-5 (steps 0-482) unaligned keys stayed at
+                                       # 0-4 % as with it frozen, and aligned keys and paragraph pages lagged (31 % and
+                                       # 46 % at step 482); frozen from step 482, they reached 75 % and 92 % by step 1200
+                                       # (training evaluations, n = 24)
     weight_decay: float = 0.0          # deltas start at zero; no pull needed
     warmup_steps: int = 20             # linear warm-up from 0
     total_steps: int = 3000            # cosine horizon (across sessions); lr never below min_lr_ratio
