@@ -423,7 +423,7 @@ def model_comparison_sentences(rows: Sequence[Mapping[str, Any]], chosen: str) -
         kept = relations.get(RETRIEVAL_KEPT)
         if kept is not None and _finite(kept["jaccard"]):
             out.append(f"`{model}`'s {kept['n_a']} retrieval heads after the VLM training and the {kept['n_b']} "
-                       f"{kept['reference']} share {kept['n_shared']} (Jaccard {kept['jaccard']:.2f}, interval "
+                       f"heads of {kept['reference']} share {kept['n_shared']} (Jaccard {kept['jaccard']:.2f}, interval "
                        f"{kept['jaccard_low']:.2f}–{kept['jaccard_high']:.2f}; Spearman {kept['spearman']:.2f}): "
                        + ("the training kept most of the language half's retrieval heads."
                           if kept["jaccard"] >= 0.5 else

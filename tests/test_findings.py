@@ -85,8 +85,8 @@ def test_model_comparison_sentences() -> None:
     rows.append(_row("smol-vl", "retrieval smollm2 (before)", "retrieval heads after vs before VLM training",
                      0.87, 0.8, 0.9, heads="retrieval smol-vl"))
     sentences = conclusions.model_comparison_sentences(rows, chosen="tiny")
-    assert sentences[-1] == ("`smol-vl`'s 10 retrieval heads after the VLM training and the 8 retrieval smollm2 "
-                             "(before) share 3 (Jaccard 0.87, interval 0.80–0.90; Spearman 0.40): the training kept "
+    assert sentences[-1] == ("`smol-vl`'s 10 retrieval heads after the VLM training and the 8 heads of retrieval "
+                             "smollm2 (before) share 3 (Jaccard 0.87, interval 0.80–0.90; Spearman 0.40): the training kept "
                              "most of the language half's retrieval heads.")
     assert sum("OCR heads" in s for s in sentences) == 3
     rows[-1].update(jaccard=0.2)
