@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -101,10 +102,10 @@ def _training(record: dict) -> dict[str, str]:
 def _phases(curriculum: list, segment: dict) -> list[tuple[int, list]]:
     """The curriculum phases a segment trained on (phases start at global steps), each with the step at which
     it took effect inside the segment."""
-    first, last = segment["start_step"], segment.get("end_step", segment["start_step"])
-    starts = [at for at, _ in curriculum]
-    return [(max(at, first), mix) for k, (at, mix) in enumerate(curriculum)
-            if at < max(last, first + 1) and (k + 1 == len(starts) or starts[k + 1] > first)]
+    first = segment["start_step"]
+    last = max(segment.get("end_step", first), first + 1)          # a segment of no steps shows its first phase
+    ends = [at for at, _ in curriculum[1:]] + [math.inf]            # phase k runs until phase k + 1 starts
+    return [(max(at, first), mix) for (at, mix), end in zip(curriculum, ends) if at < last and end > first]
 
 
 def _history_lines(record: dict) -> list[str]:
