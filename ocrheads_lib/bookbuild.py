@@ -11,6 +11,11 @@ Cache key of a notebook = sha256 over (its source bytes, its parameters, a hash 
 key is deliberate: later chapters read earlier chapters' results, so a change upstream re-runs
 everything after it. An unchanged key means the executed copy is reused without starting a kernel.
 
+Stale notebooks run up to `--jobs` at a time (default: one per core, at most 2; `BOOK_JOBS` overrides), each in
+its own one-thread kernel. A notebook's metadata ``ocrheads.needs`` lists the earlier notebooks whose results it
+reads (e.g. chapter 04 reads the scores of 02 and 03); it starts when those have finished. A notebook without
+that metadata waits for every notebook before it.
+
 Usage (what build_book.sh runs):
     python -m ocrheads_lib.bookbuild --notebooks notebooks --out book/generated --params book/params.yml
 """
@@ -146,17 +151,65 @@ def finish_executed(notebook_path: Path) -> None:
     nbformat.write(nb, str(notebook_path))
 
 
+def notebook_needs(path: Path, earlier: list[str]) -> list[str]:
+    """The stems of the notebooks whose results `path` reads: its metadata ``ocrheads.needs`` (a list of
+    stems), or, when it declares none, every notebook before it (the safe, serial order)."""
+    declared = (nbformat.read(str(path), as_version=4).metadata.get("ocrheads") or {}).get("needs")
+    if declared is None:
+        return list(earlier)
+    unknown = [stem for stem in declared if stem not in earlier]
+    if unknown:
+        raise ValueError(f"{path.name}: metadata ocrheads.needs names {unknown}, which are not notebooks before it "
+                         f"({earlier}); a chapter can only read the results of earlier chapters")
+    return list(declared)
+
+
+def default_jobs() -> int:
+    """Notebooks executed at once: one per core, at most 2 (each kernel runs one thread; BOOK_JOBS overrides)."""
+    if os.environ.get("BOOK_JOBS"):
+        jobs = int(os.environ["BOOK_JOBS"])
+        if jobs < 1:
+            raise ValueError(f"BOOK_JOBS={jobs}: must be >= 1 (1 runs the chapters one after another)")
+        return jobs
+    return max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def _execute(src: str, tmp: str, params: dict[str, Any], kernel_name: str, cwd: str) -> tuple[float, str | None]:
+    """Run one notebook with papermill (in a worker process): (seconds, None) or (seconds, 'why it failed')."""
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(src, tmp, parameters=params, kernel_name=kernel_name, cwd=cwd,
+                                   progress_bar=False, log_output=False)
+    except Exception as exc:  # papermill raises PapermillExecutionError and kernel/IO errors alike
+        return time.perf_counter() - start, f"{type(exc).__name__}: {exc}"
+    return time.perf_counter() - start, None
+
+
+@dataclass
+class _Pending:
+    src: Path
+    stem: str
+    key: str
+    params: dict[str, Any]
+    needs: list[str]
+
+
 def run_notebooks(notebooks_dir: str | os.PathLike, out_dir: str | os.PathLike,
                   params_path: str | os.PathLike | None, kernel_name: str = "python3",
                   force: bool = False, failed_dir: str | os.PathLike | None = None,
-                  library_root: str | os.PathLike = PACKAGE_ROOT, log=print) -> list[NotebookRun]:
-    """Execute (or reuse) every `NN_*.ipynb` of `notebooks_dir` in sorted order; see module docstring.
+                  library_root: str | os.PathLike = PACKAGE_ROOT, log=print, jobs: int = 1) -> list[NotebookRun]:
+    """Execute (or reuse) every `NN_*.ipynb` of `notebooks_dir`; see module docstring. Returns the runs in
+    sorted order.
 
-    Every notebook is attempted even after a failure (each chapter can run alone), so one build
-    reports all broken chapters. A failed notebook's partial output goes to `failed_dir`
-    (default `<out_dir>/../../_build/failed`), never into `out_dir`. `library_root`: the files whose
-    hash enters every key (the package; tests pass a fixed folder).
+    Up to `jobs` notebooks run at once, each in its own kernel; a notebook starts once the notebooks it
+    needs (:func:`notebook_needs`) have finished. Every notebook is attempted even after a failure (each
+    chapter can run alone), so one build reports all broken chapters; but the notebooks after a failed one
+    keep no cache key, so the next build re-runs them. A failed notebook's partial output goes to
+    `failed_dir` (default `<out_dir>/../../_build/failed`), never into `out_dir`. `library_root`: the files
+    whose hash enters every key (the package; tests pass a fixed folder).
     """
+    if jobs < 1:
+        raise ValueError(f"jobs={jobs}: must be >= 1 (1 runs the notebooks one after another)")
     notebooks_dir, out_dir = Path(notebooks_dir).resolve(), Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     failed_dir = Path(failed_dir) if failed_dir else out_dir.parent.parent / "_build" / "failed"
@@ -171,61 +224,90 @@ def run_notebooks(notebooks_dir: str | os.PathLike, out_dir: str | os.PathLike,
             Path(str(stale) + KEY_SUFFIX).unlink(missing_ok=True)
 
     lib = library_hash(library_root)
-    kernel_checked = False
     previous_key = ""
-    runs: list[NotebookRun] = []
-    for src in sources:
+    runs: dict[str, NotebookRun] = {}
+    pending: list[_Pending] = []
+    stems = [src.stem for src in sources]
+    for index, src in enumerate(sources):
         params = load_parameters(params_path, src.stem)
         key = notebook_key(src.read_bytes(), params, lib, previous_key)
         previous_key = key
         dst = out_dir / src.name
         key_file = Path(str(dst) + KEY_SUFFIX)
         if not force and dst.exists() and key_file.exists() and key_file.read_text().strip() == key:
-            runs.append(NotebookRun(src.name, "cached", 0.0, key, params))
+            runs[src.stem] = NotebookRun(src.name, "cached", 0.0, key, params)
             log(f"[book] {src.name:28s} cached")
             continue
-        if not kernel_checked:
-            _kernel_check(kernel_name)
-            kernel_checked = True
         # An executed copy in out_dir always matches its key: drop the old one before re-running.
         key_file.unlink(missing_ok=True)
         dst.unlink(missing_ok=True)
+        pending.append(_Pending(src, src.stem, key, params, notebook_needs(src, stems[:index])))
+    if pending:
+        _kernel_check(kernel_name)
+
+    def finish(item: _Pending, seconds: float, error: str | None) -> None:
+        src, dst = item.src, out_dir / item.src.name
         tmp = out_dir / f".{src.name}.running.ipynb"
-        log(f"[book] {src.name:28s} executing with {json.dumps(params, sort_keys=True)}")
-        start = time.perf_counter()
-        try:
-            papermill.execute_notebook(str(src), str(tmp), parameters=params, kernel_name=kernel_name,
-                                       cwd=str(notebooks_dir), progress_bar=False, log_output=False)
-        except Exception as exc:  # papermill raises PapermillExecutionError and kernel/IO errors alike
-            seconds = time.perf_counter() - start
+        reason = None
+        if error is not None:
             failed_dir.mkdir(parents=True, exist_ok=True)
             kept = failed_dir / src.name
             if tmp.exists():
                 os.replace(tmp, kept)
-            reason = _first_error(kept) or f"{type(exc).__name__}: {exc}"
-            reason = reason.strip().splitlines()[0][:500] if reason.strip() else type(exc).__name__
-            runs.append(NotebookRun(src.name, "failed", seconds, key, params, reason))
+            reason = _first_error(kept) or error
+            reason = reason.strip().splitlines()[0][:500] if reason.strip() else error
             log(f"[book] {src.name:28s} FAILED after {seconds:.1f} s: {reason}\n"
                 f"       executed copy with the traceback: {kept}")
-            previous_key = f"failed:{key}"
-            continue
-        seconds = time.perf_counter() - start
-        problems = output_problems(tmp)
-        if problems:
-            failed_dir.mkdir(parents=True, exist_ok=True)
-            kept = failed_dir / src.name
-            os.replace(tmp, kept)
-            reason = f"prints that something it needs is missing or failed: {problems[0]}"
-            runs.append(NotebookRun(src.name, "failed", seconds, key, params, reason))
-            log(f"[book] {src.name:28s} FAILED after {seconds:.1f} s: {reason}\n       executed copy: {kept}")
-            previous_key = f"failed:{key}"
-            continue
+        else:
+            problems = output_problems(tmp)
+            if problems:
+                failed_dir.mkdir(parents=True, exist_ok=True)
+                kept = failed_dir / src.name
+                os.replace(tmp, kept)
+                reason = f"prints that something it needs is missing or failed: {problems[0]}"
+                log(f"[book] {src.name:28s} FAILED after {seconds:.1f} s: {reason}\n       executed copy: {kept}")
+        if reason is not None:
+            runs[item.stem] = NotebookRun(src.name, "failed", seconds, item.key, item.params, reason)
+            return
         finish_executed(tmp)
         os.replace(tmp, dst)
-        atomic_write_text(key_file, key + "\n")
-        runs.append(NotebookRun(src.name, "executed", seconds, key, params))
+        atomic_write_text(Path(str(dst) + KEY_SUFFIX), item.key + "\n")
+        runs[item.stem] = NotebookRun(src.name, "executed", seconds, item.key, item.params)
         log(f"[book] {src.name:28s} executed in {seconds:.1f} s")
-    return runs
+
+    def start(item: _Pending, submit) -> Any:
+        log(f"[book] {item.src.name:28s} executing with {json.dumps(item.params, sort_keys=True)}")
+        return submit(_execute, str(item.src), str(out_dir / f".{item.src.name}.running.ipynb"), item.params,
+                      kernel_name, str(notebooks_dir))
+
+    if jobs == 1:
+        for item in pending:
+            finish(item, *start(item, lambda fn, *args: fn(*args)))
+    elif pending:
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        waiting, running = list(pending), {}
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            while waiting or running:
+                for item in list(waiting):
+                    if len(running) < jobs and all(stem in runs for stem in item.needs):
+                        waiting.remove(item)
+                        running[start(item, pool.submit)] = item
+                if not running:
+                    raise RuntimeError(f"notebooks {[i.src.name for i in waiting]} wait for notebooks that never run")
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    finish(running.pop(future), *future.result())
+    ordered = [runs[stem] for stem in stems]
+    # A notebook after a failed one ran without (or before) what the failed one writes: no cache key for it.
+    for index, run in enumerate(ordered):
+        if run.status == "failed":
+            for later in ordered[index + 1:]:
+                if later.status == "executed":
+                    Path(str(out_dir / later.name) + KEY_SUFFIX).unlink(missing_ok=True)
+            break
+    return ordered
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,10 +318,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernel", default="python3")
     parser.add_argument("--force", action="store_true", help="re-execute even when the cache key is unchanged")
     parser.add_argument("--timings", default=None, help="write per-notebook timings as JSON to this file")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="notebooks executed at once (default: BOOK_JOBS, else one per core, at most 2)")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    runs = run_notebooks(args.notebooks, args.out, args.params, args.kernel, args.force)
+    jobs = args.jobs if args.jobs is not None else default_jobs()
+    print(f"[book] executing up to {jobs} notebook(s) at once")
+    runs = run_notebooks(args.notebooks, args.out, args.params, args.kernel, args.force, jobs=jobs)
     total = time.perf_counter() - start
     print(f"[book] {'notebook':28s} {'status':9s} seconds")
     for run in runs:

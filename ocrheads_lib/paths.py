@@ -66,6 +66,34 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def lock_path(folder: str | os.PathLike) -> Path:
+    """The lock file of :func:`build_lock` for `folder`."""
+    folder = Path(folder)
+    return folder.parent / f".{folder.name}.lock"
+
+
+@contextmanager
+def build_lock(folder: str | os.PathLike, timeout: float = 1800.0) -> Iterator[None]:
+    """Hold ``.<folder name>.lock`` next to `folder` (an OS file lock, `filelock`; the empty file stays) while
+    `folder` is built into a cache. Two chapters
+    of the book run at once and may both find a model's cache folder missing: the first builds it, the
+    second waits here, and must then check again whether the folder is complete before building it."""
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path(folder)))
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout as exc:
+        raise TimeoutError(f"{folder} has been locked for {timeout:.0f} s by another process building it; if no "
+                           f"such process runs, delete {lock_path(folder)}") from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write `text` (UTF-8) to `path` atomically (:func:`atomic_path`); the file gets mode 0644."""
     with atomic_path(path) as tmp:

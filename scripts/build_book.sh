@@ -4,6 +4,8 @@
 #      .venv, parameters from book/params.yml, into book/generated/ (git-ignored) — cached: a notebook
 #      whose source, parameters, library files and upstream notebooks are unchanged is not re-run
 #      (key in book/generated/NN_*.ipynb.key; see ocrheads_lib/bookbuild.py). FORCE=1 re-runs all.
+#      Two chapters run at once on a machine with two cores or more (BOOK_JOBS=1: one after another);
+#      a chapter starts when the chapters whose results it reads (its metadata ocrheads.needs) are done.
 #   2. build the HTML with Jupyter Book 1.x (`jupyter-book build .`, execution off: the notebooks are
 #      already executed) into _build/html.
 # Fails (exit 1) when any notebook fails — after trying all of them, so one run lists every broken

