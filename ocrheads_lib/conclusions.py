@@ -251,12 +251,29 @@ def findings_chapter(model_id: str, share_ocr: Any, share_retrieval: Any, jaccar
 
 # ------------------------------------------------------------------------------------------ 05 case study
 
-def case_study_chapter(model_id: str, consistency: Mapping[str, Any], top: int, n_characters: int) -> list[str]:
-    """Chapter 05, from `experiments.case_study.run_case_study(...)["consistency"]`."""
+def case_study_reading(characters: Mapping[str, Mapping[str, Any]], model_id: str) -> str:
+    """How well the model itself reads the single characters: from `run_case_study(...)["characters"]`."""
+    answers = [(char, a) for char, info in characters.items() for a in info.get("answers", [])]
+    if not answers:
+        return f"No greedy answers of `{model_id}` were recorded."
+    exact = sum(a.strip() == char for char, a in answers)
+    contains = sum(char in a for char, a in answers)
+    perfect = sum(1 for char, info in characters.items()
+                  if info.get("answers") and all(a.strip() == char for a in info["answers"]))
+    return (f"Left to answer on its own, `{model_id}` writes exactly the character on {exact} of {len(answers)} pages "
+            f"({100 * exact / len(answers):.0f} %; its answer contains it on {contains}), and every page right for "
+            f"{perfect} of {len(characters)} characters.")
+
+
+def case_study_chapter(model_id: str, consistency: Mapping[str, Any], top: int, n_characters: int,
+                       characters: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
+    """Chapter 05, from `experiments.case_study.run_case_study(...)`: its "consistency" and (optional) its
+    "characters", for a sentence on how well the model reads them itself."""
+    reading = [case_study_reading(characters, model_id)] if characters else []
     scored = int(consistency.get("n_characters") or 0)
     if scored < 2:
-        return [f"Only {scored} of {n_characters} characters had scored samples on `{model_id}`: too few to compare "
-                f"their top-{top} heads."]
+        return reading + [f"Only {scored} of {n_characters} characters had scored samples on `{model_id}`: too few to "
+                          f"compare their top-{top} heads."]
     mean_j, chance = float(consistency["mean_pairwise_jaccard"]), float(consistency["chance_jaccard"])
     ratio = mean_j / chance if chance > 0 else float("inf")
     common = consistency.get("most_common") or []
@@ -268,7 +285,7 @@ def case_study_chapter(model_id: str, consistency: Mapping[str, Any], top: int, 
         out.append(f"The most frequent head, {head_label((l, h))}, is in the top {top} of {c} of the {scored} "
                    "characters" + (": the same few heads locate every character." if c >= 0.75 * scored and ratio > 2
                                    else "."))
-    return out
+    return reading + out
 
 
 # ------------------------------------------------------------------------------------------ 06 masking
@@ -309,6 +326,15 @@ def masking_chapter(comparison: Any, min_baseline: float = 0.2) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ 07 sink
+
+def first_token_sentence(model_id: str, kind: str, heads: Sequence[Head], mass: Any) -> str:
+    """How much of their attention the top heads of one kind put on the first token (`mass`: an (L, H) array)."""
+    if not heads:
+        return f"`{model_id}` has no {kind} heads to report."
+    values = " and ".join(f"{float(mass[tuple(h)]):.2f}" for h in heads)
+    return (f"The top {len(heads)} {kind} heads of `{model_id}` ({heads_text(heads)}) put {values} of their attention "
+            "on the first token.")
+
 
 def sink_chapter(comparison: Any, max_first_mass: float | None, max_mass_head: Head | None,
                  head_set: str = "ocr") -> list[str]:

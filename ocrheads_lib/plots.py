@@ -267,13 +267,15 @@ def value_heatmap(values: Any, ax=None, title: str = "", label: str = "", annota
     the `annotate` largest cells carry their value."""
     values = np.asarray(values, dtype=float)
     n_layers, n_heads = values.shape
-    ax = _axes(ax, figsize=(min(MAX_WIDTH_IN, 1.6 + 0.35 * n_heads), 3.2))
+    # wide enough for a 4-character label per cell; one row per layer stays legible for 30-layer models
+    ax = _axes(ax, figsize=(min(MAX_WIDTH_IN, 1.6 + (0.5 if n_heads <= 12 else 0.35) * n_heads),
+                            max(3.2, 1.0 + 0.17 * n_layers)))
     flat = np.nan_to_num(values, nan=-np.inf).reshape(-1)
     annot = np.full(values.shape, "", dtype=object)
     for index in np.argsort(-flat, kind="stable")[:annotate]:
         if np.isfinite(flat[index]):
             annot[index // n_heads, index % n_heads] = format(flat[index], fmt)
-    sns.heatmap(values, ax=ax, cmap=cmap, annot=annot, fmt="", annot_kws={"fontsize": 9},
+    sns.heatmap(values, ax=ax, cmap=cmap, annot=annot, fmt="", annot_kws={"fontsize": 9 if n_layers <= 16 else 7},
                 cbar_kws={"label": label}, linewidths=0.3 if n_heads <= 16 else 0, linecolor="white")
     _layer_head_axes(ax, n_layers, n_heads)
     ax.set_title(title)

@@ -27,7 +27,7 @@ REQUIRED_PARAMETERS = ("model_id", "seed", "n_samples", "results_dir")
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_source_conventions(path: Path) -> None:
     """NN_name.ipynb, committed without outputs, first code cell tagged `parameters` with the book's
-    parameters and `model_id = "tiny"` by default."""
+    parameters and the book's image model `model_id = "smol-vl"` by default."""
     assert path.name[:2].isdigit() and path.name[2] == "_", f"{path.name}: name notebooks NN_name.ipynb"
     nb = json.loads(path.read_text(encoding="utf-8"))
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
@@ -40,7 +40,10 @@ def test_notebook_source_conventions(path: Path) -> None:
     exec(compile(source, f"{path.name}:parameters", "exec"), namespace)   # plain assignments only
     missing = [p for p in REQUIRED_PARAMETERS if p not in namespace]
     assert not missing, f"{path.name}: parameters cell lacks {missing}"
-    assert namespace["model_id"] == "tiny", f"{path.name}: default model_id must be 'tiny'"
+    assert namespace["model_id"] == "smol-vl", f"{path.name}: default model_id must be 'smol-vl'"
+    needs = (nb["metadata"].get("ocrheads") or {}).get("needs")
+    assert isinstance(needs, list), (f"{path.name}: declare the earlier chapters whose results it reads in its "
+                                     "metadata ocrheads.needs ([] for none), so `make book` can run it beside others")
     for cell in code:
         assert not cell.get("outputs"), f"{path.name}: commit notebooks without outputs (clear them)"
         assert cell.get("execution_count") is None, f"{path.name}: clear execution counts before committing"
@@ -95,7 +98,8 @@ def test_params_file_parses() -> None:
     from ocrheads_lib.bookbuild import load_parameters
 
     params = load_parameters(ROOT / "book" / "params.yml", "02_ocr_heads")
-    assert params["model_id"] == "tiny"
+    assert params["model_id"] == "smol-vl"
+    assert load_parameters(ROOT / "book" / "params.yml", "04_findings")["compare_models"] == ["tiny"]
     assert params["results_dir"] == "results"          # resolved against the repository (ocrheads_lib.chapter)
 
 
@@ -271,6 +275,38 @@ def test_run_notebooks_caches_and_reports_failures(tmp_path: Path) -> None:
     _write_notebook(src / "01_a.ipynb", "print('fixed')")
     assert [r.status for r in run_notebooks(src, out, params, **kw)] == ["executed"]
     assert [r.status for r in run_notebooks(src, out, params, **kw)] == ["cached"]
+
+
+def test_run_notebooks_in_parallel_waits_for_what_a_notebook_needs(tmp_path: Path) -> None:
+    """jobs=2: a notebook that declares `ocrheads.needs` starts only after those notebooks have finished
+    (02 reads the file 01 writes after a pause); one that needs nothing runs beside them (03 starts while
+    01 is still pausing); a notebook without the metadata waits for every notebook before it (04)."""
+    import nbformat
+    from ocrheads_lib.bookbuild import notebook_needs, run_notebooks
+
+    src, out = tmp_path / "notebooks", tmp_path / "book" / "generated"
+    src.mkdir()
+    bodies = {"01_a": "import pathlib, time; time.sleep(4); pathlib.Path('../flag').write_text('one')",
+              "02_b": "import pathlib; assert pathlib.Path('../flag').read_text() == 'one'",
+              "03_c": "import pathlib; assert not pathlib.Path('../flag').exists(), 'started after 01 finished'",
+              "04_d": "import pathlib; assert pathlib.Path('../flag').read_text() == 'one'"}
+    needs = {"01_a": [], "02_b": ["01_a"], "03_c": []}
+    for stem, body in bodies.items():
+        _write_notebook(src / f"{stem}.ipynb", body)
+        if stem in needs:
+            nb = nbformat.read(str(src / f"{stem}.ipynb"), as_version=4)
+            nb.metadata["ocrheads"] = {"needs": needs[stem]}
+            nbformat.write(nb, str(src / f"{stem}.ipynb"))
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "m.py").write_text("x = 1\n")
+    runs = run_notebooks(src, out, None, log=lambda _: None, library_root=lib, failed_dir=tmp_path / "failed", jobs=2)
+    assert [(r.name, r.status, r.error) for r in runs] == [(f"{s}.ipynb", "executed", "") for s in bodies]
+    assert notebook_needs(src / "04_d.ipynb", ["01_a", "02_b", "03_c"]) == ["01_a", "02_b", "03_c"]
+    with pytest.raises(ValueError, match="not notebooks before it"):
+        notebook_needs(src / "02_b.ipynb", [])
+    with pytest.raises(ValueError, match="jobs=0"):
+        run_notebooks(src, out, None, jobs=0)
 
 
 def test_library_hash_changes_with_files(tmp_path: Path) -> None:
@@ -633,7 +669,16 @@ def test_conclusions_follow_the_numbers() -> None:
     case = conclusions.case_study_chapter("m", cons, 5, 36)
     assert "5.0 times chance" in case[0] and "L2H1" in case[1] and "same few heads" in case[1]
     assert "too few" in conclusions.case_study_chapter("m", {"n_characters": 1}, 5, 36)[0]
+    reading = conclusions.case_study_chapter("m", cons, 5, 36, characters={
+        "0": {"answers": ["00", "0"]}, "a": {"answers": [" a", "b"]}})
+    assert reading[0] == ("Left to answer on its own, `m` writes exactly the character on 2 of 4 pages (50 %; its "
+                          "answer contains it on 3), and every page right for 0 of 2 characters.")
+    assert "5.0 times chance" in reading[1]
     assert conclusions.heads_text([(0, 1), (2, 3), (4, 5)]) == "L0H1, L2H3 and L4H5"
+    mass = np.zeros((2, 3))
+    mass[1, 2], mass[0, 1] = 0.456, 0.02
+    assert conclusions.first_token_sentence("m", "OCR", [(1, 2), (0, 1)], mass) == (
+        "The top 2 OCR heads of `m` (L1H2 and L0H1) put 0.46 and 0.02 of their attention on the first token.")
     sink = conclusions.sink_chapter(None, 0.001, (0, 2))
     assert "No β sweep" in sink[0] and "No head uses the first token as a sink" in sink[1] and "L0H2" in sink[1]
 

@@ -388,6 +388,9 @@ def test_run_case_study_writes_json(vl_lm, tmp_path):
     for char in "7a":
         info = result["characters"][char]
         assert info["n"] == 1 and info["n_scored"] + info["n_failed"] == 1
+        assert len(info["answers"]) == 1            # the model's own greedy answer, on every sample
+        assert info["accuracy"] == float(char in info["answers"][0])
+        assert info["exact"] == float(info["answers"][0].strip() == char)
         if info["n_scored"]:
             assert len(info["top"]) <= 5 and np.array(info["mean"]).shape == (2, 4)
     assert (tmp_path / "case_study.json").exists()

@@ -13,6 +13,13 @@ Answers emitted with a leading space (" a", the reason the paper's notebook lost
 §9.15) are handled by the scorer's character alignment: a token " a" covers the unit "a", and a lone " "
 token covers none. The result counts how many generated answers started with whitespace.
 
+Reading accuracy is measured on *every* sample from the model's own greedy answer (generated once more,
+whatever `answer_source` the scorer uses): `accuracy` (the answer contains c, the book's metric) and `exact`
+(the answer, stripped, is c). With ``score_options={"answer_source": "gold"}`` the heads are scored while
+the gold character is teacher-forced, so a model that reads single characters badly (it writes "00" for
+"0") still shows which heads look at the character; its accuracy then says how often it would have
+written it.
+
 Ties: the ranking is by mean score, ties in layer-major order (:func:`ocrheads_lib.heads.ranked`); with few
 samples per character many heads tie, so the top-5 at a tie boundary is partly arbitrary. The result keeps
 the score of the 5th head and the number of heads tied with it.
@@ -30,6 +37,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ocrheads_lib.analysis import jaccard
+from ocrheads_lib.inference import answer
 from ocrheads_lib.paths import atomic_write_json
 from ocrheads_lib.scoring import score_ocr
 from ocrheads_lib.types import head_key, head_label
@@ -98,13 +106,14 @@ def group_by_character(samples: Sequence[Any], characters: str = CHARACTERS) -> 
 
 def run_case_study(lm: Any, samples: Sequence[Any], *, characters: str = CHARACTERS, top: int = TOP,
                    model_id: str | None = None, out_dir: str | Path | None = None,
-                   score_options: Mapping[str, Any] | None = None, progress: bool = False) -> dict[str, Any]:
+                   score_options: Mapping[str, Any] | None = None, progress: bool = False,
+                   max_new_tokens: int = 8) -> dict[str, Any]:
     """Score every head per character and summarise; returns (and writes ``out_dir/case_study.json``) a dict:
 
-    {"model", "characters": {c: {"n", "n_scored", "n_failed", "failure_counts", "leading_space",
-     "accuracy" (share of scored samples whose generated answer contains c), "top": [[l, h, score], ...],
-     "tied_at_top": heads tied with the last top score, "mean": (L, H) nested list}},
-     "consistency": {...}, "n_layers", "n_heads", "options"}.
+    {"model", "characters": {c: {"n", "n_scored", "n_failed", "failure_counts", "leading_space" (greedy
+     answers starting with whitespace), "accuracy" / "exact" (share of all n samples whose greedy answer
+     contains / is c), "answers" (the greedy answers), "top": [[l, h, score], ...], "tied_at_top": heads tied
+     with the last top score, "mean": (L, H) nested list}}, "consistency": {...}, "n_layers", "n_heads", "options"}.
     Characters without any scored sample, or whose heads all score 0, keep their counts and an empty top list
     (they do not enter the consistency numbers).
     """
@@ -114,12 +123,14 @@ def run_case_study(lm: Any, samples: Sequence[Any], *, characters: str = CHARACT
     tops: dict[str, list[tuple[int, int]]] = {}
     for char, group in group_by_character(samples, characters).items():
         scores = score_ocr(lm, group, **options)
-        answers = [str(s.info.get("answer", "")) for s in scores.samples]
+        answers = [answer(lm, sample, max_new_tokens) for sample in group]
         entry: dict[str, Any] = {
             "n": len(group), "n_scored": len(scores.samples), "n_failed": len(scores.failures),
             "failure_counts": scores.failure_counts(),
             "leading_space": sum(1 for a in answers if a[:1].isspace()),
-            "accuracy": float(np.mean([char in a for a in answers])) if answers else float("nan"),
+            "accuracy": float(np.mean([char in a for a in answers])),
+            "exact": float(np.mean([a.strip() == char for a in answers])),
+            "answers": answers,
         }
         if scores.samples:
             mean = scores.mean()  # (L, H)
