@@ -92,11 +92,13 @@ def ocr_heads_chapter(model_id: str, n_heads: int, emit_selected: Sequence[Head]
         out.append(f"With the emitting row no head of the {n_heads} passes the selection rule: this model shows no "
                    "OCR heads on these samples.")
     if _finite(jaccard):
-        overlap = ("the same heads" if jaccard >= 0.999 else
-                   "largely the same heads" if jaccard >= 0.5 else "mostly different heads")
-        out.append(f"The paper's consuming row selects {len(consume_selected)} heads; the two sets share "
-                   f"{overlap} (Jaccard {jaccard:.2f})" + (f", and the head rankings correlate with Spearman "
-                                                            f"{spearman:.2f}." if _finite(spearman) else "."))
+        shared = len(set(map(tuple, emit_selected)) & set(map(tuple, consume_selected)))
+        overlap = ("the same heads" if jaccard >= 0.999 else "largely the same heads" if jaccard >= 0.5 else
+                   "partly the same heads" if jaccard >= 0.3 else "mostly different heads")
+        out.append(f"The paper's consuming row selects {len(consume_selected)} heads; {shared} of them are among "
+                   f"the emitting row's {len(emit_selected)}, so the two rows select {overlap} (Jaccard "
+                   f"{jaccard:.2f})" + (f", and the head rankings correlate with Spearman {spearman:.2f}."
+                                        if _finite(spearman) else "."))
     else:
         out.append("Neither row convention selects any head, so the two sets cannot be compared.")
     if planted:
@@ -322,6 +324,52 @@ def masking_chapter(comparison: Any, min_baseline: float = 0.2) -> list[str]:
                 text += f"; more than every {label} draw at {_ks(beats)} of {len(max_drop)} k values"
             parts.append(text)
         out.append(f"{head}: " + ". For the same task, ".join(parts) + "." if parts else f"{head}: no head set was masked.")
+    return out
+
+
+def dissociation_sentences(table: Any, min_baseline: float = 0.2) -> list[str]:
+    """Chapter 06, from the masking table itself (one row per condition, with the headline metric's 95 %
+    interval in ``<metric>_lo`` / ``<metric>_hi``): for every image task, text task and k at which both the
+    top-k OCR heads and the top-k retrieval heads were masked, whether the two sets doubly dissociate: masking
+    the OCR heads leaves reading the page worse off than masking the retrieval heads, and masking the retrieval
+    heads leaves the text task worse off than masking the OCR heads. Tasks whose baseline is below
+    `min_baseline` are left out (nothing to lose)."""
+    if table is None or len(table) == 0:
+        return []
+    ranked = table[table.head_set.isin(["ocr", "retrieval"])]
+    baselines = table[table.head_set == "none"].set_index("task")
+
+    def usable(modality: str) -> list[str]:
+        tasks = sorted(set(ranked.task[ranked.modality == modality]))
+        return [t for t in tasks if t in baselines.index
+                and float(baselines.loc[t, baselines.loc[t, "metric"]]) >= min_baseline]
+
+    def cell(task: str, head_set: str, k: Any) -> tuple[float, float, float] | None:
+        rows = ranked[(ranked.task == task) & (ranked.head_set == head_set) & (ranked.k == k)]
+        if len(rows) != 1:
+            return None
+        row = rows.iloc[0]
+        metric = row["metric"]
+        return float(row[metric]), float(row[f"{metric}_lo"]), float(row[f"{metric}_hi"])
+
+    def shown(value: tuple[float, float, float]) -> str:
+        return f"{value[0]:.2f} [{value[1]:.2f}, {value[2]:.2f}]"
+
+    out = []
+    for image in usable("image"):
+        for text in usable("text"):
+            for k in sorted(set(ranked.k[ranked.task == image]) & set(ranked.k[ranked.task == text])):
+                cells = {(s, t): cell(t, s, k) for s in ("ocr", "retrieval") for t in (image, text)}
+                if any(v is None for v in cells.values()):
+                    continue
+                ocr_image, ocr_text = cells["ocr", image], cells["ocr", text]
+                ret_image, ret_text = cells["retrieval", image], cells["retrieval", text]
+                both = ocr_image[0] < ret_image[0] and ret_text[0] < ocr_text[0]
+                verdict = ("a double dissociation (the OCR heads matter more for reading the page, the retrieval "
+                           "heads for copying from text)" if both else "no double dissociation at this k")
+                out.append(f"At k = {int(k)}, masking the top OCR heads leaves `{image}` at {shown(ocr_image)} and "
+                           f"`{text}` at {shown(ocr_text)}; masking as many top retrieval heads leaves them at "
+                           f"{shown(ret_image)} and {shown(ret_text)} (95 % intervals): {verdict}.")
     return out
 
 

@@ -665,6 +665,38 @@ def test_conclusions_follow_the_numbers() -> None:
     low = conclusions.masking_chapter(drops.assign(baseline=0.1))[0]
     assert "too low" in low
 
+    # the OCR / retrieval double dissociation, from the masking table (scores and intervals by hand)
+    def row(task, modality, head_set, k, value, lo, hi):
+        return dict(task=task, modality=modality, head_set=head_set, k=k, metric="accuracy", accuracy=value,
+                    accuracy_lo=lo, accuracy_hi=hi)
+    table = pd.DataFrame([row("img", "image", "none", 0, 0.9, 0.7, 1.0), row("txt", "text", "none", 0, 1.0, 1.0, 1.0),
+                          row("img", "image", "ocr", 5, 0.3, 0.1, 0.5), row("txt", "text", "ocr", 5, 0.9, 0.8, 1.0),
+                          row("img", "image", "retrieval", 5, 0.8, 0.6, 1.0),
+                          row("txt", "text", "retrieval", 5, 0.0, 0.0, 0.0),
+                          row("img", "image", "ocr", 20, 0.0, 0.0, 0.0), row("txt", "text", "ocr", 20, 0.0, 0.0, 0.0),
+                          row("img", "image", "retrieval", 20, 0.5, 0.2, 0.8),
+                          row("txt", "text", "retrieval", 20, 0.0, 0.0, 0.0),
+                          row("img", "image", "random", 5, 0.9, 0.7, 1.0)])
+    dissociation = conclusions.dissociation_sentences(table)
+    assert dissociation == [
+        "At k = 5, masking the top OCR heads leaves `img` at 0.30 [0.10, 0.50] and `txt` at 0.90 [0.80, 1.00]; masking "
+        "as many top retrieval heads leaves them at 0.80 [0.60, 1.00] and 0.00 [0.00, 0.00] (95 % intervals): a double "
+        "dissociation (the OCR heads matter more for reading the page, the retrieval heads for copying from text).",
+        "At k = 20, masking the top OCR heads leaves `img` at 0.00 [0.00, 0.00] and `txt` at 0.00 [0.00, 0.00]; masking "
+        "as many top retrieval heads leaves them at 0.50 [0.20, 0.80] and 0.00 [0.00, 0.00] (95 % intervals): no double "
+        "dissociation at this k."]
+    weak_text = table.copy()
+    weak_text.loc[(weak_text.task == "txt") & (weak_text.head_set == "none"), "accuracy"] = 0.1
+    assert conclusions.dissociation_sentences(weak_text) == []          # nothing to lose on the text task
+
+    # chapter 02: the two row conventions' selections, counted by hand (2 shared of 3 and 3: Jaccard 0.5)
+    rows = conclusions.ocr_heads_chapter("m", 10, [(0, 1), (1, 2), (2, 0)], [(0, 1), (1, 2), (3, 3)],
+                                         [((0, 1), 0.7)], n_samples=4, n_failures=0, jaccard=0.5, spearman=0.6,
+                                         planted={})
+    assert rows[2] == ("The paper's consuming row selects 3 heads; 2 of them are among the emitting row's 3, so the "
+                       "two rows select largely the same heads (Jaccard 0.50), and the head rankings correlate with "
+                       "Spearman 0.60.")
+
     cons = {"n_characters": 4, "mean_pairwise_jaccard": 0.5, "chance_jaccard": 0.1, "most_common": [[2, 1, 4]]}
     case = conclusions.case_study_chapter("m", cons, 5, 36)
     assert "5.0 times chance" in case[0] and "L2H1" in case[1] and "same few heads" in case[1]
