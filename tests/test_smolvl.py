@@ -250,6 +250,38 @@ def test_card_reports_intervals_targets_and_the_text_comparison():
     assert "Not evaluated yet" in card_markdown({}, record)
 
 
+def test_shift_sets_hold_the_same_keys_at_every_shift():
+    from ocrheads_lib.embedded.smolvl.evaluate import shift_sets
+
+    sets = shift_sets(3, seed=11, shifts=(0, 2, 14))
+    assert list(sets) == ["x0", "x2", "x14", "y2", "y14"]
+    assert len({tuple(e.answer for e in examples) for examples in sets.values()}) == 1
+    assert [e.meta["shift"] for e in sets["y14"]] == [(0, 14)] * 3 and sets["x2"][0].meta["shift"] == (2, 0)
+    with pytest.raises(ValueError, match="non-negative integer"):
+        shift_sets(3, seed=11, shifts=(-2,))
+
+
+def test_card_states_what_a_shift_off_the_grid_costs():
+    from ocrheads_lib.embedded.smolvl.card import card_markdown
+    from ocrheads_lib.metrics import wilson_interval
+
+    def result(correct):
+        return {"n": 100, "correct": correct, "accuracy": correct / 100, "em": correct / 100,
+                "wilson95": list(wilson_interval(correct, 100))}
+
+    record = {"step": 1, "segments": [], "history": []}
+    shift = {"n": 100, "seed": 5, "shifts": [0, 2, 7], "results": {"x0": result(70), "x2": result(6), "x7": result(2),
+                                                                  "y2": result(40), "y7": result(0)}}
+    text = card_markdown({"shift": shift}, record)
+    assert "| 0 px (aligned) | 70.0 % [60.4 %, 78.1 %] | 70.0 % [60.4 %, 78.1 %] |" in text    # Wilson by hand
+    assert "| 2 px | 6.0 % [2.8 %, 12.5 %] | 40.0 % [30.9 %, 49.8 %] |" in text
+    assert "Less than half of the aligned accuracy is left at a shift of 2 px horizontally and 7 px vertically" in text
+    shift["results"]["y7"] = result(50)
+    assert ("Less than half of the aligned accuracy is left at a horizontal shift of 2 px; no vertical shift up to "
+            "7 px costs that much.") in card_markdown({"shift": shift}, record)
+    assert "## Off the grid" not in card_markdown({}, record)
+
+
 def test_missing_parts_error_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="--export"):
         weights_io.parts_hash(tmp_path)

@@ -12,7 +12,7 @@ from ocrheads_lib.data.grid import BOOK_PAGE, render_grid
 from ocrheads_lib.embedded.tiny import WEIGHTS_DIR, weights_available
 from ocrheads_lib.embedded.tiny.build import (CHARACTERS, SPECIAL_TOKENS, TinyConfig, build_config, build_processor,
                                               build_tokenizer, user_messages)
-from ocrheads_lib.embedded.tiny.examples import key_example, page_example, text_example
+from ocrheads_lib.embedded.tiny.examples import key_example, page_example, shifted_key_example, text_example
 
 MICRO = dict(hidden=32, layers=2, heads=4, kv_heads=2, head_dim=8, intermediate=64, mrope_section=[2, 1, 1],
              vision_depth=1, vision_embed=32, vision_heads=2)
@@ -95,6 +95,27 @@ def test_tasks_are_seeded_and_consistent():
     assert f"The pass key is {t.answer}." in t.prompt and len(t.prompt) >= 256
     k = key_example(random.Random(5), "offset")
     assert k.pages[0].size == (k.meta["cols"] * 28, k.meta["rows"] * 28)
+
+
+def test_shifted_key_moves_the_same_key_by_exactly_the_pixels_asked():
+    import numpy as np
+
+    def ink(example):          # (left, top, right, bottom) of the dark pixels
+        dark = np.argwhere(np.asarray(example.pages[0].convert("L")) < 128)
+        (top, left), (bottom, right) = dark.min(0), dark.max(0)
+        return left, top, right, bottom
+
+    base = key_example(random.Random(3), "aligned")
+    still, moved = shifted_key_example(base, 0, 0), shifted_key_example(base, 5, 3)
+    assert ink(still) == ink(base)                                   # no shift: the glyphs stay where they were
+    assert ink(moved) == tuple(v + d for v, d in zip(ink(base), (5, 3, 5, 3)))
+    assert moved.pages[0].size == ((base.meta["cols"] + 1) * 28, (base.meta["rows"] + 1) * 28)
+    assert (moved.answer, moved.prompt, moved.meta["shift"]) == (base.answer, base.prompt, (5, 3))
+    assert "".join(moved.cell_labels[0]) == base.answer.replace(" ", "")   # each glyph still in one cell
+    with pytest.raises(ValueError, match=r"\[0, 28\)"):
+        shifted_key_example(base, 28, 0)
+    with pytest.raises(ValueError, match="'aligned' layout"):
+        shifted_key_example(key_example(random.Random(3), "offset"), 1, 0)
 
 
 @pytest.mark.skipif(not weights_available(), reason=f"no shipped weights in {WEIGHTS_DIR} yet "

@@ -171,6 +171,24 @@ def key_example(rng: random.Random, layout: str, band: tuple[int, int] | None = 
                    meta=dict(layout=layout, style=style, cols=cols, rows=rows, x_off=x_off, y_off=y_off))
 
 
+def shifted_key_example(base: Example, dx: int, dy: int) -> Example:
+    """`base`, a `key_example` of the "aligned" layout, redrawn `dx` pixels right and `dy` pixels down on a page
+    one cell wider and taller (so every shift below a cell fits): same key, same question. A set of these
+    against dx = dy = 0 measures what moving the glyphs off the 28-px token grid costs a reader."""
+    layout = base.meta.get("layout")
+    if base.kind != "key" or layout != "aligned":
+        raise ValueError(f"shifted_key_example needs a key_example of the 'aligned' layout, got kind {base.kind!r} "
+                         f"and layout {layout!r}; draw the base with key_example(rng, 'aligned')")
+    for name, value in (("dx", dx), ("dy", dy)):
+        if not isinstance(value, int) or not 0 <= value < CELL:
+            raise ValueError(f"{name} = {value!r}: a shift must be an integer number of pixels in [0, {CELL}) "
+                             f"(a whole cell of {CELL} px is an aligned page again)")
+    meta = dict(base.meta, layout="shifted", shift=(dx, dy), cols=base.meta["cols"] + 1,
+                rows=base.meta["rows"] + 1, x_off=base.meta["x_off"] + dx, y_off=base.meta["y_off"] + dy)
+    page = render_grid([base.answer], meta["cols"], meta["rows"], meta["x_off"], meta["y_off"])
+    return Example("key", [page.image], base.prompt, base.answer, [cell_labels(page)], meta=meta)
+
+
 # ------------------------------------------------------------------ task: pass key in a paragraph page
 def page_example(rng: random.Random, n_lines: int | None = None, offset: bool = False,
                  key_style: str | None = None, cols: int | None = None, rows: int | None = None,
