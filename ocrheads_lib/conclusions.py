@@ -315,13 +315,14 @@ def masking_chapter(comparison: Any, min_baseline: float = 0.2) -> list[str]:
                 continue
             drops = sets[name]["drop"]
             worst_k = drops.idxmax()
-            text = f"masking the top {name} heads costs up to {drops[worst_k]:.2f} (at k = {int(worst_k)})"
+            text = (f"masking the top {'OCR' if name == 'ocr' else name} heads costs up to {drops[worst_k]:.2f} "
+                    f"(at k = {int(worst_k)})")
             for control, label in (("random", "random"), ("random_layer_matched", "layer-matched")):
                 if control not in sets:
                     continue
                 max_drop = sets[control]["max_drop"]
                 beats = [k for k in max_drop.index if k in drops.index and drops[k] > max_drop[k]]
-                text += f"; more than every {label} draw at {_ks(beats)} of {len(max_drop)} k values"
+                text += f"; more than every {label} draw at {_ks(beats)} ({len(beats)} of {len(max_drop)} k values)"
             parts.append(text)
         out.append(f"{head}: " + ". For the same task, ".join(parts) + "." if parts else f"{head}: no head set was masked.")
     return out

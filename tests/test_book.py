@@ -660,7 +660,7 @@ def test_conclusions_follow_the_numbers() -> None:
                           for name, score, worst in [("ocr", 1.0 - ocr_drop, 1.0 - ocr_drop),
                                                      ("random", 0.99, 1.0 - random_drop)]])
     text = conclusions.masking_chapter(drops)[0]
-    assert "costs up to 0.90 (at k = 5)" in text and "more than every random draw at k = 2 of 2 k values" in text
+    assert "masking the top OCR heads costs up to 0.90 (at k = 5)" in text and "more than every random draw at k = 2 (1 of 2 k values)" in text
     assert "layer-matched" not in text                       # no valid layer-matched draw
     low = conclusions.masking_chapter(drops.assign(baseline=0.1))[0]
     assert "too low" in low
