@@ -38,6 +38,15 @@ def _share(part: int, whole: int) -> str:
     return f"{part} of {whole}" + (f" ({100 * part / whole:.1f} %)" if whole else "")
 
 
+DISTINCT_BELOW = 0.3        # Jaccard below this: two head sets are distinct
+SUBSTANTIAL_FROM = 0.5      # Jaccard from this: they overlap substantially (between the two: partly)
+
+
+def _overlap(jaccard: float) -> str:
+    """The band of a Jaccard index: "distinct", "partly" or "substantially" (every chapter's verdicts use it)."""
+    return "distinct" if jaccard < DISTINCT_BELOW else "substantially" if jaccard >= SUBSTANTIAL_FROM else "partly"
+
+
 def _compare(a: float, b: float, tolerance: float = 1e-9) -> str:
     return "higher than" if a > b + tolerance else ("lower than" if a < b - tolerance else "equal to")
 
@@ -75,7 +84,7 @@ def data_chapter(model_id: str, units_per_sample: Sequence[int], evidence_tokens
 
 def ocr_heads_chapter(model_id: str, n_heads: int, emit_selected: Sequence[Head], consume_selected: Sequence[Head],
                       emit_top: Sequence[tuple[Head, float]], n_samples: int, n_failures: int,
-                      jaccard: float, spearman: float, planted: Mapping[str, float],
+                      jaccard: float, spearman: float, n_shared: int, planted: Mapping[str, float],
                       grounding: Any | None = None, official: Mapping[str, Any] | None = None) -> list[str]:
     """Chapter 02. planted: row convention -> the planted head's mean entry. grounding: a
     `grounding.GroundingSummary` or None. official: {"n_selected", "n_heads", "top": [(head, score)]} of
@@ -92,10 +101,10 @@ def ocr_heads_chapter(model_id: str, n_heads: int, emit_selected: Sequence[Head]
         out.append(f"With the emitting row no head of the {n_heads} passes the selection rule: this model shows no "
                    "OCR heads on these samples.")
     if _finite(jaccard):
-        shared = len(set(map(tuple, emit_selected)) & set(map(tuple, consume_selected)))
-        overlap = ("the same heads" if jaccard >= 0.999 else "largely the same heads" if jaccard >= 0.5 else
-                   "partly the same heads" if jaccard >= 0.3 else "mostly different heads")
-        out.append(f"The paper's consuming row selects {len(consume_selected)} heads; {shared} of them are among "
+        overlap = "the same heads" if jaccard >= 0.999 else {
+            "substantially": "largely the same heads", "partly": "partly the same heads",
+            "distinct": "mostly different heads"}[_overlap(jaccard)]
+        out.append(f"The paper's consuming row selects {len(consume_selected)} heads; {n_shared} of them are among "
                    f"the emitting row's {len(emit_selected)}, so the two rows select {overlap} (Jaccard "
                    f"{jaccard:.2f})" + (f", and the head rankings correlate with Spearman {spearman:.2f}."
                                         if _finite(spearman) else "."))
@@ -236,9 +245,9 @@ def findings_chapter(model_id: str, share_ocr: Any, share_retrieval: Any, jaccar
     static_*: Spearman of frequency vs mean; released: name -> {"share", "spearman", "binary"}."""
     out = sparsity_sentences(model_id, share_ocr, share_retrieval)
     if _finite(jaccard):
-        verdict = ("the two sets are distinct" if jaccard < 0.3 else
-                   "the two sets overlap substantially, against the paper's 'distinct' claim" if jaccard >= 0.5 else
-                   "the two sets overlap partly")
+        verdict = {"distinct": "the two sets are distinct",
+                   "substantially": "the two sets overlap substantially, against the paper's 'distinct' claim",
+                   "partly": "the two sets overlap partly"}[_overlap(jaccard)]
         out.append(f"Distinctness: the OCR and retrieval head sets have Jaccard {jaccard:.2f} (interval "
                    f"{jaccard_ci.low:.2f}–{jaccard_ci.high:.2f} when the OCR samples are resampled): {verdict}.")
     else:
@@ -475,8 +484,8 @@ def model_comparison_sentences(rows: Sequence[Mapping[str, Any]], chosen: str) -
             out.append(f"`{row['model']}`: its OCR heads cannot be compared with the {row['reference']} heads, "
                        "because at least one of the two sets is empty.")
             continue
-        verdict = ("distinct" if row["jaccard"] < 0.3 else
-                   "overlapping substantially" if row["jaccard"] >= 0.5 else "partly overlapping")
+        verdict = {"distinct": "distinct", "substantially": "overlapping substantially",
+                   "partly": "partly overlapping"}[_overlap(row["jaccard"])]
         out.append(f"`{row['model']}`: its {row['n_a']} OCR heads and the {row['n_b']} heads of {row['reference']} "
                    f"share {row['n_shared']} (Jaccard {row['jaccard']:.2f}, interval {row['jaccard_low']:.2f}–"
                    f"{row['jaccard_high']:.2f}; Spearman {row['spearman']:.2f} over all head scores): {verdict}.")
@@ -500,9 +509,8 @@ def model_comparison_sentences(rows: Sequence[Mapping[str, Any]], chosen: str) -
             out.append(f"`{model}`'s {kept['n_a']} retrieval heads after the VLM training and the {kept['n_b']} "
                        f"heads of {kept['reference']} share {kept['n_shared']} (Jaccard {kept['jaccard']:.2f}, interval "
                        f"{kept['jaccard_low']:.2f}–{kept['jaccard_high']:.2f}; Spearman {kept['spearman']:.2f}): "
-                       + ("the training kept most of the language half's retrieval heads."
-                          if kept["jaccard"] >= 0.5 else
-                          "the training replaced most of the language half's retrieval heads."
-                          if kept["jaccard"] < 0.3 else
-                          "the training kept part of the language half's retrieval heads."))
+                       + {"substantially": "the training kept most of the language half's retrieval heads.",
+                          "distinct": "the training replaced most of the language half's retrieval heads.",
+                          "partly": "the training kept part of the language half's retrieval heads."}[
+                              _overlap(kept["jaccard"])])
     return out

@@ -692,7 +692,7 @@ def test_conclusions_follow_the_numbers() -> None:
     # chapter 02: the two row conventions' selections, counted by hand (2 shared of 3 and 3: Jaccard 0.5)
     rows = conclusions.ocr_heads_chapter("m", 10, [(0, 1), (1, 2), (2, 0)], [(0, 1), (1, 2), (3, 3)],
                                          [((0, 1), 0.7)], n_samples=4, n_failures=0, jaccard=0.5, spearman=0.6,
-                                         planted={})
+                                         n_shared=2, planted={})
     assert rows[2] == ("The paper's consuming row selects 3 heads; 2 of them are among the emitting row's 3, so the "
                        "two rows select largely the same heads (Jaccard 0.50), and the head rankings correlate with "
                        "Spearman 0.60.")
