@@ -237,7 +237,7 @@ def test_card_reports_intervals_targets_and_the_text_comparison():
     text = card_markdown(card, record)
     assert "| 100 | 50.0 % |" in text                      # the training evaluations
     assert "99.5 % [97.2 %, 99.9 %]" in text                # Wilson interval of 199/200, by hand
-    assert ">= 98.0 %: met" in text and ">= 90.0 %: not met" in text
+    assert ">= 98.0 %: met" in text and ">= 97.0 %: not met" in text
     assert "SmolLM2 alone answers 93.0 %" in text and "minus 5 points: met" in text
     assert "2.0 CPU-hours" in text
     # every segment's own recipe, not only the last one's
@@ -305,3 +305,156 @@ def test_load_model_smol_vl_and_probe():
     assert len(scores.samples) + len(scores.failures) == 2
     for failure in scores.failures:      # a wrong answer is recorded with its reason, never dropped
         assert failure.reason
+
+
+# ------------------------------------------------------------------ the per-cell stage and gate (issue 31)
+def test_cell_loss_on_every_column_equals_the_whole_vocabulary():
+    from ocrheads_lib.embedded.smolvl.cells import cell_loss
+
+    torch.manual_seed(0)
+    embed = torch.randn(49152, 8)
+    tokens = torch.randn(6, 8, requires_grad=True)
+    targets = torch.tensor([5, 17, -100, 3, 49151, 9])
+    inked = torch.tensor([True, True, False, False, True, True])
+    full, parts = cell_loss(tokens, targets, inked, embed, 0.5, 0.3)
+    every, _ = cell_loss(tokens, targets, inked, embed, 0.5, 0.3, vocab=torch.arange(49152))
+    assert torch.allclose(full, every, atol=1e-5)
+    # by hand: blank cell 3 weighs 0.3, cell 2 is ignored
+    logp = torch.log_softmax(tokens.detach() @ embed.T, -1)
+    ce = -(logp[0, 5] + logp[1, 17] + 0.3 * logp[3, 3] + logp[4, 49151] + logp[5, 9]) / 4.3
+    goal = embed[torch.tensor([5, 17, 49151, 9])]
+    mse = ((tokens.detach()[[0, 1, 4, 5]] - goal) ** 2).sum(-1).mean() / (goal ** 2).sum(-1).mean()
+    assert abs(parts["ce"] - float(ce)) < 1e-4 and abs(parts["mse"] - float(mse)) < 1e-4
+    with pytest.raises(ValueError, match="candidate columns"):
+        cell_loss(tokens, targets, inked, embed, 0.5, 0.3, vocab=torch.arange(10))
+
+
+def test_candidate_vocab_keeps_short_and_hard_tokens_and_is_seeded():
+    from ocrheads_lib.embedded.smolvl.cells import candidate_vocab, hard_negatives
+
+    short = torch.tensor([1, 2, 3])
+    embed = torch.zeros(49152, 2)
+    embed[40000] = torch.tensor([10.0, 0.0])          # the rival every token below prefers
+    hard = hard_negatives(torch.tensor([[1.0, 0.0], [2.0, 0.0]]), embed, 1)
+    assert hard.tolist() == [40000]
+    a = candidate_vocab(short, 50, torch.Generator().manual_seed(3), hard)
+    b = candidate_vocab(short, 50, torch.Generator().manual_seed(3), hard)
+    assert torch.equal(a, b) and {1, 2, 3, 40000} <= set(a.tolist()) and len(a) == 54
+    assert candidate_vocab(short, 0, torch.Generator()) is None
+
+
+class _FakeVisual(torch.nn.Module):
+    """A vision tower that hands over preset tokens (the test plants what the merger would output)."""
+
+    def __init__(self, tokens):
+        super().__init__()
+        self.tokens = tokens
+
+    def forward(self, pixel_values, grid_thw):
+        return self.tokens
+
+
+def test_cell_gate_counts_planted_tokens_right_and_wrong(assembled):
+    from types import SimpleNamespace
+
+    from ocrheads_lib.embedded.smolvl.cells import page_targets
+    from ocrheads_lib.embedded.smolvl.evaluate import cell_gate, gate_pages
+
+    _model, processor = assembled
+    pages = gate_pages(2, seed=5, shifts=((0, 0), (7, 0)))
+    assert list(pages) == ["x0", "x7"] and pages["x7"][0].meta["x_off"] == 7
+    assert pages["x0"][0].meta["lines"] == pages["x7"][0].meta["lines"]       # the same glyphs at every shift
+    embed = torch.nn.Embedding(49156, 576)
+    targets, inked = page_targets(processor.tokenizer, pages["x0"])
+    right = embed.weight[:49152].detach()[targets.clamp(min=0)] * 3.0
+    fake = SimpleNamespace(model=SimpleNamespace(visual=_FakeVisual(right),
+                                                 language_model=SimpleNamespace(embed_tokens=embed)))
+    result = cell_gate(fake, processor, {"x0": pages["x0"]}, progress=False)["x0"]
+    assert result["cells"] == int(inked.sum()) and result["accuracy"] == 1.0 and abs(result["cosine"] - 1.0) < 1e-4
+    shuffled = torch.roll(right, 1, 0)                    # every token is its neighbour's character
+    fake.model.visual.tokens = shuffled
+    expected = float((torch.roll(targets, 1)[inked] == targets[inked]).float().mean())
+    assert cell_gate(fake, processor, {"x0": pages["x0"]}, progress=False)["x0"]["accuracy"] == round(expected, 4)
+
+
+def test_classifier_init_carries_the_tiny_cell_classifier(assembled):
+    from safetensors.torch import load_file
+
+    from ocrheads_lib.embedded.smolvl.cells import classifier_init
+    from ocrheads_lib.embedded.smolvl.evaluate import cell_token_ids, visual_tokens
+    from ocrheads_lib.embedded.tiny import WEIGHTS_DIR as TINY
+    from ocrheads_lib.embedded.tiny.examples import dense_page_example
+    from ocrheads_lib.embedded.tiny.train import AUX_CLASSES
+
+    model, processor = build.assemble()
+    classifier_init(model, processor.tokenizer)
+    tiny = load_file(f"{TINY}/model.safetensors")
+    head = load_file(f"{TINY}/cell_classifier.safetensors")
+    hidden = {}
+    hook = model.model.visual.merger.mlp[1].register_forward_hook(lambda _m, _i, out: hidden.__setitem__("h", out))
+    examples = [dense_page_example(random.Random(i)) for i in range(3)]
+    with torch.no_grad():
+        tokens = visual_tokens(model, processor, examples)
+    hook.remove()
+    tiny_logits = (hidden["h"] @ tiny["visual.merger.mlp.2.weight"].T + tiny["visual.merger.mlp.2.bias"]) @ head["weight"].T + head["bias"]
+    ids = torch.tensor(cell_token_ids(processor.tokenizer, [c if c.strip() else "" for c in AUX_CLASSES]))
+    ours = tokens @ model.model.language_model.embed_tokens.weight[ids].T          # the 97 class tokens
+    chars = [i for i, c in enumerate(AUX_CLASSES) if c.strip()]                     # blank and space share "Ġ"
+    assert torch.allclose(ours[:, chars], tiny_logits[:, chars], atol=0.05 * float(tiny_logits.abs().max()))
+    assert float((ours[:, chars].argmax(-1) == tiny_logits[:, chars].argmax(-1)).float().mean()) > 0.99
+
+
+def test_spelled_prompt_is_the_text_prompt_one_token_per_character(assembled):
+    _model, processor = assembled
+    tok = processor.tokenizer
+    ids = train.spelled_prompt(processor, train.JOIN_QUESTION, "water 42")
+    plain = tok(train.chat_prompt(processor, 0, f"{train.JOIN_QUESTION}\nwater 42"), add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == tok.decode(plain)
+    pieces = tok.convert_ids_to_tokens(ids)
+    start = pieces.index("Ċ", pieces.index("Ġexactly") if "Ġexactly" in pieces else 0) + 1
+    assert pieces[start:start + 8] == ["w", "a", "t", "e", "r", "Ġ", "4", "2"]
+    assert len(plain) < len(ids)                           # the ordinary prompt joins "water" into one token
+    with pytest.raises(ValueError, match="one SmolLM2 token"):
+        train.spelled_prompt(processor, train.JOIN_QUESTION, "ok \U0001F642")
+
+
+def test_new_tasks_draw_and_collate(assembled):
+    _model, processor = assembled
+    config = train.TrainConfig(batch_size=2, curriculum=((0, (("text_join", 1.0),)),))
+    task, examples = train.draw_step(config, 0)
+    batch = train.collate(processor, examples)
+    answer = [int(t) for t in batch["labels"][0] if t != -100]
+    assert processor.tokenizer.decode(answer[:-1]) == examples[0].answer        # ordinary tokens, then <|im_end|>
+    rng = random.Random(4)
+    words = [train.TASKS["key_words"](rng, config) for _ in range(40)]
+    assert sum(e.meta["style"] == "words" for e in words) >= 12
+    assert {e.meta["style"] for e in words} - {"words"} <= {"alnum", "digits", "paper"}
+
+
+def test_replay_runs_the_cells_stage_before_the_joint_segment():
+    record = {"segments": [
+        {"init": "scratch", "start_step": 0, "end_step": 100, "config": {}},
+        {"init": "cells", "start_step": 0, "end_step": 800, "config": {"seed": 0, "pages": 16}},
+        {"init": "from_weights", "start_step": 100, "end_step": 400, "config": {}, "visual_from": "cells"}]}
+    commands = train.replay_commands(record, "R")
+    assert commands[1] == ["python", "-m", "ocrheads_lib.embedded.smolvl.cells", "--out", "R/cells", "--steps", "800",
+                           "--seed", "0", "--pages", "16"]
+    assert commands[-1][-7:-4] == ["R/segment2_start", "--visual_from", "R/cells"]
+
+
+def test_card_reports_the_gate_and_key_kinds():
+    from ocrheads_lib.embedded.smolvl.card import card_markdown
+    from ocrheads_lib.metrics import wilson_interval
+
+    def cells(correct, n, cosine):
+        return {"cells": n, "correct": correct, "accuracy": correct / n, "wilson95": list(wilson_interval(correct, n)),
+                "cosine": cosine}
+
+    gate = {"n": 50, "seed": 1, "results": {"x0": cells(199, 200, 0.9), "x14": cells(150, 200, 0.5)}}
+    styles = {"key_aligned": {"words": {"n": 200, "correct": 199, "accuracy": 0.995,
+                                        "wilson95": list(wilson_interval(199, 200))}}}
+    text = card_markdown({"gate": gate, "styles": styles}, {"step": 1, "segments": [], "history": []})
+    assert "| x0 | 200 | 99.5 % [97.2 %, 99.9 %] | 0.90 |" in text
+    assert "The weakest shift is x14 (75.0 %" in text and "not met" in text
+    assert "mean cosine over all shifts is 0.70" in text
+    assert "| 1-3 words | 99.5 % [97.2 %, 99.9 %] (n=200) |" in text

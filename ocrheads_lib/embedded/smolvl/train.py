@@ -28,6 +28,7 @@ import torch
 torch.set_flush_denormal(True)   # denormals slow CPU steps badly
 
 import argparse
+import hashlib
 import json
 import math
 import random
@@ -45,10 +46,12 @@ from peft import LoraConfig, get_peft_model
 from ocrheads_lib.data import (ContextTooShortError, RenderError, niah_images, niah_text, passkey_images,
                                passkey_text)
 from ocrheads_lib.embedded.smolvl.build import assemble, fit_merger_output
-from ocrheads_lib.embedded.smolvl.evaluate import evaluate_sets
+from ocrheads_lib.embedded.smolvl.cells import (CELLS_RECORD, GATE_SEED, VISUAL, candidate_vocab, cell_loss, cell_page,
+                                                hard_negatives, load_visual, page_targets, short_tokens)
+from ocrheads_lib.embedded.smolvl.evaluate import cell_gate, cell_token_ids, evaluate_sets, gate_pages
 from ocrheads_lib.embedded.smolvl.weights_io import load_parts_into, parts_hash, save_parts
-from ocrheads_lib.embedded.tiny.examples import (Example, key_example, page_example, read_page_example,
-                                                 seeded_examples)
+from ocrheads_lib.embedded.tiny.examples import (ALNUM, WORDS, Example, filler_sentences, key_example,
+                                                 page_example, read_page_example, seeded_examples)
 from ocrheads_lib.paths import atomic_path, atomic_write_json
 
 TRAIN_SEED_FLOOR = 10_000_000        # generator seeds of training samples are drawn from [1e7, 1e9)
@@ -100,6 +103,10 @@ class TrainConfig:
     eval_n: int = 24                   # samples per held-out set while training (the card uses more)
     eval_seed: int = 7_000_003         # held-out generator seeds (fresh: never drawn for training)
     checkpoint_every: int = 25         # steps between checkpoints (about 2-4 minutes)
+    cell_weight: float = 0.0           # weight of the per-cell loss (cells.cell_loss) on image steps: the step's
+                                       # pages that carry cell labels + `cell_pages` extra pages (vision only)
+    cell_pages: int = 0                # extra pages (cells.cell_page, mostly off the grid) per image step
+    cell_negatives: int = 1536         # the per-cell cross-entropy's sampled columns (see cells.CellConfig)
 
     def __post_init__(self) -> None:
         self.lora_targets = tuple(self.lora_targets)
@@ -150,6 +157,27 @@ def _text_chars(rng: random.Random, config: "TrainConfig") -> int:
 
 
 READ_RANDOM_SHARE = 0.3   # read_page: share of pages of random strings (the page_book misreads drop repeated digits)
+JOIN_QUESTION = "What is written in the text? Repeat it exactly."
+SPELL_MARK = "@@SPELLED@@"     # where collate puts the spelled-out tokens of a `text_join` example
+
+
+def join_example(rng: random.Random) -> Example:
+    """The joining step, without an image: the text comes as one token per character (as a perfect eye hands
+    it over), the answer in SmolLM2's ordinary tokens. Half words (1-3), a quarter letters and digits, a
+    quarter a prose fragment of up to 40 characters."""
+    kind = rng.random()
+    if kind < 0.5:
+        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3)))
+    elif kind < 0.75:
+        text = "".join(rng.choice(ALNUM) for _ in range(rng.randint(2, 8)))
+    else:
+        text = " ".join(filler_sentences(rng, 40, rng.random() < 0.3))[: rng.randint(12, 40)].strip()
+    return Example("text", [], JOIN_QUESTION, text, meta=dict(spelled=text, golds=[text]))
+
+
+def _mixed_offset(rng: random.Random) -> str:
+    return "random" if rng.random() < 0.5 else "aligned"
+
 
 TASKS: dict[str, Callable[[random.Random, TrainConfig], Example]] = {
     "key_aligned": lambda rng, c: key_example(rng, "aligned"),
@@ -161,6 +189,14 @@ TASKS: dict[str, Callable[[random.Random, TrainConfig], Example]] = {
     # character is a label, so words are spelled out of cells and repeats are counted, at any offset
     "read_page": lambda rng, c: read_page_example(rng, random_share=READ_RANDOM_SHARE),
     "niah_book": lambda rng, c: _from_sample(niah_images(1, seed=_seed(rng))[0]),
+    # the retraining of issue 31: half of the book's pages off the grid, keys rich in words and mixed
+    # letters and digits at any offset, and the joining step as a text task
+    "page_book_mixed": lambda rng, c: _from_sample(passkey_images(1, seed=_seed(rng), grid_offset=_mixed_offset(rng))[0]),
+    "niah_book_mixed": lambda rng, c: _from_sample(niah_images(1, seed=_seed(rng), grid_offset=_mixed_offset(rng))[0]),
+    "key_words": lambda rng, c: key_example(rng, rng.choice(["aligned", "offset", "offset", "2lines_offset"]),
+                                            key_style=rng.choice(["alnum", "alnum", "digits", "paper"]),
+                                            words_share=0.5),
+    "text_join": lambda rng, c: join_example(rng),
     "text_passkey": lambda rng, c: _from_sample(passkey_text(1, seed=_seed(rng), context_chars=_text_chars(rng, c))[0]),
     "text_niah": lambda rng, c: _from_sample(niah_text(1, seed=_seed(rng), context_chars=_text_chars(rng, c))[0]),
 }
@@ -192,14 +228,17 @@ def draw_step(config: TrainConfig, step: int, redraws: list[str] | None = None) 
 
 
 def heldout_sets(n: int, seed: int) -> dict[str, list[Example]]:
-    """Held-out sets (fresh seeds, never drawn for training): keys alone on a page (aligned, unaligned), the
+    """Held-out sets (fresh seeds, never drawn for training): keys alone on a page (aligned, unaligned; and
+    one to three words only, aligned and unaligned), the
     book's pass-key paragraph page (aligned), the book's NIAH pages, the book's text pass key (320 chars)."""
-    def keys(offset: int, layout: str) -> list[Example]:
-        return seeded_examples(n, seed + offset, lambda rng: key_example(rng, layout))
+    def keys(offset: int, layout: str, words_share: float = 0.25) -> list[Example]:
+        return seeded_examples(n, seed + offset, lambda rng: key_example(rng, layout, words_share=words_share))
 
     return {
         "key_aligned": keys(1, "aligned"),
         "key_unaligned": keys(2, "offset"),
+        "key_words": keys(6, "aligned", 1.0),
+        "key_words_unaligned": keys(7, "offset", 1.0),
         "page_book": [_from_sample(s) for s in passkey_images(n, seed=seed + 3)],
         "niah_book": [_from_sample(s) for s in niah_images(n, seed=seed + 4)],
         "text_passkey": [_from_sample(s) for s in passkey_text(n, seed=seed + 5)],
@@ -214,15 +253,31 @@ def chat_prompt(processor, n_pages: int, text: str) -> str:
                                          tokenize=False)
 
 
+def spelled_prompt(processor, question: str, text: str) -> list[int]:
+    """The text-only user turn `question` + newline + `text`, with `text` as one token per character (the
+    token a perfect eye gives its cell: `evaluate.cell_token_ids`; a space is "Ġ")."""
+    tokenizer = processor.tokenizer
+    before, after = chat_prompt(processor, 0, f"{question}\n{SPELL_MARK}").split(SPELL_MARK)
+    chars = cell_token_ids(tokenizer, list(text))
+    if any(t < 0 for t in chars):
+        raise ValueError(f"{text!r} holds a character that is not one SmolLM2 token; spell ASCII text only")
+    encode = lambda part: tokenizer(part, add_special_tokens=False)["input_ids"]
+    return encode(before) + chars + encode(after)
+
+
 def collate(processor, examples: list[Example]) -> dict[str, torch.Tensor]:
     """Right-padded batch: prompt + answer + <|im_end|>; labels on the answer and <|im_end|> only."""
     tokenizer = processor.tokenizer
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     rows, pixels, grids = [], [], []
     for ex in examples:
+        answer = tokenizer(ex.answer, add_special_tokens=False)["input_ids"] + [end]
+        if "spelled" in ex.meta:
+            prompt = spelled_prompt(processor, ex.prompt, ex.meta["spelled"])
+            rows.append((prompt + answer, [-100] * len(prompt) + answer, [0] * (len(prompt) + len(answer))))
+            continue
         enc = processor(text=[chat_prompt(processor, len(ex.pages), ex.prompt)], images=ex.pages or None,
                         return_tensors="pt")
-        answer = tokenizer(ex.answer, add_special_tokens=False)["input_ids"] + [end]
         prompt = enc["input_ids"][0].tolist()
         rows.append((prompt + answer, [-100] * len(prompt) + answer, enc["mm_token_type_ids"][0].tolist() + [0] * len(answer)))
         if ex.pages:
@@ -288,6 +343,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             [{"params": ps, "lr": self.base_lrs[g], "name": g} for g, ps in groups.items() if ps],
             weight_decay=config.weight_decay)
+        self.embed = self.model.model.language_model.embed_tokens.weight[:49152].detach()
+        self.short = short_tokens(self.processor.tokenizer)
         self.step = 0
         self.history: list[dict] = []          # one row per evaluation
         self.losses: list[dict] = []           # one row per step: step, task, loss, seconds
@@ -315,7 +372,7 @@ class Trainer:
         if not path.is_file():
             raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {self.out}; start a run without --resume "
                                     f"(or pass the --out folder of the run to continue)")
-        payload = torch.load(path, weights_only=False)
+        payload = torch.load(path, weights_only=True)
         if payload["config"] != self.config.record():
             changed = sorted(k for k in payload["config"] if payload["config"][k] != self.config.record().get(k))
             raise ValueError(f"--resume: the config differs from the checkpoint's in {changed}. Resume with the "
@@ -344,9 +401,42 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.base_lrs[group["name"]] * factor
 
-    def loss(self, task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def cell_term(self, examples: list[Example], captured: list[torch.Tensor]) -> torch.Tensor | None:
+        """The per-cell loss of an image step: its own pages when they carry cell labels (captured from the
+        merger during the answer forward), and `cell_pages` extra pages through the vision tower alone."""
+        from ocrheads_lib.embedded.smolvl.evaluate import visual_tokens
+
+        config = self.config
+        batches = []
+        if captured and all(ex.cell_labels for ex in examples):
+            batches.append((torch.cat(captured), *page_targets(self.processor.tokenizer, examples)))
+        if config.cell_pages:
+            rng = random.Random(f"cellx:{config.seed}:{self.step}")
+            extra = [cell_page(rng) for _ in range(config.cell_pages)]
+            batches.append((visual_tokens(self.model, self.processor, extra), *page_targets(self.processor.tokenizer, extra)))
+        if not batches:
+            return None
+        hard = hard_negatives(torch.cat([tokens for tokens, _, _ in batches]), self.embed, 8)
+        vocab = candidate_vocab(self.short, config.cell_negatives,
+                                torch.Generator().manual_seed(config.seed * 1_000_003 + self.step), hard)
+        terms = [cell_loss(tokens, targets, inked, self.embed, 1.0, 0.3, False, vocab)[0]
+                 for tokens, targets, inked in batches]
+        return sum(terms) / len(terms) if terms else None
+
+    def loss(self, task: str, batch: dict[str, torch.Tensor], examples: list[Example] | None = None) -> torch.Tensor:
         labels = batch.pop("labels")
         if not task.startswith("text_"):
+            if not self.config.cell_weight:
+                return answer_loss(self.model, batch, labels)
+            captured: list[torch.Tensor] = []
+            hook = self.model.model.visual.merger.register_forward_hook(lambda _m, _i, out: captured.append(out))
+            try:
+                loss = answer_loss(self.model, batch, labels)
+            finally:
+                hook.remove()
+            cells = self.cell_term(examples or [], captured)
+            return loss if cells is None else loss + self.config.cell_weight * cells
+        if task == "text_join":
             return answer_loss(self.model, batch, labels)
         mask = batch["attention_mask"].bool()
         with torch.no_grad(), self.peft.disable_adapter():
@@ -365,7 +455,7 @@ class Trainer:
         self.model.train()
         self.set_lr()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16):
-            loss = self.loss(task, batch)
+            loss = self.loss(task, batch, examples)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {self.step}: loss {loss.item()} on task {task}; not stored")
         loss.backward()
@@ -396,11 +486,14 @@ class Trainer:
         held = {k: v for k, v in held.items() if sets is None or k in sets}
         started = time.time()
         results = evaluate_sets(self.adapter(), held)
+        gate = cell_gate(self.model, self.processor, gate_pages(max(8, (n or self.config.eval_n)), GATE_SEED),
+                         progress=False)
         if base_text and "text_passkey" in held:
             with self.peft.disable_adapter():
                 results["text_passkey_smollm2"] = evaluate_sets(self.adapter(), {"t": held["text_passkey"]})["t"]
         row = {"step": self.step, "seconds": round(time.time() - started, 1),
                **{k: {key: v[key] for key in ("n", "em", "accuracy")} for k, v in results.items()},
+               "gate": {k: v["accuracy"] for k, v in gate.items()},
                "failures": {k: v["failures"][:3] for k, v in results.items()}}
         self.history.append(row)
         return row
@@ -438,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, help="stop (after a checkpoint) once this wall time has passed")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out (refuses a changed config)")
     ap.add_argument("--from_weights", help="start from shipped weights (a folder like ocrheads_lib/embedded/smolvl/weights), fresh optimizer")
+    ap.add_argument("--visual_from", help="with --from_weights: replace the vision tower (eye + merger) by a cells run's "
+                                          "(`python -m ocrheads_lib.embedded.smolvl.cells --out <folder>`)")
     ap.add_argument("--export", help="write the newest checkpoint's weights to this folder and exit")
     ap.add_argument("--replay", help="print the commands that re-run a training record, in order")
     ap.add_argument("--config", help="a JSON file with a TrainConfig record (overrides the knob options)")
@@ -466,14 +561,14 @@ def main(argv: list[str] | None = None) -> int:
         log_file.write(message + "\n")
 
     if args.export:
-        payload = torch.load(out / CHECKPOINT, weights_only=False)
+        payload = torch.load(out / CHECKPOINT, weights_only=True)
         trainer = Trainer(TrainConfig.from_record(payload["config"]), out, log)
         trainer.load_checkpoint()
         export(trainer, Path(args.export))
         log(f"[smolvl] exported step {trainer.step} to {args.export}")
         return 0
     if args.resume:
-        payload = torch.load(out / CHECKPOINT, weights_only=False) if (out / CHECKPOINT).is_file() else None
+        payload = torch.load(out / CHECKPOINT, weights_only=True) if (out / CHECKPOINT).is_file() else None
         config = parse_config(args) if (args.config or payload is None) else TrainConfig.from_record(payload["config"])
         if payload is not None and any(getattr(args, k, None) is not None for k in TrainConfig.__dataclass_fields__):
             config = TrainConfig(**{**payload["config"], **{k: v for k, v in vars(args).items()
@@ -493,8 +588,19 @@ def main(argv: list[str] | None = None) -> int:
         trainer.segments = list(previous.get("segments", []))
         trainer.history = list(previous.get("history", []))
         trainer.fit_accuracy = previous.get("fit_accuracy")
-        trainer.segments.append({"init": "from_weights", "weights_sha256": parts_hash(Path(args.from_weights)),
-                                 "start_step": trainer.step, "config": config.record(), "threads": threads})
+        joint = {"init": "from_weights", "weights_sha256": parts_hash(Path(args.from_weights)),
+                 "start_step": trainer.step, "config": config.record(), "threads": threads}
+        if args.visual_from:
+            cells_step = load_visual(trainer.model, Path(args.visual_from))
+            cells = json.loads((Path(args.visual_from) / CELLS_RECORD).read_text())
+            trainer.segments.append({
+                "init": "cells", "start_step": 0, "end_step": cells_step, "config": cells["config"],
+                "threads": threads, "wall_seconds": round(sum(r["seconds"] for r in cells["losses"]), 1),
+                "visual_sha256": hashlib.sha256((Path(args.visual_from) / VISUAL).read_bytes()).hexdigest(),
+                "fit_accuracy": cells["fit_accuracy"], "gate": cells["history"][-1] if cells["history"] else None})
+            joint["visual_from"] = "cells"
+            log(f"[smolvl] vision tower from the cells run {args.visual_from} (its step {cells_step})")
+        trainer.segments.append(joint)
         log(f"[smolvl] from weights {args.from_weights} (step {trainer.step}), fresh optimizer")
     else:
         if (out / CHECKPOINT).is_file():
@@ -552,6 +658,11 @@ def replay_commands(record: dict, out: str) -> list[list[str]]:
     for i, segment in enumerate(record["segments"]):
         base = ["python", "-m", "ocrheads_lib.embedded.smolvl.train"]
         tail = ["--steps", str(segment["end_step"]), "--config", f"{out}/segment{i}_config.json"]
+        if segment["init"] == "cells":
+            knobs = [part for k, v in segment["config"].items() for part in (f"--{k}", str(v))]
+            commands.append(["python", "-m", "ocrheads_lib.embedded.smolvl.cells", "--out", f"{out}/cells",
+                             "--steps", str(segment["end_step"])] + knobs)
+            continue
         if segment["init"] == "scratch":
             commands.append(base + ["--out", run] + tail)
         elif segment["init"] == "resume":
@@ -559,7 +670,8 @@ def replay_commands(record: dict, out: str) -> list[list[str]]:
         else:
             commands.append(base + ["--out", run, "--export", f"{out}/segment{i}_start"])
             run = f"{out}/segment{i}"
-            commands.append(base + ["--out", run, "--from_weights", f"{out}/segment{i}_start"] + tail)
+            visual = ["--visual_from", f"{out}/cells"] if segment.get("visual_from") == "cells" else []
+            commands.append(base + ["--out", run, "--from_weights", f"{out}/segment{i}_start"] + visual + tail)
     return commands
 
 

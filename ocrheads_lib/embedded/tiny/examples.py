@@ -121,7 +121,7 @@ def _in_band(rng: random.Random, band: tuple[int, int]) -> int:
 
 # ------------------------------------------------------------------ task: key alone on a page
 def key_example(rng: random.Random, layout: str, band: tuple[int, int] | None = None,
-                key_style: str | None = None) -> Example:
+                key_style: str | None = None, words_share: float = 0.25) -> Example:
     """A pass key (or short words) alone on a small grid page.
 
     layout: "aligned" | "offset" (1 line) | "2lines" | "2lines_offset".
@@ -129,8 +129,11 @@ def key_example(rng: random.Random, layout: str, band: tuple[int, int] | None = 
     anywhere (e.g. (10, 20): glyphs that straddle two token rows and columns); the page gets one more
     row or column where it has no room to move the block.
     key_style: the pass-key style when the page holds a key (see `random_key`; None = the usual mixture);
-    a quarter of the pages hold words whatever the style."""
-    if rng.random() < 0.25:    # read one to three short words
+    words_share: the share of pages that hold one to three short words whatever the style (a quarter by
+    default; the draw consumes the rng the same way for every share)."""
+    if not 0.0 <= words_share <= 1.0:
+        raise ValueError(f"words_share = {words_share!r}: give a probability in [0, 1] (default 0.25)")
+    if rng.random() < words_share:    # read one to three short words
         words = [rng.choice(WORDS) for _ in range(rng.randint(1, 3))]
         while len(" ".join(words)) > 15:
             words.pop()
