@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ocrheads_lib.embedded.cards import read_template, render
 from ocrheads_lib.embedded.smolvl.load import WEIGHTS_DIR
-from ocrheads_lib.embedded.smolvl.weights_io import RECORD
+from ocrheads_lib.embedded.smolvl.weights_io import RECORD, parts_hash
 from ocrheads_lib.paths import atomic_write_json, atomic_write_text
 
 CARD_SEED = 8_000_003
@@ -47,8 +47,9 @@ SET_NAMES = {
 }
 
 
-def evaluate_card(n: int, seed: int = CARD_SEED) -> dict:
-    """Held-out results of the shipped smol-vl, and SmolLM2's own on the same text samples."""
+def evaluate_card(n: int, seed: int = CARD_SEED, names: list[str] | None = None) -> dict:
+    """Held-out results of the shipped smol-vl, and SmolLM2's own on the same text samples (`names`: only these
+    held-out sets; SmolLM2 answers when "text_passkey" is among them)."""
     # imported here: torch and the models load only to evaluate; `--write_only` re-renders the card without them
     from ocrheads_lib.embedded.smolvl.evaluate import evaluate_sets
     from ocrheads_lib.embedded.smolvl.train import heldout_sets
@@ -57,10 +58,15 @@ def evaluate_card(n: int, seed: int = CARD_SEED) -> dict:
     from ocrheads_lib.embedded.smolvl.card_figures import style_accuracy
 
     sets = heldout_sets(n, seed)
+    unknown = sorted(set(names or []) - set(sets))
+    if unknown:
+        raise ValueError(f"unknown held-out set(s) {unknown}; valid: {sorted(sets)}")
+    sets = {k: v for k, v in sets.items() if names is None or k in names}
     started = time.time()
     results = evaluate_sets(load_model("smol-vl", attn="sdpa"), sets)
-    results["text_passkey_smollm2"] = evaluate_sets(load_model("smollm2", attn="sdpa"),
-                                                    {"t": sets["text_passkey"]})["t"]
+    if "text_passkey" in sets:
+        results["text_passkey_smollm2"] = evaluate_sets(load_model("smollm2", attn="sdpa"),
+                                                        {"t": sets["text_passkey"]})["t"]
     return {"n": n, "seed": seed, "seconds": round(time.time() - started), "results": results,
             "styles": style_accuracy(sets, results)}
 
@@ -311,17 +317,47 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure only the off-the-grid diagnostic; keep the stored held-out results")
     ap.add_argument("--gate_n", type=int, default=50, help="dense pages per shift in the per-cell gate")
     ap.add_argument("--card", default=str(CARD_MD))
+    ap.add_argument("--only", choices=["heldout", "shift", "gate"],
+                    help="measure one part and merge it into the stored evaluation (parts can run at once, one "
+                         "process per core; the stored file is updated under a lock)")
+    ap.add_argument("--sets", help="with --only heldout: a comma-separated subset of the held-out sets")
     args = ap.parse_args(argv)
-    if args.write_only and args.shift_only:
-        ap.error("--write_only evaluates nothing and --shift_only evaluates the shift diagnostic: give one")
+    if args.write_only and (args.shift_only or args.only):
+        ap.error("--write_only evaluates nothing; --shift_only and --only evaluate: give one")
+    if args.sets and args.only != "heldout":
+        ap.error("--sets selects held-out sets: use it with --only heldout")
     weights = Path(args.weights)
-    stored = json.loads((weights / CARD_JSON).read_text()) if (weights / CARD_JSON).is_file() else {}
+    parts = {"shift"} if args.shift_only else {args.only} if args.only else {"heldout", "shift", "gate"}
     if args.write_only:
-        card = stored
-    else:
-        card = stored if args.shift_only else evaluate_card(args.n, args.seed)
-        card = dict(card, shift=evaluate_shift(args.shift_n), gate=evaluate_gate(args.gate_n))
-        atomic_write_json(weights / CARD_JSON, card)
+        parts = set()
+    measured: dict = {}
+    if "heldout" in parts:
+        measured = evaluate_card(args.n, args.seed, args.sets.split(",") if args.sets else None)
+    if "shift" in parts:
+        measured["shift"] = evaluate_shift(args.shift_n)
+    if "gate" in parts:
+        measured["gate"] = evaluate_gate(args.gate_n)
+    from filelock import FileLock
+
+    with FileLock(str(weights / (CARD_JSON + ".lock"))):
+        card = json.loads((weights / CARD_JSON).read_text()) if (weights / CARD_JSON).is_file() else {}
+        current = parts_hash(weights)
+        if parts and card and card.get("parts_sha256") != current:
+            print(f"[card] the stored evaluation is of other weights ({str(card.get('parts_sha256'))[:12]}, these are "
+                  f"{current[:12]}): starting a new one", flush=True)
+            card = {}
+        card["parts_sha256"] = current
+        if "heldout" in parts:
+            merged = {} if args.sets is None else dict(card.get("results", {}))
+            styles = {} if args.sets is None else dict(card.get("styles", {}))
+            merged.update(measured.pop("results"))
+            styles.update(measured.pop("styles"))
+            card.update(measured, results=merged, styles=styles)
+        else:
+            card.update(measured)
+        if parts:
+            atomic_write_json(weights / CARD_JSON, card)
+    (weights / (CARD_JSON + ".lock")).unlink(missing_ok=True)
     record = json.loads((weights / RECORD).read_text())
     if card.get("results"):
         from ocrheads_lib.embedded.smolvl.card_figures import FIGURE_DIR, plot_accuracy, plot_examples
