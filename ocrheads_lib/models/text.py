@@ -35,9 +35,14 @@ class TextAdapter(ModelAdapter):
         raise ValueError(f"{self.model_id} is text-only")
 
 
-# The base model's prompt: the user text (context, blank line, question) and an answer cue it continues.
-# Chosen on Gemma 3 270M's text pass keys (chapter 03 states it and measures the accuracy it gives).
-COMPLETION_TEMPLATE = "{text}\nAnswer:"
+# The base model's prompt: one worked example (a short text, its question, "Answer: " and the copied value),
+# then the user text (context, blank line, question) and the same answer cue, which the model continues.
+# Chosen on Gemma 3 270M's text pass keys: without the example ("{text}\nAnswer:") it answered 13 of 20
+# (it often writes "The pass key is a ..." and a made-up number), with it 20 of 20; chapter 03 states the
+# prompt and measures the accuracy it gives.
+COMPLETION_EXAMPLE = ("The sky is blue. The door code is 3815. The grass is green.\n\n"
+                      "What is the door code?\nAnswer: 3815\n\n")
+COMPLETION_TEMPLATE = COMPLETION_EXAMPLE + "{text}\nAnswer:"
 
 
 class CompletionAdapter(TextAdapter):
