@@ -45,7 +45,7 @@ def build(tokens: int):
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     lm = load_model("gemma3-270m", device="cpu")
-    setting = ContextSetting("bench", int(tokens * 4.25), min_needle_distance=600, depths=(0.2,))
+    setting = ContextSetting("bench", int(tokens * 3.6), min_needle_distance=600, depths=(0.2,))  # ~3.65 chars/token
     sample = window_samples(lm, setting, 1, seed=0)[0]
     inputs = lm.build_inputs([], sample.prompt)
     gold = lm.tokenizer(sample.answer, add_special_tokens=False)["input_ids"]
