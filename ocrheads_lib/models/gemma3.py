@@ -21,9 +21,9 @@ from pathlib import Path
 
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-from .gguf_wheels import GgufWheel, cache_root, convert_gguf, ensure_converted
+from .gguf_wheels import SOURCE_RECORD, GgufWheel, cache_root, convert_gguf, ensure_converted
 
-__all__ = ["CHUNKS", "GGUF_FILE", "GGUF_SHA256", "MODEL_ID", "SPEC", "WHEELS", "ArchitectureFacts",
+__all__ = ["CHUNKS", "GGUF_FILE", "GGUF_SHA256", "MODEL_ID", "SOURCE_RECORD", "SPEC", "WHEELS", "ArchitectureFacts",
            "Gemma3NotInstalledError", "architecture_facts", "chunk_paths", "converted_dir", "ensure_gemma3"]
 
 MODEL_ID = "gemma3-270m"
