@@ -251,3 +251,18 @@ def test_generate_past_the_window_matches_full_forwards(lm):
         torch.testing.assert_close(rec.mass["start"][layer], again.mass["start"][layer], atol=2e-5, rtol=0,
                                    equal_nan=True)
     assert rec.mass["start"][3][0, 0, 1] == 0 and rec.topk_idx[3].min() >= -1   # local layer: start out of reach
+
+
+def test_window_settings_on_gemma(lm):
+    """The chapter's two lengths: ~300 tokens, and >= 1,500 tokens with the needle > 512 tokens back."""
+    from ocrheads_lib.experiments.window import LONG, SHORT, ContextSetting, layer_kinds, window_samples
+
+    assert layer_kinds(lm) == ([5, 11, 17], [i for i in range(18) if i not in (5, 11, 17)])
+    long = window_samples(lm, LONG, 5, seed=0)
+    assert all(s.meta["needle_distance"] >= 600 and s.id.endswith("-long") for s in long)
+    assert all(len(lm.build_inputs([], s.prompt)) >= 1500 for s in long)
+    assert all(250 <= len(lm.build_inputs([], s.prompt)) <= 360 for s in window_samples(lm, SHORT, 3, seed=0))
+    with pytest.raises(ValueError, match=r"fewer than the 600 .* lengthen context_chars"):
+        window_samples(lm, ContextSetting("near", 5800, min_needle_distance=600, depths=(0.95,)), 1)
+    prompt = lm.build_inputs([], long[0].prompt).prompt_text
+    assert prompt.startswith("The sky is blue.") and prompt.endswith("What is the pass key?\nAnswer:")

@@ -36,7 +36,7 @@ from ocrheads_lib.types import Head
 
 __all__ = ["ContextSetting", "LayerShare", "PasskeyCheck", "ScorecardRow", "SHORT", "LONG", "causal_at_length",
            "depth_profile", "global_share", "global_share_row", "layer_kinds", "model_summary", "needle_distance",
-           "passkey_check", "score_at_length", "window_samples", "window_sentences"]
+           "gemma_scorecard_row", "passkey_check", "score_at_length", "window_samples", "window_sentences"]
 
 
 @dataclass(frozen=True)
@@ -265,3 +265,27 @@ def window_sentences(model: str, checks: dict[str, PasskeyCheck], shares: dict[s
                    f"in the {len(global_layers)} global layers of {n_layers} (share {share.share:.2f}, 95 % interval "
                    f"{share.interval[0]:.2f}–{share.interval[1]:.2f}; chance {share.chance:.2f}): {row.verdict}.")
     return out
+
+
+def gemma_scorecard_row(results_root: Any, setting: ContextSetting = LONG, k: int = 8) -> ScorecardRow:
+    """The Gemma 3 result for a scorecard, from the score file chapter 03 wrote
+    (``<results_root>/gemma3-270m-<setting>/retrieval_scores.json``): the share of its top-k retrieval heads in
+    the global layers at `setting`, against chance. Raises FileNotFoundError naming the file and the chapter."""
+    import json
+
+    from ocrheads_lib import heads
+    from ocrheads_lib.models.gemma3 import MODEL_ID, ensure_gemma3
+    from ocrheads_lib.scoring.runs import score_path
+    from ocrheads_lib.scoring.store import load_scores
+
+    path = score_path(f"{MODEL_ID}-{setting.name}", "retrieval", results_dir=results_root)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run chapter 03 (notebooks/03_retrieval_heads.ipynb, section "
+                                f"'A second language model') with results_dir={results_root!s} first")
+    scores = load_scores(path)
+    config = json.loads((ensure_gemma3(verbose=False) / "config.json").read_text())
+    global_layers = [i for i, t in enumerate(config["layer_types"]) if t == "full_attention"]
+    n_layers, n_heads = scores.shape
+    ranked = [h for h, _ in heads.ranked(scores)]
+    share = global_share(ranked, global_layers, n_layers, n_heads, min(k, len(ranked)))
+    return global_share_row(share, len(scores.samples), setting.name)
