@@ -5,11 +5,13 @@ Setting: `load_model("gemma3-270m")` (float32, CPU, one thread), one text pass-k
 after the prompt. Both methods run the same one forward pass over prompt + answer and return the argmax
 key of every head (18 x 4) at the rows that write the answer tokens, which is what the Wu hit test needs:
 
-* probe -- ``scoring.common.probe_rows``: the model's attention through ocrheads_lib.attention with
+* probe -- what ``scoring.common.probe_rows`` does: the model's attention through ocrheads_lib.attention with
            ``Plan(record="all", rows=answer rows)``; only the (heads, rows, keys) block of each layer exists;
 * eager -- the paper's way: eager attention with ``output_attentions=True``, every layer's full (4, n, n) map
            returned, then the rows' argmax.
 
+Both ask for the logits of the last position only (``logits_to_keep=1``): the 262,144-word output layer over
+all ~2k positions would add the same 2 GB to both and hide the difference in how attention is recorded.
 The two argmax arrays must be equal (the benchmark fails otherwise). Time and memory as in
 `probe_memory.py` (its `PeakRss`: peak RSS of the forward minus RSS before it, one fresh process per
 method; times are process CPU seconds, fastest of the repeats).
@@ -57,8 +59,8 @@ def build(tokens: int):
 def worker(method: str, tokens: int, repeats: int) -> dict:
     import torch
 
+    from ocrheads_lib.attention import Plan, apply
     from ocrheads_lib.models.loading import set_language_attention
-    from ocrheads_lib.scoring.common import probe_rows
 
     lm, tensors, rows = build(tokens)
     if method == "eager":
@@ -67,8 +69,10 @@ def worker(method: str, tokens: int, repeats: int) -> dict:
     def forward(current: dict) -> torch.Tensor:
         with torch.no_grad():
             if method == "probe":
-                return probe_rows(lm, current, rows)[0]  # (L, H, R)
-            out = lm.model(**current, output_attentions=True, use_cache=False)
+                with apply(lm, Plan(record="all", rows=rows, topk=1)) as rec:
+                    lm.model(**current, use_cache=False, logits_to_keep=1)
+                return torch.stack([rec.argmax[layer][0] for layer in range(lm.n_layers)])  # (L, H, R)
+            out = lm.model(**current, output_attentions=True, use_cache=False, logits_to_keep=1)
             return torch.stack([maps[0][:, rows].argmax(-1) for maps in out.attentions])  # (L, H, R)
 
     cpu, wall, first, argmax = [], [], None, None
@@ -111,7 +115,8 @@ def table(results: list[dict]) -> str:
         f"argmax key of every head at the {probe['rows']} answer rows. Probe: ocrheads_lib.attention records only "
         f"those rows; eager: `output_attentions=True` returns every layer's full map (the paper's approach). Both "
         f"give identical argmax keys. CPU seconds of the forward (fastest of the runs); extra = peak RSS during "
-        f"the forward minus RSS before it ({probe['memory_method']}), one fresh process per method.",
+        f"the forward minus RSS before it ({probe['memory_method']}), one fresh process per method; logits of the last "
+        f"position only in both.",
         "",
         "| method | tokens | cpu s | extra MB | time / probe | memory / probe |",
         "|---|---|---|---|---|---|",
