@@ -201,11 +201,14 @@ def score_at_length(lm: Any, setting: ContextSetting, n: int, results_root: Any,
 
 
 def causal_at_length(lm: Any, setting: ContextSetting, scores: Any, n: int, *, ks: Sequence[int] = (2, 4, 8),
-                     seeds: Sequence[int] = (0, 1, 2), seed: int = 100, out_dir: Any = None,
+                     seeds: Sequence[int] = (0, 1, 2), seed: int = 100, results_root: Any = None,
                      max_new_tokens: int = 8) -> Any:
     """Wu's causal test at one length: mask the top-k heads of `scores` vs k random heads (outside the selected
     set) vs k layer-matched random heads, on `n` held-out samples of `setting` drawn with `seed` (keep it out of
-    the scoring seeds). Returns run_masking's table, its task named ``passkey_<setting>``."""
+    the scoring seeds). Returns run_masking's table, its task named ``passkey_<setting>``; with `results_root`,
+    predictions are cached and the table written under ``<results_root>/<model>-<setting>/`` (one folder per
+    length, so no other chapter's masking table is replaced)."""
+    from ocrheads_lib.paths import results_dir
     from ocrheads_lib import heads
     from ocrheads_lib.experiments.masking import run_masking
     from ocrheads_lib.experiments.sweep import RunSettings, SweepHeads
@@ -213,6 +216,7 @@ def causal_at_length(lm: Any, setting: ContextSetting, scores: Any, n: int, *, k
     ranked = [h for h, _ in heads.ranked(scores)]
     samples = window_samples(lm, setting, n, seed=seed)
     name = f"{lm.model_id}-{setting.name}"
+    out_dir = None if results_root is None else results_dir(name, results_root)
     return run_masking(lm, {f"passkey_{setting.name}": samples},
                        SweepHeads({"retrieval": ranked}, seeds=tuple(seeds), exclude=heads.select(scores),
                                   layer_matched_to="retrieval"),
