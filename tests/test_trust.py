@@ -90,3 +90,52 @@ def test_a_duplicated_sample_in_a_score_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as error:
         load_scores(path)
     assert str(path) in str(error.value) and "'a'" in str(error.value) and "twice" in str(error.value)
+
+
+# ------------------------------------------------------------------------------------------ defect 2
+@pytest.fixture(scope="module")
+def reader():
+    from test_experiments import digit_samples, plant_reader
+
+    from ocrheads_lib.models.testing import tiny_random
+
+    lm = tiny_random("qwen2", seed=0)
+    plant_reader(lm)
+    return lm, {"digit_text": digit_samples(4, seed=1)}
+
+
+def budget_answer(lm: Any, sample: Any, max_new_tokens: int) -> str:
+    """A stand-in answer whose correctness depends on the token budget: right with >= 2 tokens only."""
+    return sample.answer if max_new_tokens >= 2 else ""
+
+
+def test_defect_2_the_prediction_cache_key_holds_max_new_tokens(reader, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_masking with max_new_tokens=16, then the same folder with 1: the second answers anew."""
+    from ocrheads_lib.experiments import evaluate as evaluate_module
+    from ocrheads_lib.experiments.masking import run_masking
+    from ocrheads_lib.experiments.sweep import RunSettings, SweepHeads
+
+    monkeypatch.setattr(evaluate_module, "answer", budget_answer)
+    lm, tasks = reader
+    heads = SweepHeads({"ocr": [(1, 2)]}, seeds=[0], layer_matched_to=None)
+    long = run_masking(lm, tasks, heads, RunSettings(out_dir=tmp_path, max_new_tokens=16, n_boot=10), ks=[1])
+    short = run_masking(lm, tasks, heads, RunSettings(out_dir=tmp_path, max_new_tokens=1, n_boot=10), ks=[1])
+    assert (long["accuracy"] == 1.0).all()
+    assert (short["accuracy"] == 0.0).all()
+
+
+def test_a_prediction_cache_line_of_another_condition_is_refused(tmp_path: Path) -> None:
+    from ocrheads_lib.experiments.evaluate import CacheMismatchError, Prediction, PredictionCache
+
+    path = tmp_path / "c.jsonl"
+    PredictionCache(path, identity={"condition": "ocr k=5", "max_new_tokens": 16}).put(
+        Prediction("s0", "7", ["7"], {"accuracy": 1.0}))
+    other = tmp_path / "d.jsonl"
+    PredictionCache(other, identity={"condition": "none", "max_new_tokens": 16}).put(
+        Prediction("s1", "7", ["7"], {"accuracy": 1.0}))
+    with open(path, "a", encoding="utf-8") as handle:      # a line copied from the other condition's cache
+        handle.write(other.read_text())
+    with pytest.raises(CacheMismatchError) as error:
+        PredictionCache(path, identity={"condition": "ocr k=5", "max_new_tokens": 16})
+    assert str(path) in str(error.value) and "delete" in str(error.value)

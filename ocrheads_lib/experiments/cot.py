@@ -108,7 +108,7 @@ def run_cot(lm: Any, tasks: Mapping[str, Sequence[Any]], head_sets: Mapping[str,
             cond_samples = samples if condition == "direct" else [cot_sample(s, cot_question) for s in samples]
             budget = settings.max_new_tokens if condition == "direct" else max_new_tokens_cot
             cache = prediction_cache(out_dir, getattr(lm, "revision", None), "cot", task,
-                                     condition_key(condition=condition, tokens=budget))
+                                     condition_key(condition=condition), budget)
             preds = evaluate(lm, cond_samples, None, metrics=metrics, cache=cache, max_new_tokens=budget)
             row: dict[str, Any] = dict(model=model_id, task=task, modality=modality(samples), condition=condition,
                                        question=cond_samples[0].question if cond_samples else "")

@@ -119,16 +119,29 @@ def condition_key(**parts: Any) -> str:
     return "".join(c if c.isalnum() or c in "=_-." else "-" for c in text)
 
 
+class CacheMismatchError(ValueError):
+    """A prediction-cache file holds a record made under another identity (condition, budget, weights)."""
+
+
+def identity_key(identity: Mapping[str, Any]) -> str:
+    """A short stable hash of a cache identity (every setting that can change a prediction)."""
+    return hashlib.sha256(json.dumps(dict(identity), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 class PredictionCache:
     """Per-sample predictions of one condition in a JSONL file: loaded on open, appended per sample.
 
-    A cache is valid only for the exact samples, model and condition it was written for: the caller names
-    the file after the condition (:func:`condition_key`) and `evaluate` checks that cached golds match.
-    ``path=None`` gives an in-memory cache.
+    A cache is valid only for the exact samples, model and condition it was written for. `identity` holds
+    every setting that can change a prediction (weights revision, experiment, task, condition, token budget);
+    each record carries its hash (``"key"``), and a file holding a record under another key is refused
+    (:class:`CacheMismatchError`, naming the file), never reused; `evaluate` also checks that cached golds
+    match and that the budget it answers with is the identity's. ``path=None`` gives an in-memory cache.
     """
 
-    def __init__(self, path: str | os.PathLike | None) -> None:
+    def __init__(self, path: str | os.PathLike | None, identity: Mapping[str, Any] | None = None) -> None:
         self.path = None if path is None else Path(path)
+        self.identity = dict(identity) if identity is not None else None
+        self.key = identity_key(identity) if identity is not None else None
         self.records: dict[str, Prediction] = {}
         if self.path is not None and self.path.exists():
             damaged = False
@@ -137,14 +150,28 @@ class PredictionCache:
                     if not line.strip():
                         continue
                     try:
-                        record = Prediction.from_json(json.loads(line))
+                        payload = json.loads(line)
+                        record = Prediction.from_json(payload)
                     except (json.JSONDecodeError, KeyError):
                         damaged = True  # a line cut by an interrupted write: recompute that sample
                         continue
+                    if payload.get("key") != self.key:
+                        raise CacheMismatchError(
+                            f"prediction cache {self.path} holds sample {record.id!r} made under cache key "
+                            f"{payload.get('key')!r}, not {self.key!r} ({self.identity}): the file mixes conditions "
+                            "or settings; delete it to answer these samples again")
+                    if record.id in self.records:
+                        raise CacheMismatchError(f"prediction cache {self.path} holds sample {record.id!r} twice; "
+                                                 "delete it to answer these samples again")
                     self.records[record.id] = record
             if damaged:  # rewrite the good records so later appends start on a clean line
-                atomic_write_text(self.path, "".join(json.dumps(r.to_json(), sort_keys=True) + "\n"
-                                                     for r in self.records.values()))
+                atomic_write_text(self.path, "".join(self._line(r) for r in self.records.values()))
+
+    def _line(self, record: Prediction) -> str:
+        payload = record.to_json()
+        if self.key is not None:
+            payload["key"] = self.key
+        return json.dumps(payload, sort_keys=True) + "\n"
 
     def get(self, sample_id: str) -> Prediction | None:
         return self.records.get(sample_id)
@@ -155,7 +182,7 @@ class PredictionCache:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record.to_json(), sort_keys=True) + "\n")
+            handle.write(self._line(record))
             handle.flush()
 
 
@@ -179,6 +206,11 @@ def evaluate(lm: Any, samples: Sequence[Any], plan: Any = None, *, metrics: Sequ
     answer_fn = answer_fn or answer
     plan = plan if plan is not None else Plan()
     cache = cache if cache is not None else PredictionCache(None)
+    budget = (cache.identity or {}).get("max_new_tokens", max_new_tokens)
+    if budget != max_new_tokens:
+        raise CacheMismatchError(f"prediction cache {cache.path} was opened for max_new_tokens={budget}, but "
+                                 f"evaluate answers with max_new_tokens={max_new_tokens}; open the cache with the "
+                                 "same budget (experiments.sweep.prediction_cache does)")
     out: list[Prediction] = []
     for sample in samples:
         golds = [str(g) for g in sample.golds]

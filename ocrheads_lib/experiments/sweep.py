@@ -19,8 +19,8 @@ of :class:`Condition` s and writes one table row per (task, condition):
   (``random_layer_matched``: as many heads per layer as the reference set's top-k), one draw per seed
   (:func:`control_draws`).
 * **Caches.** Per-sample predictions of one condition live in
-  ``<out_dir>/cache/<weights revision>/<experiment>/<task>/<condition key>.jsonl`` (:func:`prediction_cache`),
-  so a rerun resumes and predictions of other weights are never reused.
+  ``<out_dir>/cache/<weights revision>/<experiment>/<task>/<condition key>__tokens=<budget>.jsonl``
+  (:func:`prediction_cache`), so a rerun resumes and predictions of other weights or budgets are never reused.
 * **Tables, comparisons, curves, figures.** :func:`run_sweep` gives the tidy table (bootstrap CIs per
   metric), :func:`compare_to_baseline` each head set's change from the unmodified model per x (k or beta),
   :func:`sweep_curves` one score per (task, head set, x), :func:`sweep_figure` the panels the masking and
@@ -315,13 +315,16 @@ def control_draws(n_layers: int, n_heads: int, head_sets: Mapping[str, Sequence[
 
 
 def prediction_cache(out_dir: str | Path | None, revision: str | None, experiment: str, task: str,
-                     key: str) -> PredictionCache:
-    """The prediction cache of one condition of one task: ``out_dir/cache/<revision>/<experiment>/<task>/<key>.jsonl``.
-    The folder names the weights revision, so predictions of other weights under the same model id are never
-    reused. ``out_dir=None`` gives an in-memory cache."""
+                     key: str, max_new_tokens: int) -> PredictionCache:
+    """The prediction cache of one condition of one task under one token budget:
+    ``out_dir/cache/<revision>/<experiment>/<task>/<key>__tokens=<max_new_tokens>.jsonl``. The path holds the
+    whole identity (weights revision, experiment, task, condition, budget), and every record carries its hash,
+    so predictions of other weights or settings are never reused. ``out_dir=None`` gives an in-memory cache."""
+    identity = dict(revision=revision, experiment=experiment, task=task, condition=key, max_new_tokens=max_new_tokens)
     if out_dir is None:
-        return PredictionCache(None)
-    return PredictionCache(Path(out_dir) / "cache" / (revision or "unversioned") / experiment / task / f"{key}.jsonl")
+        return PredictionCache(None, identity)
+    folder = Path(out_dir) / "cache" / (revision or "unversioned") / experiment / task
+    return PredictionCache(folder / f"{key}__tokens={max_new_tokens}.jsonl", identity)
 
 
 def run_sweep(lm: Any, tasks: Mapping[str, Sequence[Any]], conditions: Sequence[Condition],
@@ -341,7 +344,8 @@ def run_sweep(lm: Any, tasks: Mapping[str, Sequence[Any]], conditions: Sequence[
         samples = list(samples)
         metrics = metrics_for(samples)
         for cond in conditions:
-            cache = prediction_cache(settings.out_dir, revision, intervention.cache_name or experiment, task, cond.key)
+            cache = prediction_cache(settings.out_dir, revision, intervention.cache_name or experiment, task, cond.key,
+                                     settings.max_new_tokens)
             preds = evaluate(lm, samples, intervention.plan_for(cond), metrics=metrics, cache=cache,
                              max_new_tokens=settings.max_new_tokens)
             row = dict(model=model_id, task=task, modality=modality(samples), **intervention.columns_for(cond),
