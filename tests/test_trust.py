@@ -139,3 +139,52 @@ def test_a_prediction_cache_line_of_another_condition_is_refused(tmp_path: Path)
     with pytest.raises(CacheMismatchError) as error:
         PredictionCache(path, identity={"condition": "ocr k=5", "max_new_tokens": 16})
     assert str(path) in str(error.value) and "delete" in str(error.value)
+
+
+# ------------------------------------------------------------------------------------------ defect 8
+class _RunsCode:
+    """A pickle that runs code when unpickled: it creates the file `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_defect_8_a_crafted_checkpoint_runs_no_code(tmp_path: Path) -> None:
+    """`diagnose` given a crafted .pt: refused with the file named, and its code never ran."""
+    import torch
+
+    from ocrheads_lib.embedded.tiny import diagnose
+
+    marker = tmp_path / "code-ran"
+    crafted = tmp_path / "checkpoint.pt"
+    torch.save({"model": {}, "aux_head": {}, "meta": {}, "payload": _RunsCode(marker)}, crafted)
+    with pytest.raises(ValueError) as error:
+        diagnose.load_trainer(str(crafted))
+    assert not marker.exists(), "unpickling the checkpoint ran code"
+    assert str(crafted) in str(error.value) and "not loaded" in str(error.value)
+
+
+def test_plain_checkpoints_with_numpy_numbers_still_load(tmp_path: Path) -> None:
+    import random
+
+    import torch
+
+    from ocrheads_lib.embedded.checkpoint import load_checkpoint
+
+    state = {"rng": random.Random(0).getstate(), "torch_rng": torch.get_rng_state(), "w": torch.ones(2),
+             "history": [{"em": np.float64(0.5), "step": np.int64(3)}]}
+    torch.save(state, tmp_path / "c.pt")
+    loaded = load_checkpoint(tmp_path / "c.pt")
+    assert loaded["history"] == [{"em": 0.5, "step": 3}] and loaded["rng"] == state["rng"]
+    assert torch.equal(loaded["w"], state["w"])
+
+
+def test_no_pickle_loads_in_our_modules() -> None:
+    """weights_only=True everywhere except smolvl/train.py (its owner switches it; see issue 32)."""
+    root = Path(__file__).resolve().parent.parent / "ocrheads_lib"
+    offenders = [p.relative_to(root).as_posix() for p in root.rglob("*.py")
+                 if "weights_only=False" in p.read_text(encoding="utf-8") and p.name != "checkpoint.py"]
+    assert offenders in ([], ["embedded/smolvl/train.py"]), offenders

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ocrheads_lib.embedded.checkpoint import load_checkpoint
 from ocrheads_lib.embedded.tiny.build import SPECIAL_TOKENS, TinyConfig
 from ocrheads_lib.embedded.tiny.evaluate import evaluate_heldout
 from ocrheads_lib.embedded.tiny.examples import Example, dense_page_example, read_page_example
@@ -202,7 +203,7 @@ class BudgetRun:
         path = os.path.join(self.out, CHECKPOINT)
         if not os.path.exists(path):
             raise FileNotFoundError(f"no {CHECKPOINT} in {self.out} to resume from; run without --resume to start")
-        state = torch.load(path, weights_only=False)
+        state = load_checkpoint(path)
         if state["plan"] != asdict(self.plan):
             raise ValueError(f"the checkpoint in {self.out} was made with another plan ({state['plan']}); "
                              "resume with the same options or choose a new --out")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from ocrheads_lib.data.grid import CELL
+from ocrheads_lib.embedded.checkpoint import load_checkpoint
 from ocrheads_lib.embedded.tiny.build import TinyConfig
 from ocrheads_lib.embedded.tiny.examples import key_example
 from ocrheads_lib.embedded.tiny.train import AUX_CLASSES, CELL_CLASSIFIER, TinyTrainer, collate, exact_match
@@ -67,7 +68,7 @@ def load_trainer(checkpoint: str):
                              "python -m ocrheads_lib.embedded.tiny.train --export, or pass a training checkpoint")
         trainer.model.eval()
         return trainer
-    state = torch.load(checkpoint, weights_only=False)
+    state = load_checkpoint(checkpoint)
     if "aux_head" not in state or "meta" not in state:
         raise ValueError(f"{checkpoint} is not a training checkpoint of ocrheads_lib.embedded.tiny.train "
                          "(it needs 'aux_head' and 'meta'); pass OUT/checkpoint.pt of a training run")

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers import Qwen2VLForConditionalGeneration
 
+from ocrheads_lib.embedded.checkpoint import load_checkpoint
 from ocrheads_lib.embedded.tiny.build import (CHARACTERS, TinyConfig, build_config, build_generation_config,
                                               build_processor, build_tokenizer, user_messages)
 from ocrheads_lib.embedded.tiny.examples import Example, key_example, page_example, seeded_examples, text_example
@@ -529,7 +530,7 @@ def _open_run(trainer: TinyTrainer, args: argparse.Namespace) -> dict:
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
     if not os.path.exists(ckpt_path):
         raise SystemExit(f"no checkpoint at {ckpt_path}; start without --resume or point --out at the run")
-    st = torch.load(ckpt_path, weights_only=False)
+    st = load_checkpoint(ckpt_path)
     trainer.load_state(st)
     meta = st["meta"]
     if not args.export:     # an export keeps the arguments the weights were trained with
