@@ -66,6 +66,17 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def remove_staging(folder: str | os.PathLike) -> list[Path]:
+    """Delete the staging folders :func:`atomic_folder` left next to `folder` when a build was killed
+    (``.<name>.<random>``; the lock file is kept). Call it while holding :func:`build_lock` on `folder`, so
+    no live build's staging folder is removed. Returns the folders removed."""
+    folder = Path(folder)
+    removed = [p for p in folder.parent.glob(f".{folder.name}.*") if p.is_dir() and p != lock_path(folder)]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
 def lock_path(folder: str | os.PathLike) -> Path:
     """The lock file of :func:`build_lock` for `folder`."""
     folder = Path(folder)

@@ -188,3 +188,129 @@ def test_no_pickle_loads_in_our_modules() -> None:
     offenders = [p.relative_to(root).as_posix() for p in root.rglob("*.py")
                  if "weights_only=False" in p.read_text(encoding="utf-8") and p.name != "checkpoint.py"]
     assert offenders in ([], ["embedded/smolvl/train.py"]), offenders
+
+
+# ------------------------------------------------------------------------------------------ defects 3 and 6
+def _flip_64k(path: Path) -> None:
+    """Overwrite 64 KiB in the middle of a weights file with 0xFF bytes (float32 NaN)."""
+    with open(path, "r+b") as handle:
+        handle.seek(path.stat().st_size // 2)
+        handle.write(b"\xff" * 65536)
+
+
+def test_defect_3_a_corrupted_converted_model_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """64 KiB flipped in the cached SmolLM2 model.safetensors: `score` stops with an error naming the file
+    and the rebuild command, writes no score file, and a later run has no failures to reuse."""
+    import shutil
+
+    from ocrheads_lib import cli
+    from ocrheads_lib.models import smollm2
+
+    real = smollm2.ensure_smollm2(verbose=False)
+    monkeypatch.setenv("OCRHEADS_CACHE", str(tmp_path / "cache"))
+    copy = smollm2.converted_dir()
+    shutil.copytree(real, copy)                      # copy2: time stamps kept, as in the user's cache
+    _flip_64k(copy / "model.safetensors")
+    out = tmp_path / "x.json"
+    code = cli.main(["score", "--model", "smollm2", "--task", "retrieval", "--dataset", "passkey-text", "--n", "2",
+                     "--max-new-tokens", "4", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code != 0, err
+    assert "model.safetensors" in err and "--rebuild smollm2" in err
+    assert not out.exists() and not list(batch.parts_dir(out).glob("shard-*.jsonl"))
+    assert (copy / "model.safetensors").is_file()    # nothing deleted
+
+
+def test_non_finite_logits_stop_a_run_and_are_never_stored(tmp_path: Path) -> None:
+    """A model whose weights went NaN: the run stops (NonFiniteLogitsError), no failure is stored."""
+    import torch
+
+    from ocrheads_lib.data import passkey_text
+    from ocrheads_lib.models.base import NonFiniteLogitsError
+    from ocrheads_lib.models.testing import tiny_random
+    from ocrheads_lib.scoring.retrieval import retrieval_meta, score_retrieval_sample
+
+    lm = tiny_random("qwen2", seed=0, attn="probe")
+    with torch.no_grad():
+        next(lm.model.parameters()).fill_(float("nan"))
+    samples = passkey_text(2, seed=0)
+    out = tmp_path / "x.json"
+    meta_ = retrieval_meta(lm, variant="wu", row="emit", answer_source="gold", max_new_tokens=4, dataset="d",
+                           seed=0, n=2)
+    with pytest.raises(NonFiniteLogitsError):
+        batch.run(samples, lambda s: score_retrieval_sample(lm, s, answer_source="gold", max_new_tokens=4),
+                  meta_, out)
+    assert not out.exists()
+    assert batch.read_done(batch.parts_dir(out)) == {}
+
+
+def test_defect_6_flipped_bits_in_the_shipped_parts_build_nothing(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """smolvl_parts.safetensors with flipped bits: refused before any cache folder is built."""
+    import shutil
+
+    from ocrheads_lib.embedded.smolvl import load
+
+    weights = tmp_path / "weights"
+    shutil.copytree(load.WEIGHTS_DIR, weights)
+    _flip_64k(weights / "smolvl_parts.safetensors")
+    monkeypatch.setenv("OCRHEADS_CACHE", str(tmp_path / "cache"))
+
+    def no_build(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a cache folder is being built from corrupted parts")
+
+    monkeypatch.setattr(load, "build_merged", no_build)
+    with pytest.raises(ValueError) as error:
+        load.ensure_smolvl(weights, verbose=False)
+    message = str(error.value)
+    assert str(weights / "smolvl_parts.safetensors") in message and "--write" in message
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("smol-vl-*"))
+
+
+def test_the_shipped_manifests_match_the_weights() -> None:
+    """Every shipped weights file is recorded; after replacing weights run
+    `python -m ocrheads_lib.checksums --write <weights folder>`."""
+    from ocrheads_lib.checksums import read_manifest, verify, weight_files
+    from ocrheads_lib.embedded.smolvl.load import WEIGHTS_DIR as SMOLVL
+    from ocrheads_lib.models.loading import TINY_WEIGHTS_DIR
+
+    for folder in (TINY_WEIGHTS_DIR, SMOLVL):
+        assert sorted(read_manifest(folder)) == [p.name for p in weight_files(folder)] != []
+        verify(folder, "regenerate the manifest")
+
+
+def test_a_converted_folder_is_checked_by_stamp_and_rehashed_when_it_changed(tmp_path: Path) -> None:
+    from ocrheads_lib import checksums
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"x" * 1000)
+    checksums.write_manifest(folder, stamps=True)
+    calls: list[Path] = []
+    real = checksums.file_sha256
+    try:
+        checksums.file_sha256 = lambda p: calls.append(Path(p)) or real(p)
+        checksums.verify(folder, "rebuild", use_stamps=True)
+        assert calls == []                                  # stamps match: nothing hashed
+        (folder / "model.safetensors").write_bytes(b"y" * 1000)
+        with pytest.raises(checksums.ChecksumError) as error:
+            checksums.verify(folder, "REBUILD-HINT", use_stamps=True)
+        assert calls and str(folder / "model.safetensors") in str(error.value) and "REBUILD-HINT" in str(error.value)
+        assert (folder / "model.safetensors").is_file()
+    finally:
+        checksums.file_sha256 = real
+
+
+def test_a_killed_conversion_leaves_no_staging_folder(tmp_path: Path) -> None:
+    from ocrheads_lib.paths import atomic_folder, build_lock, remove_staging
+
+    target = tmp_path / "models" / "smollm2"
+    stale = target.parent / ".smollm2.abc123"        # what atomic_folder leaves when the process is killed
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"0" * 10)
+    with build_lock(target):
+        assert remove_staging(target) == [stale]
+        with atomic_folder(target) as staging:
+            (staging / "a").write_text("1")
+    assert sorted(p.name for p in target.parent.iterdir()) == [".smollm2.lock", "smollm2"]

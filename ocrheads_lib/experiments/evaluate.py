@@ -37,6 +37,7 @@ from ocrheads_lib import bootstrap
 from ocrheads_lib.attention import Plan, apply
 from ocrheads_lib.inference import answer
 from ocrheads_lib.metrics import metric
+from ocrheads_lib.models.base import NonFiniteLogitsError
 from ocrheads_lib.paths import atomic_write_text
 from ocrheads_lib.scoring.batch import is_fault
 from ocrheads_lib.types import Head, head_key
@@ -228,8 +229,8 @@ def evaluate(lm: Any, samples: Sequence[Any], plan: Any = None, *, metrics: Sequ
         try:
             with apply(lm, plan):
                 prediction = answer_fn(lm, sample, max_new_tokens)
-        except NotImplementedError:  # the intervention itself is unsupported for this model: fail loudly
-            raise
+        except (NotImplementedError, NonFiniteLogitsError):  # unsupported intervention, or weights gone bad:
+            raise                                            # fail loudly, store nothing
         except (ValueError, RuntimeError) as error:  # e.g. context longer than the model's window
             if is_fault(error):   # out of memory or a device error is the machine's: never stored as a result
                 raise

@@ -52,6 +52,31 @@ class ContextTooLongError(ValueError):
     """The input has more tokens than the model has positions."""
 
 
+class NonFiniteLogitsError(RuntimeError):
+    """The model produced NaN or infinite logits: its weights are corrupt, or the dtype overflowed. Not a
+    failure of the sample: a run stops and stores nothing for it."""
+
+
+def check_logits(logits: torch.Tensor, model_id: str) -> None:
+    """NonFiniteLogitsError when `logits` hold a NaN or +inf (-inf is a masked token, allowed)."""
+    if bool(torch.isnan(logits).any()) or bool(torch.isposinf(logits).any()):
+        raise NonFiniteLogitsError(
+            f"{model_id} produced non-finite logits (NaN/inf): its weights are corrupt or the dtype overflowed; "
+            "nothing was stored for this sample. Check the weights (`python -m ocrheads_lib.checksums --check "
+            "<folder>`, or --rebuild smollm2 / smol-vl for the converted models) or load in float32")
+
+
+class _FiniteLogits:
+    """A generation logits processor that only checks (see :func:`check_logits`)."""
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        check_logits(scores, self.model_id)
+        return scores
+
+
 class ModelAdapter:
     """A loaded model plus what the project needs to know about it.
 
@@ -227,7 +252,10 @@ class ModelAdapter:
         """Greedy continuation of `inputs` (build them without `answer`). Returns the new token ids (L,),
         ending with the eos token if the model produced one."""
         prompt_len = int(inputs.tensors["input_ids"].shape[1])
-        out = self.model.generate(**inputs.tensors, generation_config=self.greedy_config(max_new_tokens))
+        from transformers import LogitsProcessorList
+
+        out = self.model.generate(**inputs.tensors, generation_config=self.greedy_config(max_new_tokens),
+                                  logits_processor=LogitsProcessorList([_FiniteLogits(self.model_id)]))
         sequences = out.sequences if hasattr(out, "sequences") else out
         return sequences[0, prompt_len:].cpu()
 

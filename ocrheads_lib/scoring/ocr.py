@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ocrheads_lib.data.samples import ImageSample
+from ocrheads_lib.models.base import NonFiniteLogitsError
 from ocrheads_lib.scoring.align import align_answer
 from ocrheads_lib.scoring.common import (
     SampleFailure,
@@ -120,6 +121,8 @@ def score_ocr_sample(lm: Any, sample: ImageSample, *, mode: str = "fine", row: s
                            hits=hits.numpy().astype(np.int64), info=info)
     except SampleFailure as failure:
         return Failure(sample.id, str(failure))
+    except NonFiniteLogitsError:  # the model's, not the sample's: stops the run, never stored as a failure
+        raise
     except Exception as error:  # noqa: BLE001 - any model error becomes a recorded, counted failure
         return Failure(sample.id, exception_reason(error))
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ocrheads_lib.data.samples import TextSample
+from ocrheads_lib.models.base import NonFiniteLogitsError
 from ocrheads_lib.scoring.align import align_answer, locate_in_prompt
 from ocrheads_lib.scoring.common import (
     SampleFailure,
@@ -163,6 +164,8 @@ def score_retrieval_sample(lm: Any, sample: TextSample, *, variant: str = "wu", 
         return _score_paper_code(lm, sample, row, answer_source, max_new_tokens)
     except SampleFailure as failure:
         return Failure(sample.id, str(failure))
+    except NonFiniteLogitsError:  # the model's, not the sample's: stops the run, never stored as a failure
+        raise
     except Exception as error:  # noqa: BLE001 - any model error becomes a recorded, counted failure
         return Failure(sample.id, exception_reason(error))
 
