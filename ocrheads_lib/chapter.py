@@ -14,6 +14,8 @@ from the repository root and `papermill 02_ocr_heads.ipynb out.ipynb` from noteb
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,7 +24,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from ocrheads_lib import plots
+from ocrheads_lib import parameters, plots
 from ocrheads_lib.paths import results_dir as model_results_dir
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -150,9 +152,38 @@ def _glue(name: str, value: Any) -> None:
     glue(name, value, display=False)
 
 
+def check_notebook_parameters(namespace: Mapping[str, Any]) -> None:
+    """Validate a running notebook's parameters (:mod:`ocrheads_lib.parameters`): the names papermill injected
+    must be declared in the parameters cell, and every declared value must have its default's type and lie
+    in its range. `namespace`: the notebook's globals, whose IPython input history (``In``) holds the
+    parameters cell (the first cell of plain assignments) and papermill's injected cell. Outside IPython
+    there is no cell to check against, and nothing is checked."""
+    history = namespace.get("In")
+    if not isinstance(history, list):
+        return
+    cells = [str(cell) for cell in history[1:] if str(cell).strip()]
+    injected = [c for c in cells if c.lstrip().startswith(parameters.INJECTED_HEADER)]
+    declared = next((c for c in cells if c not in injected and _plain_assignments(c)), None)
+    if declared is None:
+        return
+    parameters.check_injected(declared, injected[-1] if injected else None, namespace)
+
+
+def _plain_assignments(source: str) -> bool:
+    try:
+        parameters.declared_parameters(source)
+    except parameters.ParameterError:
+        return False
+    return True
+
+
 def setup(model_id: str, results_dir: str | os.PathLike = "results", device: str = "auto", seed: int = 0) -> Chapter:
-    """The start of every chapter: offline hub, flush denormals (tiny models on CPU), the book's figure
-    theme, pandas display options, and the chapter's folders under the resolved `results_dir`."""
+    """The start of every chapter: its parameters checked (:func:`check_notebook_parameters`, on the calling
+    notebook's globals: nothing is written when one is bad), offline hub, flush denormals (tiny models on
+    CPU), the book's figure theme, pandas display options, and the chapter's folders under the resolved
+    `results_dir`."""
+    check_notebook_parameters(sys._getframe(1).f_globals)
+    device = resolve_device(device)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_flush_denormal(True)
     plots.set_theme()
@@ -171,5 +202,5 @@ def setup(model_id: str, results_dir: str | os.PathLike = "results", device: str
     out = model_results_dir(model_id, root)
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    return Chapter(model_id=str(model_id), seed=int(seed), device=resolve_device(device), results_root=root,
+    return Chapter(model_id=str(model_id), seed=int(seed), device=device, results_root=root,
                    out=out, figures=figures)

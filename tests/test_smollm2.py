@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from ocrheads_lib.checksums import ChecksumError, write_manifest
 from ocrheads_lib.models import smollm2
 from ocrheads_lib.models.loading import load_model, weights_revision
 
@@ -57,6 +58,7 @@ def test_changed_file_is_reconverted_only_when_its_hash_differs(tmp_path, monkey
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(b"")
     (folder / smollm2.SOURCE_RECORD).write_text(json.dumps({"gguf_sha256": smollm2.GGUF_SHA256, "gguf_stamp": "old"}))
+    write_manifest(folder, stamps=True)     # what a conversion records
     calls = []
     monkeypatch.setattr(smollm2, "convert", lambda *args: calls.append(args))
     assert smollm2.ensure_smollm2(verbose=False) == folder and calls == []
@@ -64,6 +66,12 @@ def test_changed_file_is_reconverted_only_when_its_hash_differs(tmp_path, monkey
     (folder / smollm2.SOURCE_RECORD).write_text(json.dumps({"gguf_sha256": "0" * 64, "gguf_stamp": "old"}))
     smollm2.ensure_smollm2(verbose=False)
     assert len(calls) == 1
+    # a folder converted before checksums were recorded (no SHA256SUMS) is not trusted: converted again
+    (folder / smollm2.SOURCE_RECORD).write_text(json.dumps({"gguf_sha256": smollm2.GGUF_SHA256, "gguf_stamp": "old"}))
+    (folder / "SHA256SUMS").rename(folder / "SHA256SUMS.old")
+    with pytest.raises(ChecksumError):      # the mocked conversion writes no manifest: the check after it fails
+        smollm2.ensure_smollm2(verbose=False)
+    assert len(calls) == 2
 
 
 def test_cli_scores_retrieval_on_smollm2(tmp_path):

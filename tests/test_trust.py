@@ -314,3 +314,78 @@ def test_a_killed_conversion_leaves_no_staging_folder(tmp_path: Path) -> None:
         with atomic_folder(target) as staging:
             (staging / "a").write_text("1")
     assert sorted(p.name for p in target.parent.iterdir()) == [".smollm2.lock", "smollm2"]
+
+
+# ------------------------------------------------------------------------------------------ defect 4
+def _chapter_head(source: Path, dest: Path) -> Path:
+    """The parameters cell and the setup cell of a chapter (the real source), as a notebook of its own."""
+    nb = json.loads(source.read_text(encoding="utf-8"))
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    setup = next(c for c in code if "chapter.setup(" in "".join(c["source"]))
+    nb["cells"] = [code[0], setup]
+    dest.write_text(json.dumps(nb), encoding="utf-8")
+    return dest
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("parameters, words", [
+    ({"n_samples": 0}, "n_samples = 0 must be an integer >= 1"),
+    ({"n_sample": 3}, "unknown parameter 'n_sample' (did you mean 'n_samples'?)"),
+])
+def test_defect_4_a_chapter_with_bad_parameters_fails_before_any_work(tmp_path: Path, parameters: dict,
+                                                                      words: str) -> None:
+    """papermill 02_ocr_heads with -p n_samples 0 (or a misspelt name): the chapter fails at its setup call,
+    naming the parameter, and writes nothing under results_dir."""
+    import papermill
+
+    notebook = _chapter_head(ROOT / "notebooks" / "02_ocr_heads.ipynb", tmp_path / "02_head.ipynb")
+    results = tmp_path / "results"
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        papermill.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                                   parameters={"model_id": "tiny", "results_dir": str(results), "device": "cpu",
+                                               **parameters}, progress_bar=False, cwd=str(ROOT / "notebooks"))
+    assert "ParameterError" in str(error.value) and words in str(error.value)
+    assert not results.exists()
+
+
+def test_defect_4_a_zero_sample_score_file_ranks_no_heads(tmp_path: Path) -> None:
+    """What a failed chapter 02 left (a 0-sample score file, head_sets/ocr.json with heads []) is refused,
+    never ranked as (0, 0), (0, 1), ..."""
+    from ocrheads_lib.experiments.head_sets import experiment_heads
+    from ocrheads_lib.heads import save_head_set
+
+    model_dir = tmp_path / "tiny"
+    HeadScores(meta=meta(model_id="tiny", n=0)).save(model_dir / "ocr_scores.json")
+    save_head_set(model_dir / "head_sets" / "ocr.json", {"model": "tiny", "kind": "ocr", "rule": "readme", "heads": []})
+    with pytest.raises(ValueError) as error:
+        experiment_heads(None, model_dir)
+    assert str(model_dir / "ocr_scores.json") in str(error.value) and "n_samples >= 1" in str(error.value)
+
+
+def test_every_chapter_default_passes_its_own_rules() -> None:
+    from ocrheads_lib.parameters import check_values, notebook_parameters
+
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        declared = notebook_parameters(path)
+        check_values(declared, declared, path.name)
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"n_samples": 1.5}, "n_samples = 1.5 must be an integer >= 1"),
+    ({"ks": [0, 5]}, "ks = [0, 5] must be a non-empty list of integers >= 1, or None"),
+    ({"betas": [0.0, 1.5]}, "numbers in [0, 1]"),
+    ({"device": "gpu"}, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    ({"tasks_to_run": ["passkey_imag"]}, "unknown task 'passkey_imag' (did you mean 'passkey_image'?)"),
+    ({"mode": "fin"}, "must be one of 'fine', 'coarse'"),
+    ({"random_seeds": [0, 0]}, "distinct"),
+])
+def test_chapter_parameter_rules(values: dict, words: str) -> None:
+    from ocrheads_lib.parameters import ParameterError, check_values
+
+    declared = {"n_samples": 8, "ks": None, "betas": [0.0], "device": "auto", "tasks_to_run": ["passkey_image"],
+                "mode": "fine", "random_seeds": [0]}
+    with pytest.raises(ParameterError) as error:
+        check_values(values, declared, "06_masking")
+    assert words in str(error.value) and "06_masking" in str(error.value)

@@ -113,6 +113,9 @@ def get_scores(lm: Any, kind: str, samples: Sequence[Any], results_dir: str | Pa
     """The scores of `lm` on `samples`, read from the results folder when an identical run is there,
     otherwise computed (``score_ocr`` / ``score_retrieval``) and saved. `options`: mode/min_overlap for
     OCR, variant for retrieval. `model_id` names the results folder (default: ``lm.model_id``)."""
+    if not samples:
+        raise ValueError(f"get_scores({kind!r}) got no samples: a score file of zero samples ranks nothing; "
+                         "pass n >= 1 samples")
     source = resolve_answer_source(lm, answer_source)
     variant = options.get("variant", "wu") if kind == "retrieval" else None
     row = row or (default_row(variant) if kind == "retrieval" else "emit")
