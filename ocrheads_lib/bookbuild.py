@@ -11,6 +11,16 @@ Cache key of a notebook = sha256 over (its source bytes, its parameters, a hash 
 key is deliberate: later chapters read earlier chapters' results, so a change upstream re-runs
 everything after it. An unchanged key means the executed copy is reused without starting a kernel.
 
+Reuse needs more than the key: an executed chapter is reused only when the result files it wrote (and, through
+its ``ocrheads.needs``, the result files of the chapters it reads) still hold the bytes they held when the build
+that ran it ended, and when none of the chapters it needs is re-executed. Those files and their sha256 are kept
+next to the key (``NN_name.ipynb.inputs.json``); a chapter re-run by hand with other parameters rewrites its
+results, so the next build runs it (and its readers) again instead of showing the old executed copy.
+
+Before anything runs, `book/params.yml` is checked against the chapters' parameter cells
+(:mod:`ocrheads_lib.parameters`): an unknown chapter or parameter, or a bad value, stops the build naming it
+and the nearest valid name.
+
 Stale notebooks run up to `--jobs` at a time (default: one per core, at most 2; `BOOK_JOBS` overrides), each in
 its own one-thread kernel. A notebook's metadata ``ocrheads.needs`` lists the earlier notebooks whose results it
 reads (e.g. chapter 04 reads the scores of 02 and 03); it starts when those have finished. A notebook without
@@ -25,6 +35,7 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,10 +47,13 @@ import papermill
 import yaml
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
+from ocrheads_lib.parameters import ParameterError
 from ocrheads_lib.paths import atomic_write_text
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 KEY_SUFFIX = ".key"
+INPUTS_SUFFIX = ".inputs.json"
+MTIME_SLACK_NS = 2 * 10**9     # file times are coarser than time.time_ns(): a file written just after start counts
 
 
 @dataclass
@@ -66,6 +80,70 @@ def load_parameters(params_path: str | os.PathLike | None, notebook_stem: str) -
     params = dict(config.get("defaults") or {})
     params.update((config.get("notebooks") or {}).get(notebook_stem) or {})
     return params
+
+
+def check_params_file(params_path: str | os.PathLike | None, sources: list[Path]) -> None:
+    """ParameterError when `params_path` names a chapter that is not a notebook, a parameter a chapter does not
+    declare (``defaults`` go to every chapter, so each of them must declare it), or a value its rules refuse."""
+    from ocrheads_lib.parameters import ParameterError, check_values, nearest, notebook_parameters
+
+    if params_path is None or not Path(params_path).exists():
+        return
+    config = yaml.safe_load(Path(params_path).read_text(encoding="utf-8")) or {}
+    stems = [src.stem for src in sources]
+    declared = {src.stem: notebook_parameters(src) for src in sources}
+    for stem in (config.get("notebooks") or {}):
+        if stem not in stems:
+            raise ParameterError(f"{params_path}: notebooks.{stem} is not a chapter{nearest(str(stem), stems)}")
+    for key in (config.get("defaults") or {}):
+        lacking = [stem for stem in stems if key not in declared[stem]]
+        if lacking:
+            every = sorted(set.intersection(*(set(d) for d in declared.values())))
+            raise ParameterError(f"{params_path}: defaults.{key} is not a parameter of {', '.join(lacking)}"
+                                 f"{nearest(str(key), every)}; defaults go to every chapter, put it under "
+                                 "notebooks.<chapter> instead")
+    for src in sources:
+        check_values(load_parameters(params_path, src.stem), declared[src.stem],
+                     f"{params_path} for {src.stem}")
+
+
+def results_root_of(params: dict[str, Any], src: Path) -> Path:
+    """The results folder a chapter writes to: its `results_dir` (the parameter, else the notebook's
+    default), resolved as the chapter resolves it (``ocrheads_lib.chapter.resolve_results_root``)."""
+    from ocrheads_lib.chapter import resolve_results_root   # imports torch: only when a build runs
+    from ocrheads_lib.parameters import notebook_parameters
+
+    return resolve_results_root(params.get("results_dir") or notebook_parameters(src).get("results_dir") or "results")
+
+
+def files_written(root: Path, start_ns: int, end_ns: int) -> list[Path]:
+    """Files under `root` modified between `start_ns` and `end_ns` (the chapter's run; a chapter running
+    beside it may add its own files: they are checked too, which only costs a re-run when they change)."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.rglob("*") if p.is_file() and start_ns - MTIME_SLACK_NS <= p.stat().st_mtime_ns
+                  <= end_ns + MTIME_SLACK_NS)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def inputs_unchanged(inputs_file: Path) -> str:
+    """"" when every result file recorded in `inputs_file` still holds its recorded bytes, else why not."""
+    if not inputs_file.is_file():
+        return "no record of the result files it read and wrote"
+    try:
+        recorded = json.loads(inputs_file.read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{inputs_file.name} is unreadable"
+    for name, digest in recorded.items():
+        path = Path(name)
+        if not path.is_file():
+            return f"{path} is gone"
+        if _sha256(path) != digest:
+            return f"{path} changed since the build that ran it"
+    return ""
 
 
 def library_hash(root: str | os.PathLike = PACKAGE_ROOT) -> str:
@@ -222,30 +300,42 @@ def run_notebooks(notebooks_dir: str | os.PathLike, out_dir: str | os.PathLike,
             log(f"[book] removing stale executed copy {stale.name} (no source notebook)")
             stale.unlink()
             Path(str(stale) + KEY_SUFFIX).unlink(missing_ok=True)
+            Path(str(stale) + INPUTS_SUFFIX).unlink(missing_ok=True)
 
+    check_params_file(params_path, sources)
     lib = library_hash(library_root)
     previous_key = ""
     runs: dict[str, NotebookRun] = {}
     pending: list[_Pending] = []
     stems = [src.stem for src in sources]
+    needs: dict[str, list[str]] = {}
     for index, src in enumerate(sources):
         params = load_parameters(params_path, src.stem)
         key = notebook_key(src.read_bytes(), params, lib, previous_key)
         previous_key = key
         dst = out_dir / src.name
         key_file = Path(str(dst) + KEY_SUFFIX)
+        needs[src.stem] = notebook_needs(src, stems[:index])
         if not force and dst.exists() and key_file.exists() and key_file.read_text().strip() == key:
-            runs[src.stem] = NotebookRun(src.name, "cached", 0.0, key, params)
-            log(f"[book] {src.name:28s} cached")
-            continue
+            rerun = [stem for stem in needs[src.stem] if stem not in runs]
+            why = (f"it reads {rerun[0]}, which runs again" if rerun else
+                   inputs_unchanged(Path(str(dst) + INPUTS_SUFFIX)))
+            if not why:
+                runs[src.stem] = NotebookRun(src.name, "cached", 0.0, key, params)
+                log(f"[book] {src.name:28s} cached")
+                continue
+            log(f"[book] {src.name:28s} not reused: {why}")
         # An executed copy in out_dir always matches its key: drop the old one before re-running.
         key_file.unlink(missing_ok=True)
+        Path(str(dst) + INPUTS_SUFFIX).unlink(missing_ok=True)
         dst.unlink(missing_ok=True)
-        pending.append(_Pending(src, src.stem, key, params, notebook_needs(src, stems[:index])))
+        pending.append(_Pending(src, src.stem, key, params, needs[src.stem]))
     if pending:
         _kernel_check(kernel_name)
+    windows: dict[str, tuple[int, int]] = {}       # stem -> (start, end) of its execution in this build
 
     def finish(item: _Pending, seconds: float, error: str | None) -> None:
+        windows[item.stem] = (windows[item.stem][0], time.time_ns())
         src, dst = item.src, out_dir / item.src.name
         tmp = out_dir / f".{src.name}.running.ipynb"
         reason = None
@@ -276,6 +366,7 @@ def run_notebooks(notebooks_dir: str | os.PathLike, out_dir: str | os.PathLike,
         log(f"[book] {src.name:28s} executed in {seconds:.1f} s")
 
     def start(item: _Pending, submit) -> Any:
+        windows[item.stem] = (time.time_ns(), 0)
         log(f"[book] {item.src.name:28s} executing with {json.dumps(item.params, sort_keys=True)}")
         return submit(_execute, str(item.src), str(out_dir / f".{item.src.name}.running.ipynb"), item.params,
                       kernel_name, str(notebooks_dir))
@@ -289,16 +380,22 @@ def run_notebooks(notebooks_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
         waiting, running = list(pending), {}
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            while waiting or running:
-                for item in list(waiting):
-                    if len(running) < jobs and all(stem in runs for stem in item.needs):
-                        waiting.remove(item)
-                        running[start(item, pool.submit)] = item
-                if not running:
-                    raise RuntimeError(f"notebooks {[i.src.name for i in waiting]} wait for notebooks that never run")
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    finish(running.pop(future), *future.result())
+            try:
+                while waiting or running:
+                    for item in list(waiting):
+                        if len(running) < jobs and all(stem in runs for stem in item.needs):
+                            waiting.remove(item)
+                            running[start(item, pool.submit)] = item
+                    if not running:
+                        raise RuntimeError(f"notebooks {[i.src.name for i in waiting]} wait for notebooks that never run")
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        finish(running.pop(future), *future.result())
+            except BaseException:
+                # interrupted (Ctrl-C, SIGTERM) or broken: no worker or kernel may outlive the build
+                pool.shutdown(wait=False, cancel_futures=True)
+                stop_children()
+                raise
     ordered = [runs[stem] for stem in stems]
     # A notebook after a failed one ran without (or before) what the failed one writes: no cache key for it.
     for index, run in enumerate(ordered):
@@ -307,7 +404,54 @@ def run_notebooks(notebooks_dir: str | os.PathLike, out_dir: str | os.PathLike,
                 if later.status == "executed":
                     Path(str(out_dir / later.name) + KEY_SUFFIX).unlink(missing_ok=True)
             break
+    _record_inputs(ordered, {src.stem: src for src in sources}, out_dir, windows, needs)
     return ordered
+
+
+def _record_inputs(ordered: list[NotebookRun], sources: dict[str, Path], out_dir: Path,
+                   windows: dict[str, tuple[int, int]], needs: dict[str, list[str]]) -> None:
+    """For every chapter executed in this build: the result files it wrote (modified while it ran) and those
+    of the chapters it needs, with their sha256 as the build leaves them (``NN.ipynb.inputs.json``)."""
+    files: dict[str, set[Path]] = {}
+    for run in ordered:
+        stem = Path(run.name).stem
+        inputs_file = out_dir / f"{run.name}{INPUTS_SUFFIX}"
+        if run.status == "cached":
+            try:
+                files[stem] = {Path(p) for p in json.loads(inputs_file.read_text(encoding="utf-8"))["files"]}
+            except (OSError, ValueError, KeyError, TypeError):
+                files[stem] = set()
+            continue
+        written = set(files_written(results_root_of(run.parameters, sources[stem]), *windows[stem])) \
+            if stem in windows else set()
+        files[stem] = written | {p for need in needs[stem] for p in files.get(need, set())}
+        if run.status == "executed" and (out_dir / f"{run.name}{KEY_SUFFIX}").exists():
+            atomic_write_text(inputs_file, json.dumps(
+                {"files": {str(p): _sha256(p) for p in sorted(files[stem]) if p.is_file()}}, indent=1) + "\n")
+
+
+def stop_children() -> list[int]:
+    """Terminate every process this one started (book workers and their kernels), then kill those left after
+    3 s. Returns their pids."""
+    import psutil   # a dependency of ipykernel, which the book's kernels need
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            continue
+    _, alive = psutil.wait_procs(children, timeout=3)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            continue
+    return [child.pid for child in children]
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,7 +469,16 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     jobs = args.jobs if args.jobs is not None else default_jobs()
     print(f"[book] executing up to {jobs} notebook(s) at once")
-    runs = run_notebooks(args.notebooks, args.out, args.params, args.kernel, args.force, jobs=jobs)
+    signal.signal(signal.SIGTERM, _terminate)     # `kill` of the build: clean up like Ctrl-C
+    try:
+        runs = run_notebooks(args.notebooks, args.out, args.params, args.kernel, args.force, jobs=jobs)
+    except ParameterError as error:
+        print(f"[book] error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        stop_children()
+        print("[book] interrupted; worker processes and kernels stopped", file=sys.stderr)
+        return 130
     total = time.perf_counter() - start
     print(f"[book] {'notebook':28s} {'status':9s} seconds")
     for run in runs:

@@ -389,3 +389,96 @@ def test_chapter_parameter_rules(values: dict, words: str) -> None:
     with pytest.raises(ParameterError) as error:
         check_values(values, declared, "06_masking")
     assert words in str(error.value) and "06_masking" in str(error.value)
+
+
+# ------------------------------------------------------------------------------------------ defects 5 and 7
+def _notebook(path: Path, body: str, needs: list[str] | None = None) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('model_id = "tiny"\nseed = 0\nn_samples = 1\nresults_dir = "results"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    if needs is not None:
+        nb.metadata["ocrheads"] = {"needs": needs}
+    nbformat.write(nb, str(path))
+
+
+def test_defect_5_a_chapter_rerun_by_hand_is_not_reused(tmp_path: Path) -> None:
+    """make book, then chapter 01 run by hand with other parameters (its score file now holds 3 samples):
+    the next build runs 01 again, and 02, which reads it, instead of reporting them cached."""
+    from ocrheads_lib.bookbuild import run_notebooks
+
+    src, out, results = tmp_path / "notebooks", tmp_path / "book" / "generated", tmp_path / "results"
+    src.mkdir()
+    writes = ("import json, pathlib; p = pathlib.Path(results_dir) / 'tiny' / 'scores.json'; "
+              "p.parent.mkdir(parents=True, exist_ok=True); p.write_text(json.dumps({'n': n_samples}))")
+    _notebook(src / "01_a.ipynb", writes, needs=[])
+    _notebook(src / "02_b.ipynb", "import json, pathlib; "
+              "print('n =', json.loads((pathlib.Path(results_dir) / 'tiny' / 'scores.json').read_text())['n'])",
+              needs=["01_a"])
+    params = tmp_path / "params.yml"
+    params.write_text(f"defaults: {{results_dir: {results}}}\nnotebooks: {{01_a: {{n_samples: 40}}}}\n")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "m.py").write_text("x = 1\n")
+    logs: list[str] = []
+    kw = {"log": logs.append, "library_root": lib, "failed_dir": tmp_path / "failed"}
+    assert [r.status for r in run_notebooks(src, out, params, **kw)] == ["executed", "executed"]
+    assert [r.status for r in run_notebooks(src, out, params, **kw)] == ["cached", "cached"]
+    (results / "tiny" / "scores.json").write_text('{"n": 3}')          # the chapter, run by hand
+    runs = run_notebooks(src, out, params, **kw)
+    assert [r.status for r in runs] == ["executed", "executed"]
+    assert any("scores.json changed" in line for line in logs)
+    assert '{"n": 40}' == (results / "tiny" / "scores.json").read_text()
+
+
+def test_defect_7_typos_in_params_yml_fail_the_build(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A misspelt parameter or chapter name in book/params.yml stops the build, naming the nearest name."""
+    import shutil
+
+    from ocrheads_lib import bookbuild
+    from ocrheads_lib.parameters import ParameterError
+
+    src = tmp_path / "notebooks"
+    src.mkdir()
+    shutil.copy(ROOT / "notebooks" / "06_masking.ipynb", src)
+    params = tmp_path / "params.yml"
+    cases = {"notebooks: {06_masking: {n_sample: 3}}": "unknown parameter 'n_sample' (did you mean 'n_samples'?)",
+             "notebooks: {06_maskin: {n_samples: 3}}": "notebooks.06_maskin is not a chapter (did you mean '06_masking'?)",
+             "defaults: {sed: 1}": "defaults.sed is not a parameter of 06_masking (did you mean 'seed'?)",
+             "notebooks: {06_masking: {ks: [0]}}": "ks = [0] must be a non-empty list of integers >= 1"}
+    for text, words in cases.items():
+        params.write_text(text + "\n")
+        with pytest.raises(ParameterError) as error:
+            bookbuild.run_notebooks(src, tmp_path / "gen", params, kernel_name="no-such-kernel", log=lambda _: None)
+        assert words in str(error.value), text
+        code = bookbuild.main(["--notebooks", str(src), "--out", str(tmp_path / "gen"), "--params", str(params),
+                               "--kernel", "no-such-kernel", "--jobs", "1"])
+        assert code == 2 and words in capsys.readouterr().err
+    params.write_text((ROOT / "book" / "params.yml").read_text())
+    shutil.copytree(ROOT / "notebooks", src, dirs_exist_ok=True)
+    bookbuild.check_params_file(params, sorted(src.glob("[0-9][0-9]_*.ipynb")))   # the book's own file is valid
+
+
+def test_a_stopped_build_leaves_no_worker_processes() -> None:
+    """A worker (and the kernel it started) of an interrupted build are stopped, grandchildren included."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from ocrheads_lib.bookbuild import stop_children
+
+    worker = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                               "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"])
+    deadline = time.time() + 20
+    while not psutil.Process(worker.pid).children() and time.time() < deadline:
+        time.sleep(0.1)
+    kernel = psutil.Process(worker.pid).children()[0]
+    stopped = stop_children()
+    assert worker.pid in stopped and kernel.pid in stopped
+    worker.wait(timeout=10)
+    assert not kernel.is_running() or kernel.status() == psutil.STATUS_ZOMBIE
