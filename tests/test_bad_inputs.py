@@ -123,6 +123,87 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     return code, err
 
 
+# ------------------------------------------------------------------------------------------ issue 32 helpers
+def _second_writer(tmp_path: Path, request: Any) -> None:
+    out = tmp_path / "x.json"
+    with batch.writer_lock(out):          # a run in another process holds it
+        batch.run(ITEMS, Scorer(), meta(), out, overwrite=True)
+
+
+def _foreign_shard_line(tmp_path: Path, request: Any) -> None:
+    out = tmp_path / "x.json"
+    batch.run(ITEMS, Scorer(), meta(), out, limit=1)
+    shard = batch.parts_dir(out) / "shard-000.jsonl"
+    record = json.loads(shard.read_text().splitlines()[0])
+    shard.write_text(json.dumps({**record, "id": "s1", "run": "another"}) + "\n", encoding="utf-8")
+    batch.run(ITEMS, Scorer(), meta(), out)
+
+
+def _duplicated_sample(tmp_path: Path, request: Any) -> None:
+    payload = one_sample_scores().to_json()
+    payload["samples"] *= 2
+    (tmp_path / "dup.json").write_text(json.dumps(payload))
+    load_scores(tmp_path / "dup.json")
+
+
+def _foreign_cache_line(tmp_path: Path, request: Any) -> None:
+    from ocrheads_lib.experiments.evaluate import Prediction, PredictionCache
+
+    PredictionCache(tmp_path / "other.jsonl", {"condition": "none"}).put(Prediction("a", "1", ["1"]))
+    (tmp_path / "mine.jsonl").write_text((tmp_path / "other.jsonl").read_text())
+    PredictionCache(tmp_path / "mine.jsonl", {"condition": "ocr k=5"})
+
+
+def _cache_for_other_budget(tmp_path: Path, request: Any) -> None:
+    from ocrheads_lib.experiments.evaluate import evaluate
+    from ocrheads_lib.experiments.sweep import prediction_cache
+
+    cache = prediction_cache(tmp_path, "r1", "masking", "t", "none", max_new_tokens=16)
+    evaluate(None, [], cache=cache, max_new_tokens=1, metrics=["accuracy"])
+
+
+def _flipped_tiny_weights(tmp_path: Path, request: Any) -> None:
+    from ocrheads_lib.checksums import package_rebuild_hint, verify
+
+    folder = tmp_path / "weights"
+    shutil.copytree(loading.TINY_WEIGHTS_DIR, folder)
+    with open(folder / "model.safetensors", "r+b") as handle:
+        handle.seek(4096)
+        handle.write(b"\xff" * 64)
+    verify(folder, package_rebuild_hint(folder))
+
+
+class _Crafted:
+    def __reduce__(self) -> Any:
+        return (print, ("code ran",))
+
+
+def _pickle_checkpoint(tmp_path: Path, request: Any) -> None:
+    from ocrheads_lib.embedded.checkpoint import load_checkpoint
+
+    torch.save({"meta": _Crafted()}, tmp_path / "c.pt")
+    load_checkpoint(tmp_path / "c.pt")
+
+
+def _check_parameters(values: dict[str, Any]) -> None:
+    from ocrheads_lib.parameters import check_values
+
+    check_values(values, {"n_samples": 8, "seed": 0}, "02_ocr_heads")
+
+
+def _zero_sample_scores(tmp_path: Path, request: Any) -> None:
+    from ocrheads_lib.experiments.head_sets import experiment_heads
+
+    HeadScores(meta=meta(n=0)).save(tmp_path / "m" / "ocr_scores.json")
+    experiment_heads(None, tmp_path / "m")
+
+
+def _nan_logits(tmp_path: Path, request: Any) -> None:
+    from ocrheads_lib.models.base import check_logits
+
+    check_logits(torch.tensor([[0.0, float("nan")]]), "m")
+
+
 # ------------------------------------------------------------------------------------------ catalogue
 # (case, call, exception type, words the message must contain). The call takes pytest's tmp_path and the
 # fixtures it names through `request`.
@@ -268,6 +349,26 @@ CASES: list[Case] = [
     ("a 6,000-character text on a 2,048-position model",
      lambda t, r: r.getfixturevalue("tiny").build_inputs([], "word " * 1200), ContextTooLongError,
      ("has 2048 positions", "shorten the context")),
+    # issue 32: every cache, weight file and parameter is checked before it is trusted
+    ("a second writer while a run holds the output's lock", _second_writer, batch.RunLockedError,
+     ("is being written by another run", "wait for it to finish", "new --out")),
+    ("a shard line made under another run", _foreign_shard_line, batch.RunMismatchError,
+     ("made under run", "mixes runs", "--overwrite")),
+    ("a sample twice in a score file", _duplicated_sample, ValueError, ("sample 'a' is in the file twice", "re-score")),
+    ("a prediction-cache line of another condition", _foreign_cache_line, ValueError,
+     ("made under cache key", "delete it")),
+    ("a prediction cache opened for another token budget", _cache_for_other_budget, ValueError,
+     ("max_new_tokens=16", "max_new_tokens=1")),
+    ("a shipped weights file with flipped bits", _flipped_tiny_weights, ValueError,
+     ("model.safetensors is corrupt or was changed", "--write")),
+    ("a crafted (pickle) checkpoint", _pickle_checkpoint, ValueError, ("not a plain checkpoint", "not loaded")),
+    ("a chapter parameter out of range", lambda t, r: _check_parameters({"n_samples": 0}), ValueError,
+     ("n_samples = 0 must be an integer >= 1", "-p n_samples 8")),
+    ("a misspelt chapter parameter", lambda t, r: _check_parameters({"n_sample": 3}), ValueError,
+     ("unknown parameter 'n_sample'", "did you mean 'n_samples'?")),
+    ("a zero-sample score file read for the experiments", _zero_sample_scores, ValueError,
+     ("holds no scored sample", "n_samples >= 1")),
+    ("non-finite logits", _nan_logits, RuntimeError, ("non-finite logits", "checksums")),
     # more
     ("dataset generator with a negative n", lambda t, r: passkey_images(-1), ValueError, ("n must be >= 0", "-1")),
     ("a hub id that is not cached (offline)", lambda t, r: loading.load_model("no-org/no-such-model"),
@@ -328,7 +429,7 @@ def test_catalogue(case: str, call: Callable[..., Any], error: type[BaseExceptio
 
 
 def test_the_catalogue_covers_the_issue_and_more() -> None:
-    assert len(CASES) + len(CLI_CASES) >= 40
+    assert len(CASES) + len(CLI_CASES) >= 85      # 74 after issue 22's audit, 85 with issue 32's cases
     assert len({c[0] for c in CASES} | {c[0] for c in CLI_CASES}) == len(CASES) + len(CLI_CASES)
 
 

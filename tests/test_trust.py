@@ -7,7 +7,6 @@ text reader of test_experiments with a stand-in answer function.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +14,9 @@ import numpy as np
 import pytest
 
 from ocrheads_lib.scoring import batch, load_scores
-from ocrheads_lib.scoring.store import HeadScores, SampleScore, ScoreMeta
+from ocrheads_lib.scoring.store import HeadScores, SampleScore
 
-L, H = 2, 3
-
-
-@dataclass
-class Item:
-    id: str
-
-
-def meta(**changes: Any) -> ScoreMeta:
-    base = ScoreMeta(model_id="m", kind="ocr", n_layers=L, n_heads=H, dataset="d", seed=0, n=3, revision="r1",
-                     dtype="float32", device="cpu", model_seed=None, dataset_args={}, options={"mode": "fine"})
-    return replace(base, **changes)
+from test_bad_inputs import H, L, Item, meta   # the catalogue's stand-in run: same samples, same metadata
 
 
 def scorer_with(value: int, during: Any = None):
