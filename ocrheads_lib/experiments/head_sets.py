@@ -111,14 +111,14 @@ def experiment_heads(lm: Any, model_dir: str | Path, *, rule: str = "readme", th
             if not candidate.exists():
                 continue
             loaded = load_scores(candidate)
-            if not loaded.has_entries():    # e.g. left by a chapter that failed: ranks nothing, never trusted
-                raise ValueError(f"{candidate} holds no scored sample ({len(loaded.failures)} failures): a head "
-                                 "ranking over zero samples is undefined. Re-run the scoring chapter (02 for ocr, "
-                                 "03 for retrieval) with n_samples >= 1, or delete the file")
             why = _mismatch(lm, loaded.meta.model_id, loaded.shape, revision=loaded.meta.revision)
             if why:
                 notes.append(f"ignored {candidate}: {why}")
                 continue
+            if not loaded.has_entries():    # e.g. left by a chapter that failed: ranks nothing, never trusted
+                raise ValueError(f"{candidate} holds no scored sample ({len(loaded.failures)} failures): a head "
+                                 "ranking over zero samples is undefined. Re-run the scoring chapter (02 for ocr, "
+                                 "03 for retrieval) with n_samples >= 1, or delete the file")
             scores = loaded
             notes.append(str(candidate))
             break
