@@ -35,7 +35,7 @@ import numpy as np
 
 from ocrheads_lib import bootstrap
 from ocrheads_lib.attention import Plan, apply
-from ocrheads_lib.inference import answer
+from ocrheads_lib.inference import answer, answer_batch
 from ocrheads_lib.metrics import metric
 from ocrheads_lib.models.base import NonFiniteLogitsError
 from ocrheads_lib.paths import atomic_write_text
@@ -196,15 +196,17 @@ AnswerFn = Callable[[Any, Any, int], str]
 
 def evaluate(lm: Any, samples: Sequence[Any], plan: Any = None, *, metrics: Sequence[str] | None = None,
              cache: PredictionCache | None = None, max_new_tokens: int = 16,
-             answer_fn: AnswerFn | None = None) -> list[Prediction]:
+             answer_fn: AnswerFn | None = None, batch_size: int = 1) -> list[Prediction]:
     """Answer every sample under `plan` (None = stock model) and score the answers.
 
     answer_fn(lm, sample, max_new_tokens) -> str overrides how a sample is answered (the chain-of-thought
     experiment uses it for its prompts); default: ``ocrheads_lib.inference.answer``. Returns one Prediction
     per sample, in sample order.
+    batch_size > 1 (default answer_fn only): the samples missing from the cache are answered that many at a time
+    (:func:`ocrheads_lib.inference.answer_batch`); a batch that fails is answered again one sample at a time, so
+    failures are recorded per sample exactly as with batch_size=1.
     """
     metrics = tuple(metrics) if metrics is not None else metrics_for(samples)
-    answer_fn = answer_fn or answer
     plan = plan if plan is not None else Plan()
     cache = cache if cache is not None else PredictionCache(None)
     budget = (cache.identity or {}).get("max_new_tokens", max_new_tokens)
@@ -212,6 +214,11 @@ def evaluate(lm: Any, samples: Sequence[Any], plan: Any = None, *, metrics: Sequ
         raise CacheMismatchError(f"prediction cache {cache.path} was opened for max_new_tokens={budget}, but "
                                  f"evaluate answers with max_new_tokens={max_new_tokens}; open the cache with the "
                                  "same budget (experiments.sweep.prediction_cache does)")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}; 1 answers one sample at a time")
+    if batch_size > 1 and answer_fn is None:
+        _answer_missing_in_batches(lm, samples, plan, metrics, cache, max_new_tokens, batch_size)
+    answer_fn = answer_fn or answer
     out: list[Prediction] = []
     for sample in samples:
         golds = [str(g) for g in sample.golds]
@@ -240,6 +247,27 @@ def evaluate(lm: Any, samples: Sequence[Any], plan: Any = None, *, metrics: Sequ
         cache.put(record)
         out.append(record)
     return out
+
+
+def _answer_missing_in_batches(lm: Any, samples: Sequence[Any], plan: Any, metrics: Sequence[str],
+                               cache: PredictionCache, max_new_tokens: int, batch_size: int) -> None:
+    """Put the batched answers of the samples `cache` lacks into it (a failing batch is left to the caller's
+    one-at-a-time loop, which records each sample's own failure)."""
+    missing = [s for s in samples if cache.get(str(s.id)) is None]
+    for start in range(0, len(missing), batch_size):
+        chunk = missing[start:start + batch_size]
+        try:
+            with apply(lm, plan):
+                predictions = answer_batch(lm, chunk, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        except (NotImplementedError, NonFiniteLogitsError):
+            raise
+        except (ValueError, RuntimeError) as error:
+            if is_fault(error):
+                raise
+            continue
+        for sample, prediction in zip(chunk, predictions):
+            golds = [str(g) for g in sample.golds]
+            cache.put(Prediction(str(sample.id), prediction, golds, score_prediction(prediction, golds, metrics)))
 
 
 # ----------------------------------------------------------------------------------------------------------

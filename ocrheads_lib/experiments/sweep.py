@@ -74,9 +74,10 @@ class RunSettings:
     n_boot: int = 1000                   # bootstrap resamples per confidence interval
     boot_seed: int = 0                   # seed of the bootstrap RNG (same seed, same intervals)
     progress: bool = False               # print one line per evaluated condition
+    batch_size: int = 1                  # samples per greedy generate (>1: left-padded batches; answers equal)
 
     def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "n_boot"):
+        for name in ("max_new_tokens", "n_boot", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"RunSettings.{name} must be an integer >= 1, got {value!r}; "
@@ -347,7 +348,7 @@ def run_sweep(lm: Any, tasks: Mapping[str, Sequence[Any]], conditions: Sequence[
             cache = prediction_cache(settings.out_dir, revision, intervention.cache_name or experiment, task, cond.key,
                                      settings.max_new_tokens)
             preds = evaluate(lm, samples, intervention.plan_for(cond), metrics=metrics, cache=cache,
-                             max_new_tokens=settings.max_new_tokens)
+                             max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size)
             row = dict(model=model_id, task=task, modality=modality(samples), **intervention.columns_for(cond),
                        metric=primary_metric(metrics))
             row.update(summarize(preds, metrics, n_boot=settings.n_boot, boot_seed=settings.boot_seed))

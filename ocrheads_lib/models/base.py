@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -86,6 +87,7 @@ class ModelAdapter:
 
     family: str = ""
     supports_images: bool = True
+    batched_generation: bool = False   # True where `build_batch` is the family's own left-padded batching
 
     def __init__(self, model: nn.Module, processor: Any, tokenizer: Any, model_id: str, **options: Any) -> None:
         self.model = model
@@ -167,6 +169,40 @@ class ModelAdapter:
             tensors["pixel_values"] = tensors["pixel_values"].to(self.dtype)
         return ModelInputs(tensors=tensors, prompt_len=prompt_len, image_tokens=image_tokens,
                            answer_positions=answer_positions, prompt_text=prompt)
+
+    def _batch_processor_call(self, prompts: list[str], pages: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """The processor on several prompts at once, left padded (pages: every prompt's pages, in order)."""
+        if pages:
+            out = self.processor(text=prompts, images=pages, return_tensors="pt", padding=True, padding_side="left",
+                                 **self._image_kwargs())
+        else:
+            out = self.processor(text=prompts, return_tensors="pt", padding=True, padding_side="left")
+        return dict(out)
+
+    def build_batch(self, items: Sequence[tuple[list[Image.Image], str]]) -> dict[str, torch.Tensor]:
+        """Chat-templated (pages, text) items as ONE left-padded batch for ``model.generate`` (B, T_max), through
+        the family's own batching (the processor for image models, the tokenizer for text decoders). Only for
+        adapters with ``batched_generation``; every item is length-checked like :meth:`build_inputs`."""
+        if not self.batched_generation:
+            raise NotImplementedError(f"{self.model_id} (family {self.family!r}) has no batched generation; "
+                                      "answer its samples one at a time (batch_size=1)")
+        if not items:
+            raise ValueError("build_batch needs at least one (pages, text) item")
+        prompts, flat_pages = [], []
+        for pages, text in items:
+            pages = [page.convert("RGB") if page.mode != "RGB" else page for page in (pages or [])]
+            if pages and not self.supports_images:
+                raise ValueError(f"{self.model_id} is a text-only model (family {self.family!r}); it cannot take "
+                                 f"{len(pages)} page image(s). Pass pages=[] or use a vision-language model.")
+            prompts.append(self.chat_prompt(len(pages), text))
+            flat_pages += pages
+        tensors = self._batch_processor_call(prompts, flat_pages)
+        for length in tensors["attention_mask"].sum(dim=1).tolist():
+            self.check_length(int(length))
+        tensors = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
+        if "pixel_values" in tensors and tensors["pixel_values"].is_floating_point():
+            tensors["pixel_values"] = tensors["pixel_values"].to(self.dtype)
+        return tensors
 
     @property
     def max_positions(self) -> int | None:
@@ -258,6 +294,20 @@ class ModelAdapter:
                                   logits_processor=LogitsProcessorList([_FiniteLogits(self.model_id)]))
         sequences = out.sequences if hasattr(out, "sequences") else out
         return sequences[0, prompt_len:].cpu()
+
+    @torch.no_grad()
+    def generate_batch(self, tensors: dict[str, torch.Tensor], max_new_tokens: int = 32) -> list[torch.Tensor]:
+        """Greedy continuations of a left-padded batch (:meth:`build_batch`): per row the new token ids (L_i,),
+        cut after the first eos token, as :meth:`generate` returns them for that row alone."""
+        width = int(tensors["input_ids"].shape[1])
+        out = self.model.generate(**tensors, generation_config=self.greedy_config(max_new_tokens))
+        sequences = (out.sequences if hasattr(out, "sequences") else out)[:, width:].cpu()   # (B, L)
+        eos = torch.tensor(self.eos_token_ids)
+        rows = []
+        for row in sequences:
+            ends = torch.isin(row, eos).nonzero().flatten()
+            rows.append(row[: int(ends[0]) + 1] if len(ends) else row)
+        return rows
 
     def decode(self, token_ids: torch.Tensor | list[int]) -> str:
         """Text of generated ids, special tokens removed, surrounding whitespace stripped."""

@@ -25,6 +25,7 @@ class QwenVLAdapter(ModelAdapter):
     Options: min_pixels, max_pixels (per-page pixel budget after resize; default: the processor's)."""
 
     family = "qwen2_vl"
+    batched_generation = True      # the processor batches prompts with their pages, left padded
 
     def __init__(self, model, processor, tokenizer, model_id: str, min_pixels: int | None = None,
                  max_pixels: int | None = None, **options: Any) -> None:

@@ -18,6 +18,7 @@ class TextAdapter(ModelAdapter):
 
     family = "text"
     supports_images = False
+    batched_generation = True
 
     def chat_prompt(self, n_pages: int, text: str) -> str:
         if getattr(self.tokenizer, "chat_template", None) is None:
@@ -29,6 +30,11 @@ class TextAdapter(ModelAdapter):
         # A chat template writes its own BOS; a raw prompt gets the tokenizer's.
         templated = getattr(self.tokenizer, "chat_template", None) is not None
         return dict(self.tokenizer([prompt], return_tensors="pt", add_special_tokens=not templated))
+
+    def _batch_processor_call(self, prompts: list[str], pages: list[Image.Image]) -> dict[str, torch.Tensor]:
+        templated = getattr(self.tokenizer, "chat_template", None) is not None
+        return dict(self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
+                                   add_special_tokens=not templated))
 
     def _page_token_layout(self, index: int, page: Image.Image,
                            tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
