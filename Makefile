@@ -20,12 +20,13 @@ CHECK_SOURCE = $(PY) -c 'import os, sys, ocrheads_lib; here = os.path.realpath("
 	got = os.path.realpath(ocrheads_lib.__file__); \
 	sys.exit(0 if got.startswith(here + os.sep) else f"ocrheads_lib is imported from {got}, not from {here}")'
 
-.PHONY: setup test book book-check bench clean help
+.PHONY: setup test book book-check bench results clean help
 
 help:
 	@echo "make book   - set up + execute all notebooks on the embedded model + build the HTML book (_build/html)"
 	@echo "make test   - set up + run the test suite"
 	@echo "make bench  - run the performance benchmarks (benchmarks/)"
+	@echo "make results - regenerate the shipped per-sample records (records/; resumable, hours on a CPU)"
 	@echo "make book-check - open the built book in headless Chromium and check widgets and figures"
 
 setup:
@@ -46,6 +47,15 @@ book-check:
 bench: setup
 	@$(CHECK_SOURCE)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The full-size per-sample records that ship in records/ (ocrheads_lib.records): heads chosen on the selection
+# split, masking answered on the evaluation split. Resumable (part files next to the output), progress bars.
+RESULTS_MODEL ?= smol-vl
+RESULTS_ARGS ?= --n-select 40 --n-eval 200 --ks 2,5,10,20 --control-seeds 0,1,2 --batch-size 1
+results: setup
+	@$(CHECK_SOURCE)
+	$(PY) -m ocrheads_lib.records regenerate --model $(RESULTS_MODEL) $(RESULTS_ARGS) \
+		--out records/$(RESULTS_MODEL)_masking.jsonl.gz
 
 clean:
 	rm -rf _build book/generated results
