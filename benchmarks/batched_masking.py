@@ -1,8 +1,8 @@
 """Greedy evaluation of masking conditions on smol-vl: batched (left padded) vs one sample at a time.
 
 Setting: `load_model("smol-vl")` (30 layers x 9 heads, float32, CPU, one thread), the pass-key pages of the
-evaluation split (`passkey_images(n, seed=1000)`, the book's grid page), `max_new_tokens=12` (the masking
-chapter's budget) and three masking-style conditions: the stock model and `k` = 5 and 20 random heads zeroed
+evaluation split (`passkey_images(n, seed=1000)`, the book's grid page; `--task` for another set),
+`max_new_tokens=12` (the masking chapter's budget; `--max-new-tokens`) and three masking-style conditions: the stock model and `k` = 5 and 20 random heads zeroed
 (`sweep.random_heads`, seed 0), each answered under `attention.apply(lm, Plan(mask=heads))`.
 
 * one     -- `inference.answer` per sample (what `experiments.evaluate` does by default);
@@ -14,8 +14,8 @@ condition (wall time is unreliable on a shared machine) give samples per CPU-min
 after the model is loaded and warmed up (probe_memory's PeakRss), reported with the extra over the RSS
 before answering. The parent compares the answers of the two modes sample by sample.
 
-Usage: OMP_NUM_THREADS=1 python benchmarks/batched_masking.py [--n 8] [--batch-size 8]
-       [--out benchmarks/results/batched_masking.md]
+Usage: OMP_NUM_THREADS=1 python benchmarks/batched_masking.py [--n 8] [--batch-size 8] [--task passkey_image]
+       [--max-new-tokens 12] [--out benchmarks/results/batched_masking.md]
 """
 from __future__ import annotations
 
@@ -39,18 +39,18 @@ KS = (0, 5, 20)
 MAX_NEW_TOKENS = 12
 
 
-def worker(mode: str, n: int, batch_size: int) -> dict:
+def worker(mode: str, n: int, batch_size: int, task: str, max_new_tokens: int) -> dict:
     import torch
 
     from ocrheads_lib.attention import Plan, apply
-    from ocrheads_lib.data import passkey_images
+    from ocrheads_lib.data import load_dataset_by_name
     from ocrheads_lib.experiments.sweep import random_heads
     from ocrheads_lib.inference import answer, answer_batch
     from ocrheads_lib.models import load_model
 
     torch.set_num_threads(1)
     lm = load_model("smol-vl")
-    samples = passkey_images(n, seed=1000)
+    samples = load_dataset_by_name(task, n, seed=1000)
     answer(lm, samples[0], max_new_tokens=2)                     # warm-up: first-call allocations
     answers: dict[str, list[str]] = {}
     with PeakRss() as peak:
@@ -59,18 +59,19 @@ def worker(mode: str, n: int, batch_size: int) -> dict:
             plan = Plan(mask=random_heads(lm.n_layers, lm.n_heads, k, seed=0)) if k else Plan()
             with apply(lm, plan):
                 if mode == "one":
-                    answers[str(k)] = [answer(lm, s, max_new_tokens=MAX_NEW_TOKENS) for s in samples]
+                    answers[str(k)] = [answer(lm, s, max_new_tokens=max_new_tokens) for s in samples]
                 else:
-                    answers[str(k)] = answer_batch(lm, samples, max_new_tokens=MAX_NEW_TOKENS, batch_size=batch_size)
+                    answers[str(k)] = answer_batch(lm, samples, max_new_tokens=max_new_tokens, batch_size=batch_size)
         cpu = time.process_time() - start
     return {"mode": mode, "cpu_s": cpu, "n_answers": n * len(KS), "peak_mb": peak.peak / 1024,
             "extra_mb": (peak.peak - peak.before) / 1024, "answers": answers}
 
 
-def run(mode: str, n: int, batch_size: int) -> dict:
+def run(mode: str, n: int, batch_size: int, task: str, max_new_tokens: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, __file__, "--worker", mode, "--n", str(n), "--batch-size", str(batch_size)]
+    command = [sys.executable, __file__, "--worker", mode, "--n", str(n), "--batch-size", str(batch_size),
+               "--task", task, "--max-new-tokens", str(max_new_tokens)]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{mode} worker failed: {done.stderr[-2000:]}")
@@ -81,19 +82,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=8, help="samples per condition")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--task", default="passkey_image", help="evaluation task (passkey_image, niah_image, ...)")
+    parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "batched_masking.md"))
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.n, args.batch_size)))
+        print(json.dumps(worker(args.worker, args.n, args.batch_size, args.task, args.max_new_tokens)))
         return
-    results = {mode: run(mode, args.n, args.batch_size) for mode in MODES}
+    results = {mode: run(mode, args.n, args.batch_size, args.task, args.max_new_tokens) for mode in MODES}
     one, batched = results["one"], results["batched"]
     same = sum(a == b for k in one["answers"] for a, b in zip(one["answers"][k], batched["answers"][k]))
     rate = {mode: 60.0 * r["n_answers"] / r["cpu_s"] for mode, r in results.items()}
-    lines = [f"Greedy answers of smol-vl on {args.n} evaluation-split pass-key pages (seed 1000) under "
+    lines = [f"Greedy answers of smol-vl on {args.n} evaluation-split `{args.task}` samples (seed 1000) under "
              f"{len(KS)} masking conditions (k = {', '.join(map(str, KS))} random heads zeroed), "
-             f"max_new_tokens={MAX_NEW_TOKENS}, CPU, 1 thread, one fresh process per mode. Samples per CPU-minute "
+             f"max_new_tokens={args.max_new_tokens}, CPU, 1 thread, one fresh process per mode. Samples per CPU-minute "
              "from process CPU seconds; peak RSS = VmHWM (extra = over the RSS before answering). Target: "
              "batched >= 2x one at a time.", "",
              "| mode | batch size | answers | CPU s | samples / CPU-min | speed-up | peak RSS (MB) | extra (MB) |",

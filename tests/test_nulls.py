@@ -134,7 +134,7 @@ def test_dissociation_golden_planted_and_null():
     assert planted.verdict == "holds" and planted.p_value < 0.001
     text = nulls.dissociation_test(base, dict(zip(ids, (rng.random(n) > 0.3) * 1.0)),
                                    dict(zip(ids, (rng.random(n) > 0.3) * 1.0)), "passkey_text", "less")
-    assert text.verdict == "undecided" and text.n_to_decide is None or text.n_to_decide > n
+    assert text.verdict == "undecided" and (text.n_to_decide is None or text.n_to_decide > n)
     both = nulls.double_dissociation(planted, text)
     assert both.verdict == "undecided" and both.n_to_decide == text.n_to_decide
     with pytest.raises(ValueError, match="cover different samples"):
