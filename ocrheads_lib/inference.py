@@ -64,18 +64,29 @@ def answer_batch(lm: ModelAdapter, samples: Sequence[Sample], max_new_tokens: in
                  batch_size: int = 8) -> list[str]:
     """Greedy answers to `samples`, `batch_size` at a time (left padded, see the module note); in sample order.
 
-    Same answers as ``[answer(lm, s) for s in samples]`` up to near-tied logits. An adapter without batched
-    generation (``lm.batched_generation`` False) or ``batch_size=1`` answers one at a time. A batch that cannot
-    be built (e.g. one sample longer than the model's window) raises like :func:`answer` would for that sample.
+    Same answers as ``[answer(lm, s) for s in samples]`` up to near-tied logits. Samples are batched in order of
+    :func:`length_hint` (similar lengths together: less padding) and returned in the given order. An adapter
+    without batched generation (``lm.batched_generation`` False) or ``batch_size=1`` answers one at a time. A
+    batch that cannot be built (e.g. one sample longer than the model's window) raises like :func:`answer` would
+    for that sample.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}; 1 answers one sample at a time")
     samples = list(samples)
     if batch_size == 1 or not getattr(lm, "batched_generation", False):
         return [answer(lm, sample, max_new_tokens=max_new_tokens) for sample in samples]
-    out: list[str] = []
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start:start + batch_size]
-        tensors = lm.build_batch([sample_prompt(sample) for sample in chunk])
-        out += [lm.decode(ids) for ids in lm.generate_batch(tensors, max_new_tokens=max_new_tokens)]
+    order = sorted(range(len(samples)), key=lambda i: length_hint(samples[i]))   # similar lengths share a batch
+    out: list[str] = [""] * len(samples)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        tensors = lm.build_batch([sample_prompt(samples[i]) for i in chunk])
+        for i, ids in zip(chunk, lm.generate_batch(tensors, max_new_tokens=max_new_tokens)):
+            out[i] = lm.decode(ids)
     return out
+
+
+def length_hint(sample: Sample) -> tuple[int, int]:
+    """A cheap stand-in for a sample's prompt length, to batch similar lengths together (less padding):
+    (total page pixels, characters of text)."""
+    pages, text = sample_prompt(sample)
+    return sum(page.width * page.height for page in pages), len(text)

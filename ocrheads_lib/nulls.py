@@ -100,7 +100,8 @@ def n_to_decide(estimate: float, low: float, high: float, null: float, n: int) -
     return max(n + 1, int(math.ceil(round(n * (half / gap) ** 2, 9))))   # round: 0.15 / 0.1 is 1.5000000000000002
 
 
-def decide(estimate: float, low: float, high: float, null: float, n: int, direction: str = "greater") -> tuple[str, int | None]:
+def decide(estimate: float, low: float, high: float, null: float, n: int,
+           direction: str = "greater") -> tuple[str, int | None]:
     """(verdict, n to decide) of a one-directional claim "the statistic is `direction` than `null`": holds when
     the interval lies wholly on that side, fails when wholly on the other, else undecided."""
     if direction not in DIRECTIONS:

@@ -72,7 +72,8 @@ class RunIdentity:
         try:
             canonical(dict(self.params))
         except TypeError as error:
-            raise ValueError(f"RunIdentity.params must be JSON-able (numbers, strings, lists, dicts): {error}") from None
+            raise ValueError(f"RunIdentity.params must be JSON-able (numbers, strings, lists, dicts): "
+                             f"{error}") from None
 
     def as_dict(self) -> dict[str, Any]:
         return {"model_id": self.model_id, "weights": self.weights, "experiment": self.experiment,
@@ -178,8 +179,9 @@ def load(path: str | os.PathLike) -> tuple[RunIdentity, list[dict[str, Any]]]:
         raise ValueError(f"{path} is not a records file ({FORMAT}); regenerate it with `{REGENERATE}`")
     records = [json.loads(line) for line in lines[1:]]
     if len(records) != header.get("n_records"):
+        command = regeneration_command(RunIdentity.from_dict(header["identity"]), path)
         raise ValueError(f"{path} holds {len(records)} records but its header says {header.get('n_records')}: "
-                         f"the file is cut; regenerate it with `{regeneration_command(RunIdentity.from_dict(header['identity']), path)}`")
+                         f"the file is cut; regenerate it with `{command}`")
     return RunIdentity.from_dict(header["identity"]), records
 
 
@@ -190,7 +192,8 @@ def read_records(path: str | os.PathLike, expected: RunIdentity) -> list[dict[st
     if found.key() != expected.key():
         changes = "; ".join(found.differences(expected)[:6]) if found != expected else "identity key"
         raise StaleRecordsError(
-            f"{path} was written for another run (in the file -> expected: {changes}; file key {found.key()}, expected {expected.key()}): its numbers do not belong to this model or "
+            f"{path} was written for another run (in the file -> expected: {changes}; file key {found.key()}, "
+            f"expected {expected.key()}): its numbers do not belong to this model or "
             f"these settings. Regenerate: {regeneration_command(expected, path)}")
     return records
 
@@ -263,7 +266,8 @@ def parser() -> argparse.ArgumentParser:
     regen.add_argument("--experiment", default="masking", choices=["masking"])
     regen.add_argument("--selection-seeds", type=_seeds, default=(0, 1), help="first:count (default 0:1)")
     regen.add_argument("--evaluation-seeds", type=_seeds, default=(1000, 1), help="first:count (default 1000:1)")
-    regen.add_argument("--tasks", type=lambda t: [x for x in t.split(",") if x], default=["passkey_image", "passkey_text"])
+    regen.add_argument("--tasks", type=lambda t: [x for x in t.split(",") if x],
+                       default=["passkey_image", "passkey_text"])
     regen.add_argument("--n-select", type=int, default=8, help="selection-split samples to score heads on")
     regen.add_argument("--n-eval", type=int, default=200, help="evaluation-split samples per task")
     regen.add_argument("--ks", type=_ints, default=[2, 5])

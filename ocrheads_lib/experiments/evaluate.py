@@ -35,7 +35,7 @@ import numpy as np
 
 from ocrheads_lib import bootstrap
 from ocrheads_lib.attention import Plan, apply
-from ocrheads_lib.inference import answer, answer_batch
+from ocrheads_lib.inference import answer, answer_batch, length_hint
 from ocrheads_lib.metrics import metric
 from ocrheads_lib.models.base import NonFiniteLogitsError
 from ocrheads_lib.paths import atomic_write_text
@@ -253,7 +253,7 @@ def _answer_missing_in_batches(lm: Any, samples: Sequence[Any], plan: Any, metri
                                cache: PredictionCache, max_new_tokens: int, batch_size: int) -> None:
     """Put the batched answers of the samples `cache` lacks into it (a failing batch is left to the caller's
     one-at-a-time loop, which records each sample's own failure)."""
-    missing = [s for s in samples if cache.get(str(s.id)) is None]
+    missing = sorted((s for s in samples if cache.get(str(s.id)) is None), key=length_hint)   # less padding
     for start in range(0, len(missing), batch_size):
         chunk = missing[start:start + batch_size]
         try:

@@ -138,8 +138,9 @@ def recompute_fn(lm: Any, identity: RunIdentity) -> Callable[[Mapping[str, Any]]
     return recompute
 
 
-def audit_file(path: str | Path, identity: RunIdentity | None = None, records: Sequence[Mapping[str, Any]] | None = None,
-               *, fraction: float = 0.01, seed: int = 0, lm: Any = None) -> AuditReport:
+def audit_file(path: str | Path, identity: RunIdentity | None = None,
+               records: Sequence[Mapping[str, Any]] | None = None, *, fraction: float = 0.01, seed: int = 0,
+               lm: Any = None) -> AuditReport:
     """Audit a masking records file: the model must still have the weights the records were made with (else
     :class:`~ocrheads_lib.records.StaleRecordsError`), and a seeded subset must recompute byte for byte."""
     from ocrheads_lib.models import load_model
