@@ -41,7 +41,7 @@ import numpy as np
 from scipy import stats
 
 from ocrheads_lib import bootstrap
-from ocrheads_lib.analysis import jaccard, resample, topk_overlap
+from ocrheads_lib.analysis import resample, topk_overlap
 from ocrheads_lib.heads import select, top_k
 from ocrheads_lib.scoring.store import HeadScores
 from ocrheads_lib.types import Head
