@@ -100,7 +100,9 @@ def regenerate(*, model_id: str, splits: Splits, tasks: Sequence[str], n_select:
         metrics = metrics_for(samples)
         for condition in conditions:
             bar.set_postfix_str(f"{task} {condition.describe()}")
-            cache = PredictionCache(work / task / f"{condition.key}.jsonl")
+            cache = PredictionCache(work / task / f"{condition.key}.jsonl",     # keyed as every cache is
+                                    {"run": identity.key(), "task": task, "condition": condition.key,
+                                     "max_new_tokens": max_new_tokens})
             preds = evaluate(lm, samples, Plan(mask=condition.heads), metrics=metrics, cache=cache,
                              max_new_tokens=max_new_tokens, batch_size=batch_size)
             records += [record_of(task, condition, p) for p in preds]
