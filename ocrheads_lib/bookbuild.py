@@ -35,6 +35,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -203,10 +204,42 @@ def _first_error(notebook_path: Path) -> str:
 BAD_OUTPUT = ("not found", "Traceback", "No such file")
 
 
-def output_problems(notebook_path: Path) -> list[str]:
-    """Lines of an executed notebook's text outputs that contain one of :data:`BAD_OUTPUT`."""
+# What a reader sees is a figure, a formatted table, a widget or glued text; a bare repr is leaked code output.
+SHOWN_MIMES = ("text/html", "text/markdown", "text/latex", "application/vnd.jupyter.widget-view+json")
+REPR_PATTERN = re.compile(r"PosixPath\(|WindowsPath\(|<[\w.]+ object at 0x[0-9a-f]+>")
+
+
+def repr_outputs(notebook_path: Path) -> list[str]:
+    """The outputs of an executed notebook that show raw code output: a result shown only as text/plain
+    (a returned string, path, dict or list, e.g. ``PosixPath('/…')``) or printed text that looks like a
+    repr (``<… object at 0x…>``). Figures (image/*), HTML tables, Markdown, widgets and glued values
+    (application/papermill.record/*, shown only where the prose pastes them) pass."""
     nb = json.loads(Path(notebook_path).read_text(encoding="utf-8"))
     found = []
+    for index, cell in enumerate(nb.get("cells", [])):
+        for out in cell.get("outputs", []) or []:
+            kind = out.get("output_type")
+            if kind in ("execute_result", "display_data"):
+                data = out.get("data") or {}
+                visible = [m for m in data if not m.startswith("application/papermill.record/")]
+                if visible and not any(m in SHOWN_MIMES or m.startswith("image/") for m in visible):
+                    text = data.get("text/plain", "")
+                    text = "".join(text) if isinstance(text, list) else str(text)
+                    found.append(f"cell {index}: raw output {text.strip()[:120]!r}")
+            elif kind == "stream":
+                text = out.get("text", "")
+                text = "".join(text) if isinstance(text, list) else str(text)
+                for line in text.splitlines():
+                    if REPR_PATTERN.search(line):
+                        found.append(f"cell {index}: printed repr {line.strip()[:120]!r}")
+    return found
+
+
+def output_problems(notebook_path: Path) -> list[str]:
+    """Lines of an executed notebook's text outputs that contain one of :data:`BAD_OUTPUT`, and every
+    raw code output (:func:`repr_outputs`)."""
+    nb = json.loads(Path(notebook_path).read_text(encoding="utf-8"))
+    found = repr_outputs(notebook_path)
     for index, cell in enumerate(nb.get("cells", [])):
         for out in cell.get("outputs", []) or []:
             texts = [out.get("text", "")]

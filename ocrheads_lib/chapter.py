@@ -99,6 +99,52 @@ def format_table(frame: Any, digits: int = 3, fold_rows: int = FOLD_ROWS) -> str
             f"{styled(frame)}</details>")
 
 
+MAX_SENTENCES = 3       # "What this run shows": at most this many sentences in view
+MAX_WORDS = 45          # a longer generated sentence is folded away with the rest
+
+
+def _markdown_cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def verdict_markdown(verdicts: Any) -> str:
+    """A short verdict table as Markdown: a DataFrame, or a list of mappings (one row each)."""
+    import pandas as pd
+
+    frame = verdicts if isinstance(verdicts, pd.DataFrame) else pd.DataFrame(list(verdicts))
+    if frame.empty:
+        return ""
+    columns = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_markdown_cell(f"{v:.2f}" if isinstance(v, float) else v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def conclusion_markdown(sentences: Sequence[str], verdicts: Any = None, max_sentences: int = MAX_SENTENCES,
+                        max_words: int = MAX_WORDS) -> str:
+    """The "What this run shows" section as Markdown: the verdict table (when given), then at most
+    `max_sentences` sentences of at most `max_words` words as bullets; every other sentence is folded
+    behind a one-line summary ("N more findings of this run"), so the section stays short."""
+    sentences = [str(s).strip() for s in sentences if str(s).strip()]
+    if not sentences:
+        raise ValueError("a chapter's conclusion needs at least one sentence computed from its run")
+    shown, folded = [], []
+    for sentence in sentences:
+        fits = len(shown) < max_sentences and len(sentence.split()) <= max_words
+        (shown if fits else folded).append(sentence)
+    parts = []
+    table = verdict_markdown(verdicts) if verdicts is not None else ""
+    if table:
+        parts.append(table)
+    if shown:
+        parts.append("\n".join(f"- {s}" for s in shown))
+    if folded:
+        parts.append(f"<details><summary>{len(folded)} more finding{'s' if len(folded) > 1 else ''} of this run, "
+                     "in detail</summary>\n\n" + "\n".join(f"- {s}" for s in folded) + "\n\n</details>")
+    return "\n\n".join(parts)
+
+
 @dataclass
 class Chapter:
     """One chapter's run: its parameters and where its files go."""
@@ -130,20 +176,17 @@ class Chapter:
 
         _glue(name, HTML(format_table(frame, digits, fold_rows)))
 
-    def text(self, name: str, value: str) -> str:
-        """Glue a short text (``{glue:text}`name```) and return it."""
+    def text(self, name: str, value: str) -> None:
+        """Glue a short text (``{glue:text}`name```). Returns nothing: a cell ending with it prints nothing."""
         _glue(name, value)
-        return value
 
-    def conclude(self, sentences: Sequence[str]) -> str:
-        """Glue the chapter's conclusion, one bullet per sentence, as "conclusion" (``{glue:md} conclusion``)."""
+    def conclude(self, sentences: Sequence[str], verdicts: Any = None) -> None:
+        """Glue the chapter's "What this run shows" as "conclusion" (``{glue:md} conclusion``): see
+        :func:`conclusion_markdown`. Returns nothing, so a cell ending with this call prints nothing
+        (the book never shows the raw string)."""
         from IPython.display import Markdown   # IPython: optional, only the notebooks display
 
-        if not sentences:
-            raise ValueError("a chapter's conclusion needs at least one sentence computed from its run")
-        text = "\n".join(f"- {s}" for s in sentences)
-        _glue("conclusion", Markdown(text))
-        return text
+        _glue("conclusion", Markdown(conclusion_markdown(sentences, verdicts)))
 
 
 def _glue(name: str, value: Any) -> None:

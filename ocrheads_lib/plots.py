@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.patches import Rectangle
 
 from ocrheads_lib.analysis import BIN_LABELS, sparsity_bins
 from ocrheads_lib.heads import head_values
@@ -74,8 +75,8 @@ def label(scores: HeadScores) -> str:
 
 def bin_bars(score_sets: Sequence[HeadScores], ax=None, filtered: bool = False, names: Sequence[str] | None = None):
     """Share of heads (%) per score bin (==0, (0,.1], (.1,.3], (.3,.5], (.5,1]), one bar colour per score set;
-    the head counts are written on the bars. Replaces the paper's donuts: bars of several sets side by side
-    are comparable at a glance."""
+    the head counts are written along the bars (rotated, so neighbouring counts never collide). Replaces the
+    paper's donuts: bars of several sets side by side are comparable at a glance."""
     ax = _axes(ax, figsize=(MAX_WIDTH_IN, 3.4))
     names = list(names) if names is not None else [label(s) for s in score_sets]
     rows = []
@@ -85,12 +86,44 @@ def bin_bars(score_sets: Sequence[HeadScores], ax=None, filtered: bool = False, 
                  for b, count, share in zip(BIN_LABELS, bins, bins.shares())]
     frame = pd.DataFrame(rows)
     sns.barplot(frame, x="bin", y="share", hue="set", ax=ax)
+    small = 9 if len(names) <= 2 else 8
     for container, (_, sub) in zip(ax.containers, frame.groupby("set", sort=False)):
-        ax.bar_label(container, labels=[str(c) for c in sub["count"]], fontsize=9, padding=1)
-    ax.set_xlabel("mean head score" + (" (paper-code filter applied)" if filtered else ""))
+        ax.bar_label(container, labels=[str(c) for c in sub["count"]], fontsize=small, padding=2, rotation=90)
+    ax.set_xlabel("mean head score" + (" (zero-filter applied)" if filtered else ""))
     ax.set_ylabel("share of heads (%)")
-    ax.set_ylim(0, 108)
-    ax.legend(title=None, loc="upper right", frameon=True)
+    ax.set_ylim(0, 125)
+    ax.set_yticks([0, 20, 40, 60, 80, 100])
+    _legend_above(ax, ncol=min(len(names), 2))
+    return ax
+
+
+def _legend_above(ax: Any, ncol: int = 2, title: str | None = None) -> None:
+    """The axes' legend above the plotting area, outside it: it can never cover data."""
+    handles, labels = ax.get_legend_handles_labels()
+    if ax.get_legend() is not None:
+        ax.get_legend().remove()
+    if handles:
+        ax.legend(handles, labels, title=title, loc="lower center", bbox_to_anchor=(0.5, 1.01), ncol=max(1, ncol),
+                  frameon=False, borderaxespad=0.2)
+
+
+def share_intervals(shares: Any, ax=None, threshold: float = 0.1):
+    """The share of heads (%) whose mean score is above `threshold`, one row per score set, with its 95 %
+    bootstrap interval drawn: the comparison the text makes (e.g. OCR vs retrieval share) is visible as
+    two intervals that do or do not overlap. shares: name -> `analysis.Interval` (estimate, low, high)."""
+    ax = _axes(ax, figsize=(MAX_WIDTH_IN / 2, 3.0))
+    names = list(shares)
+    y = np.arange(len(names))[::-1]
+    palette = sns.color_palette(n_colors=max(1, len(names)))
+    for yi, name, colour in zip(y, names, palette):
+        iv = shares[name]
+        ax.errorbar([iv.estimate], [yi], xerr=[[iv.estimate - iv.low], [iv.high - iv.estimate]], fmt="o",
+                    color=colour, capsize=4, lw=1.5)
+    ax.set_yticks(y, names)
+    ax.set_xlabel(f"% heads with mean score > {threshold:g}\n(95 % bootstrap interval)")
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    high = max([shares[n].high for n in names] + [1.0])
+    ax.set_xlim(0, high * 1.15)
     return ax
 
 
@@ -143,10 +176,28 @@ def _short(value: float) -> str:
     return "1" if value >= 0.995 else f"{value:.2f}".lstrip("0")
 
 
+def _mark_cells(ax: Any, heads: Sequence[Sequence[int]], colour: str = "black", lw: float = 1.6) -> None:
+    """Outline the cells of `heads` ((layer, head) pairs) on a layer × head map: the heads under discussion
+    stay visible however small the cells are."""
+    for layer, head in heads:
+        ax.add_patch(Rectangle((int(head), int(layer)), 1, 1, fill=False, edgecolor=colour, lw=lw, zorder=5,
+                               clip_on=False))
+
+
+def _cells_fit_labels(ax: Any, n_layers: int, n_heads: int, fontsize: float, chars: int = 3) -> bool:
+    """Whether a label of `chars` characters at `fontsize` fits inside one cell of the map on `ax`."""
+    fig = ax.figure
+    width_px = ax.get_position().width * fig.get_figwidth() * fig.dpi / max(1, n_heads)
+    height_px = ax.get_position().height * fig.get_figheight() * fig.dpi / max(1, n_layers)
+    return width_px >= 0.62 * fontsize * chars * fig.dpi / 72 + 2 and height_px >= 1.25 * fontsize * fig.dpi / 72
+
+
 def head_heatmap(scores: HeadScores | np.ndarray, ax=None, title: str | None = None, rule: str = "readme",
-                 colorbar: bool = True, annotate: int = 5):
-    """Layer × head map of the head values (raw mean for rule="readme", filtered for "paper-code") in the
-    paper's discrete colours (bounds 0, .01, .1, .3, .5, 1); the `annotate` best heads carry their value."""
+                 colorbar: bool = True, annotate: int = 5, mark: Sequence[Sequence[int]] | None = None):
+    """Layer × head map of the head values (raw mean for the frequency rule "readme", zero-filtered mean for
+    "paper-code") in the paper's discrete colours (bounds 0, .01, .1, .3, .5, 1). The heads under discussion
+    (`mark`, default: the `annotate` best) are outlined in black; they carry their value only where a cell
+    is large enough for it (small maps: a value per cell would collide with its neighbours)."""
     if isinstance(scores, HeadScores):
         values = head_values(scores, rule)
         name = _title(scores, title)
@@ -154,37 +205,72 @@ def head_heatmap(scores: HeadScores | np.ndarray, ax=None, title: str | None = N
         values, name = np.asarray(scores, dtype=float), title or ""
     n_layers, n_heads = values.shape
     ax = _axes(ax, figsize=(min(MAX_WIDTH_IN / 2, 1.2 + 0.25 * n_heads), 3.4))
+    flat_values = values.reshape(-1)
+    best = [int(f) for f in np.argsort(-flat_values, kind="stable")[:annotate] if flat_values[f] > 0]
+    marked = [tuple(h) for h in mark] if mark is not None else [divmod(f, n_heads) for f in best]
+    fits = _cells_fit_labels(ax, n_layers, n_heads, 9)
     annot = np.full(values.shape, "", dtype=object)
-    for flat in np.argsort(-values.reshape(-1), kind="stable")[:annotate]:
-        if values.reshape(-1)[flat] > 0:
-            annot[flat // n_heads, flat % n_heads] = _short(values.reshape(-1)[flat])
+    if fits:
+        for layer, head in marked:
+            if values[layer, head] > 0:
+                annot[layer, head] = _short(values[layer, head])
     cmap = ListedColormap(list(HEATMAP_COLORS))
     sns.heatmap(values, ax=ax, cmap=cmap, norm=BoundaryNorm(HEATMAP_BOUNDS, cmap.N), annot=annot, fmt="",
                 annot_kws={"fontsize": 9, "color": "black"}, cbar=colorbar, linewidths=0.3 if n_heads <= 16 else 0,
                 linecolor="white", cbar_kws={"ticks": list(HEATMAP_BOUNDS), "label": "score"}, square=False)
+    _mark_cells(ax, marked)
     _layer_head_axes(ax, n_layers, n_heads)
+    if marked:
+        ax.set_xlabel(f"head (outlined: {'top ' + str(len(marked)) if mark is None else 'heads discussed'})")
     ax.set_title(name)
     return ax
+
+
+def _place_labels(ax: Any, points: Sequence[tuple[float, float]], names: Sequence[str], fontsize: float = 9) -> list[str]:
+    """Name points on `ax` without collisions: each label tries eight positions around its point and takes
+    the first whose box overlaps no label placed before it and stays inside the axes; a label with no free
+    position is left out. Returns the names that could not be placed."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    placed, left_out = [], []
+    offsets = [(4, 4), (4, -12), (-4, 4), (-4, -12), (8, -4), (-8, -4), (0, 10), (0, -16)]
+    for (x, y), name in zip(points, names):
+        for dx, dy in offsets:
+            text = ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                               ha="left" if dx >= 0 else "right")
+            box = text.get_window_extent(renderer)
+            inside = box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1
+            if inside and not any(_overlap(box, other, 0.0) for other in placed):
+                placed.append(box)
+                break
+            text.remove()
+        else:
+            left_out.append(name)
+    return left_out
 
 
 def row_comparison(emit: HeadScores, consume: HeadScores, ax=None, top: int = 5, title: str | None = None,
                    xlabel: str = 'mean score, row="emit"', ylabel: str = 'mean score, row="consume"'):
     """Scatter of every head's mean score under two score sets (e.g. the two row conventions); the top
-    heads of each are labelled with their head_label ("L9H0")."""
+    heads of each are labelled with their head_label ("L9H0") where a label fits without covering another
+    (:func:`_place_labels`)."""
     ax = _axes(ax, figsize=(MAX_WIDTH_IN / 2, 3.4))
     a, b = emit.mean().reshape(-1), consume.mean().reshape(-1)
     n_heads = emit.meta.n_heads
     sns.scatterplot(x=a, y=b, s=28, alpha=0.7, ax=ax)
     lim = max(1e-3, float(max(a.max(), b.max()))) * 1.08
     ax.plot([0, lim], [0, lim], color="grey", lw=0.8, ls="--")
-    for flat in sorted(set(np.argsort(-a, kind="stable")[:top]) | set(np.argsort(-b, kind="stable")[:top])):
-        ax.annotate(head_label(divmod(int(flat), n_heads)), (a[flat], b[flat]), fontsize=9,
-                    xytext=(3, 3), textcoords="offset points")
     ax.set_xlim(0, lim)
     ax.set_ylim(0, lim)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title or f"{emit.meta.kind.upper()}: {emit.meta.model_id}")
+    chosen = sorted(set(np.argsort(-a, kind="stable")[:top]) | set(np.argsort(-b, kind="stable")[:top]),
+                    key=lambda f: -max(a[f], b[f]))
+    chosen = [f for f in chosen if max(a[f], b[f]) > 0]
+    _place_labels(ax, [(a[f], b[f]) for f in chosen], [head_label(divmod(int(f), n_heads)) for f in chosen])
     return ax
 
 
@@ -194,12 +280,20 @@ def two_panels(height: float = 3.4, width_ratios: Sequence[float] = (1, 1)):
 
 
 def findings_grid(score_sets: Sequence[HeadScores], kind: str = "bins", filtered: bool = False,
-                  ncols: int = 2, size: float = 3.2):
-    """One figure for several score sets: kind = "bins" (one bar chart, sets side by side), "bars" (one
-    score-vs-frequency panel per set, `ncols` per row) or "heatmap"."""
+                  ncols: int = 2, size: float = 3.2, shares: Any = None, active_threshold: float = 0.0):
+    """One figure for several score sets: kind = "bins" (one bar chart, sets side by side; with `shares`,
+    name -> interval of the % of heads above 0.1, a second panel draws those intervals, see
+    :func:`share_intervals`), "bars" (one score-vs-frequency panel per set, `ncols` per row; activation =
+    an entry > `active_threshold`, the definition of ``analysis.static_activation``) or "heatmap"."""
     if kind == "bins":
-        fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN, size + 0.4))
-        bin_bars(score_sets, ax=ax, filtered=filtered)
+        if shares:
+            fig, (ax, right) = plt.subplots(2, 1, figsize=(MAX_WIDTH_IN, size + 0.9 + 0.35 * len(shares)),
+                                            gridspec_kw={"height_ratios": [size, 0.9 + 0.35 * len(shares)]})
+            bin_bars(score_sets, ax=ax, filtered=filtered)
+            share_intervals(shares, ax=right)
+        else:
+            fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN, size + 0.4))
+            bin_bars(score_sets, ax=ax, filtered=filtered)
         fig.tight_layout()
         return fig
     if kind not in ("bars", "heatmap"):
@@ -209,7 +303,7 @@ def findings_grid(score_sets: Sequence[HeadScores], kind: str = "bins", filtered
     fig, axes = plt.subplots(nrows, ncols, figsize=(MAX_WIDTH_IN, size * nrows), squeeze=False)
     for ax, scores in zip(axes.flat, score_sets):
         if kind == "bars":
-            score_frequency_bars(scores, ax=ax, top=4 if ncols > 1 else 7)
+            score_frequency_bars(scores, ax=ax, top=4 if ncols > 1 else 7, active_threshold=active_threshold)
         else:
             head_heatmap(scores, ax=ax, rule="paper-code" if filtered else "readme")
     for ax in list(axes.flat)[len(score_sets):]:
@@ -218,9 +312,15 @@ def findings_grid(score_sets: Sequence[HeadScores], kind: str = "bins", filtered
     return fig
 
 
-def sweep_panels(curves: Any, x: str, xlabel: str, baseline: str = "start", col_wrap: int = 2) -> Any:
+FLAT_WITHIN = 0.01      # a sweep panel whose every point is this close to the unmodified score is "flat"
+
+
+def sweep_panels(curves: Any, x: str, xlabel: str, baseline: str = "start", col_wrap: int = 2,
+                 flat_note: str | None = None) -> Any:
     """Score vs `x` (masking's k, the sink's beta) per head set, one panel per task (two per row), random
-    draws as their mean with a band from the worst to the best draw.
+    draws as their mean with a band from the worst to the best draw. One legend above the panels (never
+    over the data). A panel where no condition moves the score by more than :data:`FLAT_WITHIN` says so
+    inside it, with `flat_note` (why, e.g. how little sink mass there is to move) when given.
 
     curves: the tidy table of `experiments.masking.score_curves` / `experiments.sink.sink_curves`
     (columns task, modality, head_set, metric, score, lo, hi and `x`). baseline: "start" = the unmasked
@@ -230,7 +330,8 @@ def sweep_panels(curves: Any, x: str, xlabel: str, baseline: str = "start", col_
     tasks = sorted(curves["task"].unique(), key=lambda t: (curves[curves.task == t].modality.iloc[0] != "image", t))
     ncols = min(col_wrap, len(tasks))
     nrows = -(-len(tasks) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(MAX_WIDTH_IN, 3.1 * nrows), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(MAX_WIDTH_IN, 3.1 * nrows + 0.4), squeeze=False, sharey=True)
+    handles: dict[str, Any] = {}
     for ax, task in zip(axes.flat, tasks):
         sub = curves[curves.task == task]
         base = sub[sub.head_set == "none"]
@@ -247,24 +348,34 @@ def sweep_panels(curves: Any, x: str, xlabel: str, baseline: str = "start", col_
             ax.fill_between(line[x], line.lo, line.hi, alpha=0.15, color=palette[name], lw=0)
         if baseline == "line" and not base.empty:
             ax.axhline(base.score.iloc[0], color="black", ls="--", lw=1, label="unmodified")
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(name, handle)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+        reference = float(base.score.iloc[0]) if not base.empty else float(frame.score.iloc[0]) if len(frame) else 0.0
+        if len(frame) and float((frame.score - reference).abs().max()) <= FLAT_WITHIN:
+            note = f"flat: every condition scores {reference:.2f}" + (f"\n{flat_note}" if flat_note else "")
+            ax.text(0.5, 0.5 if reference < 0.3 or reference > 0.7 else 0.15, note, transform=ax.transAxes,
+                    ha="center", va="center", fontsize=9, wrap=True,
+                    bbox=dict(boxstyle="round", fc="white", ec="#bbbbbb"))
         ax.set_title(f"{task} ({sub.modality.iloc[0]})")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(sub.metric.iloc[0])
         ax.set_ylim(-0.03, 1.03)
-        if ax is not axes.flat[0] and ax.get_legend() is not None:
-            ax.get_legend().remove()
-    if axes.flat[0].get_legend() is not None:
-        axes.flat[0].legend(title=None, loc="lower left", frameon=True)
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (3.1 * nrows + 0.4)))
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=min(len(handles), 5),
+                   frameon=False, bbox_to_anchor=(0.5, 1.0))
     return fig
 
 
 def value_heatmap(values: Any, ax=None, title: str = "", label: str = "", annotate: int = 5, fmt: str = ".2f",
-                  cmap: str = "rocket_r"):
+                  cmap: str = "rocket_r", mark: Sequence[Sequence[int]] | None = None, mark_label: str = ""):
     """Layer × head map of any per-head number (a count, an attention mass, a share) on a continuous scale;
-    the `annotate` largest cells carry their value."""
+    the `annotate` largest cells carry their value where it fits in a cell, and the heads under discussion
+    (`mark`, e.g. the top OCR heads) are outlined, named by `mark_label` under the map."""
     values = np.asarray(values, dtype=float)
     n_layers, n_heads = values.shape
     # wide enough for a 4-character label per cell; one row per layer stays legible for 30-layer models
@@ -272,12 +383,18 @@ def value_heatmap(values: Any, ax=None, title: str = "", label: str = "", annota
                             max(3.2, 1.0 + 0.17 * n_layers)))
     flat = np.nan_to_num(values, nan=-np.inf).reshape(-1)
     annot = np.full(values.shape, "", dtype=object)
-    for index in np.argsort(-flat, kind="stable")[:annotate]:
-        if np.isfinite(flat[index]):
-            annot[index // n_heads, index % n_heads] = format(flat[index], fmt)
-    sns.heatmap(values, ax=ax, cmap=cmap, annot=annot, fmt="", annot_kws={"fontsize": 9 if n_layers <= 16 else 7},
+    fontsize = 9 if n_layers <= 16 else 7
+    if _cells_fit_labels(ax, n_layers, n_heads, fontsize, chars=len(format(float(np.nanmax(values)) if np.isfinite(flat).any() else 0.0, fmt))):
+        for index in np.argsort(-flat, kind="stable")[:annotate]:
+            if np.isfinite(flat[index]):
+                annot[index // n_heads, index % n_heads] = format(flat[index], fmt)
+    sns.heatmap(values, ax=ax, cmap=cmap, annot=annot, fmt="", annot_kws={"fontsize": fontsize},
                 cbar_kws={"label": label}, linewidths=0.3 if n_heads <= 16 else 0, linecolor="white")
+    if mark:
+        _mark_cells(ax, mark, colour="#00a0cc", lw=2.0)
     _layer_head_axes(ax, n_layers, n_heads)
+    if mark:
+        ax.set_xlabel(f"head (outlined in blue: {mark_label or 'heads discussed'})")
     ax.set_title(title)
     return ax
 
@@ -302,3 +419,90 @@ def condition_scatter(changes: Any, x: str = "direct", y: str = "cot", col: str 
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------------------------ layout check
+
+def _visible_texts(fig: Any) -> list[Any]:
+    """Every visible, non-empty text of a figure: titles, axis and tick labels, annotations, bar and
+    heatmap labels, legend entries, the suptitle."""
+    texts = []
+    for ax in fig.axes:
+        if not ax.get_visible() or not ax.axison and not ax.texts and not ax.get_title():
+            continue
+        texts += list(ax.texts) + [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label]
+        texts += [t for t in ax.get_xticklabels() + ax.get_yticklabels()]
+    for legend in _legends(fig):
+        texts += list(legend.get_texts())
+    texts += list(fig.texts)
+    if getattr(fig, "_suptitle", None) is not None:
+        texts.append(fig._suptitle)
+    return [t for t in texts if t.get_visible() and t.get_text().strip()]
+
+
+def _legends(fig: Any) -> list[Any]:
+    out = list(fig.legends)
+    for ax in fig.axes:
+        if ax.get_legend() is not None and ax.get_legend().get_visible():
+            out.append(ax.get_legend())
+    return out
+
+
+def _overlap(a: Any, b: Any, tolerance: float) -> bool:
+    return (min(a.x1, b.x1) - max(a.x0, b.x0) > tolerance) and (min(a.y1, b.y1) - max(a.y0, b.y0) > tolerance)
+
+
+def _data_points(ax: Any) -> np.ndarray:
+    """Display coordinates of what an axes plots: line vertices, scatter offsets, bar tops and corners,
+    band outlines (fill_between)."""
+    from matplotlib.collections import PathCollection, PolyCollection
+    from matplotlib.patches import Rectangle as Rect
+
+    points = []
+    for line in ax.get_lines():
+        if line.get_visible() and len(line.get_xydata()):
+            points.append(line.get_transform().transform(line.get_xydata()))
+    for coll in ax.collections:
+        if not coll.get_visible():
+            continue
+        if isinstance(coll, PathCollection) and len(coll.get_offsets()):
+            points.append(coll.get_offset_transform().transform(coll.get_offsets()))
+        elif isinstance(coll, PolyCollection):
+            for path in coll.get_paths():
+                if len(path.vertices):
+                    points.append(coll.get_transform().transform(path.vertices))
+    for patch in ax.patches:
+        if isinstance(patch, Rect) and patch.get_visible() and patch.get_height() and patch.get_width():
+            box = patch.get_window_extent()
+            xs = np.linspace(box.x0, box.x1, 5)
+            points.append(np.column_stack([xs, np.full_like(xs, box.y1)]))
+            points.append(np.column_stack([xs, np.full_like(xs, box.y0)]))
+    points = [p[np.all(np.isfinite(p), axis=1)] for p in points]
+    return np.concatenate(points) if points else np.zeros((0, 2))
+
+
+def layout_problems(fig: Any, tolerance: float = 1.0) -> list[str]:
+    """What makes a figure hard to read, measured on the rendered figure (matplotlib's renderer gives each
+    artist's bounding box in pixels): two text labels whose boxes overlap by more than `tolerance` px in
+    both directions, and a legend drawn over plotted data (a line vertex, scatter point, bar edge or band
+    corner inside the legend's box). Empty when the figure is clean."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = _visible_texts(fig)
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    problems = []
+    for i in range(len(texts)):
+        for j in range(i + 1, len(texts)):
+            if _overlap(boxes[i], boxes[j], tolerance):
+                problems.append(f"labels overlap: {texts[i].get_text()!r} and {texts[j].get_text()!r}")
+    for legend in _legends(fig):
+        frame = legend.get_window_extent(renderer)
+        axes = [legend.axes] if legend.axes is not None and legend in [a.get_legend() for a in fig.axes] else fig.axes
+        for ax in axes:
+            points = _data_points(ax)
+            inside = ((points[:, 0] > frame.x0) & (points[:, 0] < frame.x1) & (points[:, 1] > frame.y0)
+                      & (points[:, 1] < frame.y1)) if len(points) else np.zeros(0, bool)
+            if inside.any():
+                problems.append(f"legend ({', '.join(t.get_text() for t in legend.get_texts())}) covers "
+                                f"{int(inside.sum())} plotted point(s) of {ax.get_title() or 'an axes'!r}")
+    return problems
