@@ -123,23 +123,31 @@ def text_sample_html(sample: Any, window: int = 240) -> str:
 
 
 def grounding_figure(chars: Any, result: Any, width_in: float = 7.2) -> Any:
-    """The evidence page of one sample with, per answer character, its true box (cyan) and the box the OCR
-    heads point at (red dashed when it misses, green when it hits) — `chars` a
-    `grounding.CharacterAttention`, `result` its `grounding.CharacterGrounding`."""
+    """The evidence page of one sample with, per answer character, its true box (cyan, filled lightly) and
+    the token box the OCR heads point at (green outline when it hits, red dashed when it misses), numbered
+    in reading order above the page, with a legend under it — `chars` a `grounding.CharacterAttention`,
+    `result` its `grounding.CharacterGrounding`."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     page = chars.page
-    fig, ax = plt.subplots(figsize=(width_in, width_in * page.height / page.width + 0.6))
+    fig, ax = plt.subplots(figsize=(width_in, width_in * page.height / page.width + 1.0))
     ax.imshow(np.asarray(page.convert("RGB")))
     for c, (box, pred, hit) in enumerate(zip(chars.char_boxes, result.predicted, result.hits)):
-        _rect(ax, box, EVIDENCE, lw=2)
+        _rect(ax, box, EVIDENCE, lw=0, fill=True, alpha=0.3)
         x0, y0, x1, y1 = pred
-
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2, ls="-" if hit else "--",
-                               edgecolor="#1e9e3c" if hit else "#dc1e1e"))
+        inset = 1.5      # the guess drawn just inside its token, so it never hides the character's box edge
+        ax.add_patch(Rectangle((x0 + inset, y0 + inset), x1 - x0 - 2 * inset, y1 - y0 - 2 * inset, fill=False,
+                               lw=1.8, ls="-" if hit else "--", edgecolor="#1e9e3c" if hit else "#dc1e1e"))
     ax.set_xlim(0, page.width)
     ax.set_ylim(page.height, 0)
     ax.set_xticks([])
     ax.set_yticks([])
     heads = ", ".join(head_label(h) for h in result.heads)
     ax.set_title(f"{chars.sample_id}: {sum(result.hits)} of {len(result.hits)} characters hit (heads {heads})")
+    ax.legend(handles=[Patch(facecolor=EVIDENCE, alpha=0.3, label="character's box"),
+                       Line2D([], [], color="#1e9e3c", lw=1.8, label="token the heads point at: hit"),
+                       Line2D([], [], color="#dc1e1e", lw=1.8, ls="--", label="token the heads point at: miss")],
+              loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=3, frameon=False, fontsize=9)
     fig.tight_layout()
     return fig

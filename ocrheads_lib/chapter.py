@@ -30,6 +30,7 @@ from ocrheads_lib.paths import results_dir as model_results_dir
 PACKAGE_ROOT = Path(__file__).resolve().parent
 DEVICES = ("auto", "cpu", "cuda")
 FOLD_ROWS = 12          # tables with more rows are folded behind a "show all rows" toggle
+LAYOUT_SUFFIX = ".layout.json"   # figures/<name>.layout.json: that figure's layout problems (empty: clean)
 
 
 def repository_root() -> Path | None:
@@ -80,9 +81,12 @@ def curve_table(curves: Any, x: str) -> Any:
     return wide
 
 
-def format_table(frame: Any, digits: int = 3, fold_rows: int = FOLD_ROWS) -> str:
+def format_table(frame: Any, digits: int = 3, fold_rows: int = FOLD_ROWS, summary: str | None = None) -> str:
     """HTML of a DataFrame as the book shows tables: numbers rounded to `digits`, no index, and, past
-    `fold_rows` rows, the first rows visible and the rest behind a toggle."""
+    `fold_rows` rows, folded whole behind a toggle with a one-line `summary` above it (default: how many
+    rows the table has), so a long table is never a wall."""
+    import html
+
     frame = frame.reset_index(drop=True)
 
     def styled(part: Any) -> str:
@@ -95,8 +99,9 @@ def format_table(frame: Any, digits: int = 3, fold_rows: int = FOLD_ROWS) -> str
 
     if len(frame) <= fold_rows:
         return styled(frame)
-    return (f"{styled(frame.head(fold_rows))}<details><summary>show all {len(frame)} rows</summary>"
-            f"{styled(frame)}</details>")
+    line = summary or f"{len(frame)} rows, folded: open the table to see them all."
+    return (f"<p class=\"table-summary\">{html.escape(line)}</p><details><summary>show all {len(frame)} rows"
+            f"</summary>{styled(frame)}</details>")
 
 
 MAX_SENTENCES = 3       # "What this run shows": at most this many sentences in view
@@ -160,9 +165,20 @@ class Chapter:
         """Save `fig` as figures/<name>.png and glue it under `name` (shown by ``{glue:figure} name``).
         Returns nothing, so a cell ending with this call prints nothing."""
         path = self.figures / f"{name}.png"
+        self.check_layout(name, fig)
         fig.savefig(path)
         _glue(name, fig)
         plt.close(fig)
+
+    def check_layout(self, name: str, fig: Any) -> list[str]:
+        """Record `fig`'s layout problems (:func:`plots.layout_problems`: overlapping labels, a legend on
+        data) in figures/<name>.layout.json (one file per figure: chapters run side by side), the files the
+        book's tests read; an empty list is recorded too, so a fixed figure clears its record."""
+        from ocrheads_lib.paths import atomic_write_json
+
+        problems = plots.layout_problems(fig)
+        atomic_write_json(self.figures / f"{name}{LAYOUT_SUFFIX}", {"figure": name, "problems": problems})
+        return problems
 
     def image(self, name: str, path: str | os.PathLike) -> None:
         """Glue a PNG file (e.g. a contact sheet) under `name` (shown by ``{glue:figure} name``)."""
@@ -170,11 +186,12 @@ class Chapter:
 
         _glue(name, Image(filename=str(path)))
 
-    def table(self, name: str, frame: Any, digits: int = 3, fold_rows: int = FOLD_ROWS) -> None:
+    def table(self, name: str, frame: Any, digits: int = 3, fold_rows: int = FOLD_ROWS,
+              summary: str | None = None) -> None:
         """Glue a formatted table (see :func:`format_table`) under `name`."""
         from IPython.display import HTML   # IPython: optional, only the notebooks display
 
-        _glue(name, HTML(format_table(frame, digits, fold_rows)))
+        _glue(name, HTML(format_table(frame, digits, fold_rows, summary)))
 
     def text(self, name: str, value: str) -> None:
         """Glue a short text (``{glue:text}`name```). Returns nothing: a cell ending with it prints nothing."""

@@ -280,7 +280,8 @@ def two_panels(height: float = 3.4, width_ratios: Sequence[float] = (1, 1)):
 
 
 def findings_grid(score_sets: Sequence[HeadScores], kind: str = "bins", filtered: bool = False,
-                  ncols: int = 2, size: float = 3.2, shares: Any = None, active_threshold: float = 0.0):
+                  ncols: int = 2, size: float = 3.2, shares: Any = None, active_threshold: float = 0.0,
+                  names: Sequence[str] | None = None):
     """One figure for several score sets: kind = "bins" (one bar chart, sets side by side; with `shares`,
     name -> interval of the % of heads above 0.1, a second panel draws those intervals, see
     :func:`share_intervals`), "bars" (one score-vs-frequency panel per set, `ncols` per row; activation =
@@ -289,11 +290,11 @@ def findings_grid(score_sets: Sequence[HeadScores], kind: str = "bins", filtered
         if shares:
             fig, (ax, right) = plt.subplots(2, 1, figsize=(MAX_WIDTH_IN, size + 0.9 + 0.35 * len(shares)),
                                             gridspec_kw={"height_ratios": [size, 0.9 + 0.35 * len(shares)]})
-            bin_bars(score_sets, ax=ax, filtered=filtered)
+            bin_bars(score_sets, ax=ax, filtered=filtered, names=names)
             share_intervals(shares, ax=right)
         else:
             fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN, size + 0.4))
-            bin_bars(score_sets, ax=ax, filtered=filtered)
+            bin_bars(score_sets, ax=ax, filtered=filtered, names=names)
         fig.tight_layout()
         return fig
     if kind not in ("bars", "heatmap"):
@@ -354,9 +355,13 @@ def sweep_panels(curves: Any, x: str, xlabel: str, baseline: str = "start", col_
             ax.get_legend().remove()
         reference = float(base.score.iloc[0]) if not base.empty else float(frame.score.iloc[0]) if len(frame) else 0.0
         if len(frame) and float((frame.score - reference).abs().max()) <= FLAT_WITHIN:
-            note = f"flat: every condition scores {reference:.2f}" + (f"\n{flat_note}" if flat_note else "")
+            import textwrap
+
+            width = 30 if ncols > 1 else 60
+            note = "\n".join(textwrap.wrap(f"flat: every condition scores {reference:.2f}." + (
+                f" {flat_note}" if flat_note else ""), width))
             ax.text(0.5, 0.5 if reference < 0.3 or reference > 0.7 else 0.15, note, transform=ax.transAxes,
-                    ha="center", va="center", fontsize=9, wrap=True,
+                    ha="center", va="center", fontsize=9,
                     bbox=dict(boxstyle="round", fc="white", ec="#bbbbbb"))
         ax.set_title(f"{task} ({sub.modality.iloc[0]})")
         ax.set_xlabel(xlabel)
@@ -431,7 +436,10 @@ def _visible_texts(fig: Any) -> list[Any]:
         if not ax.get_visible() or not ax.axison and not ax.texts and not ax.get_title():
             continue
         texts += list(ax.texts) + [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label]
-        texts += [t for t in ax.get_xticklabels() + ax.get_yticklabels()]
+        for axis in (ax.xaxis, ax.yaxis):          # only the ticks drawn: those inside the view interval
+            low, high = sorted(axis.get_view_interval())
+            span = 1e-9 + 1e-6 * abs(high - low)
+            texts += [tick.label1 for tick in axis.get_major_ticks() if low - span <= tick.get_loc() <= high + span]
     for legend in _legends(fig):
         texts += list(legend.get_texts())
     texts += list(fig.texts)

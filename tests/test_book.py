@@ -753,3 +753,26 @@ def test_built_pages_read_cleanly() -> None:
     card = (html / "book" / "model_card.html").read_text(encoding="utf-8")
     body = re.sub(r"<[^>]+>", " ", card[card.find("<main"):card.find("</main>")] if "<main" in card else card)
     assert len(body.split()) <= 2000, f"model card page has {len(body.split())} words"
+
+
+def test_sphinx_ext_numbers_glued_tables_as_tables(tmp_path: Path) -> None:
+    """A figure named tbl-… is captioned "Table N" and counted apart from the figures ("Fig. N")."""
+    from sphinx.cmd.build import build_main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.new("RGB", (8, 8), "white").save(src / "a.png")
+    (src / "conf.py").write_text("extensions = ['myst_parser', 'ocrheads_lib.sphinx_ext']\nnumfig = True\n")
+    figure = "```{{figure}} a.png\n:name: {name}\n\n{caption}\n```\n\n"
+    (src / "index.md").write_text("# Page\n\n" + figure.format(name="fig-one", caption="A figure.")
+                                  + figure.format(name="tbl-one", caption="A table.")
+                                  + figure.format(name="fig-two", caption="Another figure.")
+                                  + "See {numref}`tbl-one`.\n")
+    assert build_main(["-q", "-b", "html", str(src), str(tmp_path / "out")]) == 0
+    html = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+    import re
+
+    captions = re.findall(r'<span class="caption-number">([^<]+)</span><span class="caption-text">([^<]+)<', html)
+    assert [(n.strip(), t) for n, t in captions] == [("Fig. 1", "A figure."), ("Table 1", "A table."),
+                                                     ("Fig. 2", "Another figure.")]
+    assert "Table 1" in html[html.index("See "):]
