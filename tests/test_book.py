@@ -776,3 +776,75 @@ def test_sphinx_ext_numbers_glued_tables_as_tables(tmp_path: Path) -> None:
     assert [(n.strip(), t) for n, t in captions] == [("Fig. 1", "A figure."), ("Table 1", "A table."),
                                                      ("Fig. 2", "Another figure.")]
     assert "Table 1" in html[html.index("See "):]
+
+
+def test_repr_outputs_flag_leaked_code_output(tmp_path: Path) -> None:
+    """A returned path, string or dict shown as text/plain, or a printed '<… object at 0x…>', is leaked code
+    output; a figure, an HTML table, Markdown and glued (hidden) values are not."""
+    import nbformat
+
+    from ocrheads_lib.bookbuild import output_problems, repr_outputs
+
+    def result(data: dict) -> dict:
+        return nbformat.v4.new_output("execute_result", data=data, execution_count=1)
+
+    nb = nbformat.v4.new_notebook()
+    cells = {"path": [result({"text/plain": "PosixPath('/work/results/findings.json')"})],
+             "string": [result({"text/plain": "'- The 12 pass-key pages carry 48 answer un…'"})],
+             "printed": [nbformat.v4.new_output("stream", name="stdout", text="<ocrheads_lib.chapter.Chapter object at 0x7f3a>\n")],
+             "figure": [nbformat.v4.new_output("display_data", data={"image/png": "iVBOR", "text/plain": "<Figure size 720x360>"})],
+             "table": [nbformat.v4.new_output("display_data", data={"text/html": "<table></table>", "text/plain": "df"})],
+             "glued": [nbformat.v4.new_output("display_data", data={"application/papermill.record/text/plain": "'x'"})],
+             "progress": [nbformat.v4.new_output("stream", name="stderr", text="100%|####| 24/24\n")]}
+    for outputs in cells.values():
+        cell = nbformat.v4.new_code_cell("x")
+        cell.outputs = outputs
+        nb.cells.append(cell)
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nb, str(path))
+    found = repr_outputs(path)
+    assert [line.split(":")[0] for line in found] == ["cell 0", "cell 1", "cell 2"]
+    assert "PosixPath(" in found[0] and "object at 0x" in found[2]
+    assert found == [p for p in output_problems(path) if "raw output" in p or "printed repr" in p]
+
+
+def test_executed_chapters_show_no_raw_output() -> None:
+    """Over the executed chapters of a built book (skipped without one): no cell shows raw code output."""
+    from ocrheads_lib.bookbuild import repr_outputs
+
+    executed = sorted((ROOT / "book" / "generated").glob("[0-9][0-9]_*.ipynb"))
+    if not executed:
+        pytest.skip("no executed chapters (book/generated): run `make book` first")
+    leaks = {p.name: repr_outputs(p) for p in executed}
+    assert not any(leaks.values()), {k: v for k, v in leaks.items() if v}
+
+
+def test_book_figures_have_no_layout_problems() -> None:
+    """Every figure the built book drew (Chapter.figure records figures/<name>.layout.json) has no
+    overlapping labels and no legend over data."""
+    records = sorted((ROOT / "results").glob("*/figures/*.layout.json"))
+    if not (ROOT / "_build" / "html" / "index.html").is_file() or not records:
+        pytest.skip("no built book with figure records: run `make book` first")
+    problems = {}
+    for path in records:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record["problems"]:
+            problems[f"{path.parent.parent.name}/{record['figure']}"] = record["problems"]
+    assert not problems, problems
+
+
+def test_conclusion_markdown_is_short() -> None:
+    """At most three sentences in view (each at most 45 words), the verdict table first, the rest folded."""
+    from ocrheads_lib.chapter import conclusion_markdown
+
+    long = "word " * 60
+    text = conclusion_markdown(["One.", long.strip() + ".", "Two.", "Three.", "Four."],
+                               verdicts=[{"claim": "OCR heads less sparse", "verdict": "holds | barely"}])
+    table, shown, folded = text.split("\n\n", 2)
+    assert table.splitlines()[0] == "| claim | verdict |" and "holds \\| barely" in table
+    assert shown.splitlines() == ["- One.", "- Two.", "- Three."]
+    assert folded.startswith("<details><summary>2 more findings of this run") and "- Four." in folded
+    assert long.strip() in folded and folded.endswith("</details>")
+    assert conclusion_markdown(["Only."]) == "- Only."
+    with pytest.raises(ValueError):
+        conclusion_markdown([])
