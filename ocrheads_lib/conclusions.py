@@ -95,10 +95,10 @@ def ocr_heads_chapter(model_id: str, n_heads: int, emit_selected: Sequence[Head]
                + (f"; {n_failures} failed and are counted in the table with their reasons." if n_failures else "."))
     if emit_selected:
         best, value = emit_top[0]
-        out.append(f"With the emitting row, {_share(len(emit_selected), n_heads)} heads pass the selection rule; "
+        out.append(f"With the emitting row, {_share(len(emit_selected), n_heads)} heads pass the frequency rule; "
                    f"the best is {head_label(best)} with a mean OCR score of {value:.2f}.")
     else:
-        out.append(f"With the emitting row no head of the {n_heads} passes the selection rule: this model shows no "
+        out.append(f"With the emitting row no head of the {n_heads} passes the frequency rule: this model shows no "
                    "OCR heads on these samples.")
     if _finite(jaccard):
         overlap = "the same heads" if jaccard >= 0.999 else {
@@ -124,7 +124,7 @@ def ocr_heads_chapter(model_id: str, n_heads: int, emit_selected: Sequence[Head]
     if official:
         top = official.get("top") or []
         out.append(f"The released InternVL2-8B file selects {_share(official['n_selected'], official['n_heads'])} "
-                   "heads by the paper's rule" + (f"; its best head is {head_label(top[0][0])} at {top[0][1]:.2f}."
+                   "heads by the zero-filter rule" + (f"; its best head is {head_label(top[0][0])} at {top[0][1]:.2f}."
                                                   if top else "."))
     return out
 
@@ -142,7 +142,7 @@ def retrieval_chapter(model_id: str, n_heads: int, wu_selected: Sequence[Head], 
                       if len(paper_selected) > len(wu_selected) else "."))
     if official:
         out.append(f"In the released Qwen2-VL-2B text file {official['raw']} heads have a raw mean of at least 0.1 and "
-                   f"the paper's rule keeps {official['paper_code']}: its filter removes {official['dropped']} "
+                   f"the zero-filter rule keeps {official['paper_code']}: its filter removes {official['dropped']} "
                    f"always-on heads, the strongest with a mean of {official['max_dropped']:.2f}.")
     return out
 
@@ -258,6 +258,71 @@ def findings_chapter(model_id: str, share_ocr: Any, share_retrieval: Any, jaccar
         out.append(f"Released file {name}: {numbers['share']:.1f} % of heads above 0.1; frequency and mean correlate "
                    f"with Spearman {numbers['spearman']:.2f}{note}.")
     return out
+
+
+def findings_verdicts(share_ocr: Any, share_retrieval: Any, jaccard: float, jaccard_ci: Any, static_ocr: float,
+                      static_retrieval: float) -> list[dict[str, str]]:
+    """Chapter 04's verdict table: one row per claim of the paper, with this run's numbers and whether the
+    run supports the claim (the same tests as :func:`findings_chapter`)."""
+    separated = share_ocr.low > share_retrieval.high
+    rows = [{"claim": "OCR heads are less sparse",
+             "this run": f"{share_ocr.estimate:.1f} % vs {share_retrieval.estimate:.1f} % of heads above 0.1",
+             "verdict": "supported" if separated else
+             "not separated (intervals overlap)" if share_ocr.low <= share_retrieval.high
+             and share_retrieval.low <= share_ocr.high else "not supported"}]
+    if _finite(jaccard):
+        band = _overlap(jaccard)
+        rows.append({"claim": "OCR and retrieval heads are distinct",
+                     "this run": f"Jaccard {jaccard:.2f} ({jaccard_ci.low:.2f}–{jaccard_ci.high:.2f})",
+                     "verdict": {"distinct": "supported", "partly": "partly (sets overlap partly)",
+                                 "substantially": "not supported (sets overlap)"}[band]})
+    else:
+        rows.append({"claim": "OCR and retrieval heads are distinct", "this run": "a head set is empty",
+                     "verdict": "cannot be judged"})
+    values = [v for v in (static_ocr, static_retrieval) if _finite(v)]
+    rows.append({"claim": "heads are statically activated",
+                 "this run": ", ".join(f"{name} Spearman {v:.2f}" for name, v in
+                                       (("OCR", static_ocr), ("retrieval", static_retrieval)) if _finite(v)) or "–",
+                 "verdict": ("supported" if values and min(values) >= 0.8 else "partly" if values and
+                             max(values) >= 0.8 else "not supported" if values else "cannot be judged")})
+    return rows
+
+
+def masking_verdicts(comparison: Any, min_baseline: float = 0.2, sets: Sequence[str] = ("ocr", "retrieval")
+                     ) -> list[dict[str, str]]:
+    """The verdict table of a masking run (chapters 03 and 06), from ``compare_to_baseline(table, "k")``: per
+    task and masked head set, the unmasked score, the largest drop (at which k) and the k values at which
+    masking the set cost more than every random and every layer-matched random draw."""
+    rows = []
+    if comparison is None or len(comparison) == 0:
+        return rows
+    for task, sub in comparison.groupby("task", sort=True):
+        base = float(sub["baseline"].iloc[0])
+        drops = _drops(comparison, task)
+        for name in sets:
+            if name not in drops:
+                continue
+            own = drops[name]["drop"]
+            row = {"task": f"`{task}`", "masked": f"top {'OCR' if name == 'ocr' else name} heads",
+                   "unmasked": f"{base:.2f}"}
+            if base < min_baseline:
+                rows.append({**row, "largest drop": "–", "beats random at": "–", "beats layer-matched at": "–",
+                             "verdict": "baseline too low to drop"})
+                continue
+            worst_k = own.idxmax()
+            row["largest drop"] = f"{own[worst_k]:.2f} (k = {int(worst_k)})"
+            beats_all = True
+            for control, column in (("random", "beats random at"), ("random_layer_matched", "beats layer-matched at")):
+                if control not in drops:
+                    row[column] = "–"
+                    continue
+                max_drop = drops[control]["max_drop"]
+                beats = [k for k in max_drop.index if k in own.index and own[k] > max_drop[k]]
+                row[column] = f"{_ks(beats)} ({len(beats)} of {len(max_drop)})"
+                beats_all = beats_all and len(beats) > 0
+            row["verdict"] = "needed (beats the controls)" if beats_all else "not shown to matter more than controls"
+            rows.append(row)
+    return rows
 
 
 # ------------------------------------------------------------------------------------------ 05 case study
@@ -381,6 +446,17 @@ def dissociation_sentences(table: Any, min_baseline: float = 0.2) -> list[str]:
                            f"`{text}` at {shown(ocr_text)}; masking as many top retrieval heads leaves them at "
                            f"{shown(ret_image)} and {shown(ret_text)} (95 % intervals): {verdict}.")
     return out
+
+
+def dissociation_summary(table: Any, min_baseline: float = 0.2) -> list[str]:
+    """One short sentence over :func:`dissociation_sentences`: at how many of the (image task, text task, k)
+    comparisons the OCR and retrieval heads doubly dissociate (empty when nothing could be compared)."""
+    sentences = dissociation_sentences(table, min_baseline)
+    if not sentences:
+        return []
+    found = [s.split(",")[0].removeprefix("At ") for s in sentences if s.endswith("copying from text).")]
+    return [f"The OCR and retrieval heads doubly dissociate in {len(found)} of {len(sentences)} comparisons of an "
+            "image task with a text task" + (f" ({', '.join(found)})." if found else ".")]
 
 
 # ------------------------------------------------------------------------------------------ 07 sink

@@ -26,6 +26,7 @@ from ocrheads_lib.scoring.store import HeadScores
 from ocrheads_lib.types import Head, parse_head
 
 RULES = ("readme", "paper-code")
+RULE_NAMES = {"readme": "frequency rule", "paper-code": "zero-filter rule"}   # the book's names (glossary)
 README_MIN_ACTIVE = 0.10        # README: active in >= 10 % of samples
 PAPER_CODE_MIN_ZEROS = 0.10     # step3: keep the mean only if > 10 % of entries are zero
 

@@ -128,8 +128,9 @@ def share_intervals(shares: Any, ax=None, threshold: float = 0.1):
 
 
 def score_frequency_bars(scores: HeadScores, ax=None, top: int = 7, title: str | None = None,
-                         active_threshold: float = ACTIVE_THRESHOLD, max_heads: int | None = 120):
-    """Bars = raw mean score per head, line = activation frequency (share of entries > threshold), heads
+                         active_threshold: float = 0.0, max_heads: int | None = 120):
+    """Bars = raw mean score per head, line = activation frequency (share of entries > threshold; the book's
+    one definition is > 0, as in ``analysis.static_activation``; the paper's figure used 0.1), heads
     sorted by frequency (then mean) descending; the first `top` heads of that order are marked and named
     (the paper's inset, see :func:`inset_heads`)."""
     ax = _axes(ax, figsize=(MAX_WIDTH_IN, 3.2))
