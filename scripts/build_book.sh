@@ -48,6 +48,9 @@ mkdir -p _build
       2> >(grep -v --line-buffered "Kernel is running over TCP without encryption" >&2)
 t1=$(date +%s)
 
+echo "[book] the introduction's models and scale (ocrheads_lib.meet_models: card data, smol-vl's answers)"
+"$PY" -m ocrheads_lib.meet_models book/intro_models
+
 echo "[book] jupyter-book build (execution off)"
 # Warnings are shown but do not fail the build; a failing Sphinx build does.
 rc=0

@@ -848,3 +848,42 @@ def test_conclusion_markdown_is_short() -> None:
     assert conclusion_markdown(["Only."]) == "- Only."
     with pytest.raises(ValueError):
         conclusion_markdown([])
+
+
+def test_meet_the_models_reads_the_cards_and_states_the_scale(tmp_path: Path) -> None:
+    """The introduction's accuracy table comes from the card data files (the Wilson interval computed from
+    the counts when a card has none), and its scale table from the generated data and the chapters' parameters."""
+    from ocrheads_lib import meet_models
+    from ocrheads_lib.metrics import wilson_interval
+
+    smolvl = tmp_path / "smolvl.json"
+    smolvl.write_text(json.dumps({"results": {
+        "page_book": {"n": 50, "correct": 40, "accuracy": 0.8},
+        "text_passkey_smollm2": {"n": 10, "correct": 9, "accuracy": 0.9, "wilson95": [0.6, 0.98]}}}))
+    tiny = tmp_path / "tiny.json"
+    tiny.write_text(json.dumps({"heldout": {"sets": {"c_book_passkey_grid": {"n": 100, "accuracy": 0.97},
+                                                     "a_key_aligned": {"n": 100, "accuracy": 1.0}}}}))
+    rows = meet_models.reading_accuracy(smolvl, tiny)
+    assert [(r["model"], r["task"], r["n"]) for r in rows] == [
+        ("smol-vl", "pass key on a book page", 50), ("smollm2", "pass key as plain text", 10),
+        ("tiny", "pass key on a book page", 100)]
+    assert (rows[0]["low"], rows[0]["high"]) == pytest.approx(wilson_interval(40, 50))
+    assert (rows[1]["low"], rows[1]["high"]) == (0.6, 0.98)
+    assert (rows[2]["low"], rows[2]["high"]) == pytest.approx(wilson_interval(97, 100))
+    table = meet_models.accuracy_markdown(rows)
+    assert f"| `smol-vl` | pass key on a book page | 50 | 80.0 % | {100 * rows[0]['low']:.1f}–" in table
+
+    shipped = json.loads(meet_models.SMOLVL_CARD.read_text())["results"]       # the real card, whatever it holds
+    real = meet_models.reading_accuracy()
+    assert {r["set"] for r in real if r["model"] != "tiny"} == {k for k, v in shipped.items() if "accuracy" in v}
+
+    scale = {r[""]: r for r in meet_models.scale_rows()}
+    from ocrheads_lib.data.grid import BOOK_LAYOUT
+
+    assert scale["page"]["this book"].startswith(f"{BOOK_LAYOUT['max_lines']} lines × {BOOK_LAYOUT['line_chars']} characters")
+    p02 = meet_models.chapter_parameters("02_ocr_heads")
+    assert scale["head scores"]["this book"].startswith(f"{p02['n_samples']} image")
+    assert "8,192" in scale["image context"]["the paper"]
+    path = meet_models.write(tmp_path / "intro", examples=False)
+    text = path.read_text()
+    assert "### Meet the models" in text and "### Scale" in text and "`tiny`" in text
