@@ -97,6 +97,7 @@ PROBE_JS = r"""
       images: imageReport(),
       failed_resources: failedResources(),
       scaled_figures: scaledFigures(),
+      page_height: Math.max(document.documentElement.scrollHeight, document.body.scrollHeight),
     };
     for (var k in extra) { report[k] = extra[k]; }
     var pre = document.createElement('pre');

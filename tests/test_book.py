@@ -887,3 +887,41 @@ def test_meet_the_models_reads_the_cards_and_states_the_scale(tmp_path: Path) ->
     path = meet_models.write(tmp_path / "intro", examples=False)
     text = path.read_text()
     assert "### Meet the models" in text and "### Scale" in text and "`tiny`" in text
+
+
+def test_built_tables_are_captioned_table_and_the_glossary_is_linked() -> None:
+    """Over the built HTML (skipped without a build): every glued table (tbl-…) is captioned "Table N", no
+    table is captioned "Fig.", and the glossary page exists and is linked from the chapters."""
+    import re
+
+    html = ROOT / "_build" / "html"
+    if not (html / "index.html").is_file():
+        pytest.skip("no built book (_build/html): run `make book` first")
+    assert (html / "book" / "glossary.html").is_file()
+    chapters = sorted((html / "book" / "generated").glob("[0-9][0-9]_*.html"))
+    linked = 0
+    for page in chapters:
+        text = page.read_text(encoding="utf-8")
+        for ident, block in re.findall(r'<figure[^>]*id="(tbl-[^"]+)"(.*?)</figure>', text, re.S):
+            number = re.search(r'<span class="caption-number">([^<]+)</span>', block)
+            assert number and number.group(1).startswith("Table "), f"{page.name}: {ident} captioned {number}"
+        linked += "glossary.html#gloss-" in text
+    assert linked >= 5, f"only {linked} chapters link to the glossary"
+    intro = (html / "book" / "intro.html").read_text(encoding="utf-8")
+    assert "Meet the models" in intro and "examples.png" in intro and "Wilson" in intro
+
+
+def test_screenshot_script_captures_a_page(tmp_path: Path) -> None:
+    """scripts/screenshots.py on the built introduction (skipped without a build or Chromium)."""
+    html = ROOT / "_build" / "html"
+    if not (html / "index.html").is_file():
+        pytest.skip("no built book (_build/html): run `make book` first")
+    if not any(Path(c).exists() for c in ("/usr/bin/chromium", "/usr/bin/chromium-browser")):
+        pytest.skip("Chromium not installed: run `bash scripts/install_browser.sh`")
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "screenshots.py"), str(html), "--out", str(tmp_path),
+                           "--page", "book/intro.html"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    whole = Image.open(tmp_path / "book_intro.png")
+    assert whole.width == 1280 and whole.height > 1600                    # the whole page, not one screen
+    tiles = sorted(tmp_path.glob("book_intro.[0-9][0-9].png"))
+    assert len(tiles) >= 2 and sum(Image.open(t).height for t in tiles) == whole.height
