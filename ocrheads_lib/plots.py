@@ -40,7 +40,7 @@ SET_COLORS = {"ocr": "#c0392b", "retrieval": "#2e86c1", "random": "#7f8c8d", "ra
 def _layer_head_axes(ax: Any, n_layers: int, n_heads: int) -> None:
     """Axes of a layer x head map: layer 0 at the bottom, at most ~8 ticks per axis, labelled."""
     ax.invert_yaxis()
-    step_h, step_l = max(1, n_heads // 8), max(1, n_layers // 8)
+    step_h, step_l = max(1, -(-n_heads // 8)), max(1, -(-n_layers // 8))   # at most 8 ticks per axis
     ax.set_xticks(np.arange(0, n_heads, step_h) + 0.5, [str(i) for i in range(0, n_heads, step_h)], rotation=0)
     ax.set_yticks(np.arange(0, n_layers, step_l) + 0.5, [str(i) for i in range(0, n_layers, step_l)], rotation=0)
     ax.set_xlabel("head")

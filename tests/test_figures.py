@@ -89,6 +89,14 @@ def test_heatmaps_mark_the_heads_and_keep_labels_apart() -> None:
     assert sorted((int(p.get_y()), int(p.get_x())) for p in outlined) == top5
     assert set(top5) <= {(9, 0), (10, 0), (10, 1), (11, 0), (11, 1), (12, 4), (20, 3)}
 
+    for n_layers, n_heads in ((28, 12), (32, 32)):         # the released files, beside their bar plot
+        fig, axes = plots.two_panels(height=3.4, width_ratios=(1.6, 1))
+        scores = _scores(n_layers=n_layers, n_heads=n_heads)
+        plots.score_frequency_bars(scores, ax=axes[0], top=5, max_heads=80)
+        plots.head_heatmap(scores, ax=axes[1], rule="paper-code", annotate=0)
+        fig.tight_layout()
+        assert plots.layout_problems(fig) == [], (n_layers, n_heads)
+
     mass = np.zeros((30, 9))
     mass[3:8, :] = 0.8
     ax = plots.value_heatmap(mass, title="first-token mass", label="attention mass", mark=[(9, 0), (10, 1)],
@@ -128,7 +136,7 @@ def test_sweep_panels_keep_the_legend_off_the_data(flat: bool) -> None:
                              baseline="line", flat_note="the top OCR heads put 0.01 on the first token")
     assert plots.layout_problems(fig) == []
     notes = [t.get_text() for ax in fig.axes for t in ax.texts]
-    assert bool(notes) == flat and all(n.startswith("flat: every condition scores 0.90.") for n in notes)
+    assert bool(notes) == flat and all(" ".join(n.split()).startswith("flat: every condition scores 0.90.") for n in notes)
     assert len(fig.legends) == 1
 
 
