@@ -150,15 +150,14 @@ def score_frequency_bars(scores: HeadScores, ax=None, top: int = 7, title: str |
     marked = [flat for flat in best if int(flat) in position]
     ax.plot([position[int(f)] for f in marked], [mean[f] + 0.04 for f in marked], "v", color="black", ms=4)
     names = [head_label(divmod(int(flat), n_heads)) for flat in best]
-    lines = [", ".join(names[i:i + 4]) for i in range(0, len(names), 4)]
-    ax.text(0.98, 0.72, f"top {top}:\n" + "\n".join(lines), transform=ax.transAxes, ha="right",
-            va="top", fontsize=9, bbox=dict(boxstyle="round", fc="white", ec="#bbbbbb", alpha=0.9))
     ax.set_xlim(-0.5, len(order) - 0.5)
-    ax.set_ylim(0, 1.15)
+    ax.set_ylim(0, 1.38)                    # a band above 1 (the largest score) for the one-row legend
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_xticks([])
-    ax.set_xlabel(f"heads by activation frequency (first {len(order)})")
+    # the marked heads are named under the axis, where they cannot cover bars or the legend
+    ax.set_xlabel(f"heads by activation frequency (first {len(order)})\n▼ top {top}: " + ", ".join(names))
     ax.set_ylabel("score / frequency")
-    ax.legend(loc="upper right", frameon=True)
+    ax.legend(loc="upper right", ncol=2, frameon=True, borderaxespad=0.3, handlelength=1.2, columnspacing=0.8)
     ax.set_title(_title(scores, title))
     return ax
 

@@ -110,6 +110,8 @@ def test_heatmaps_mark_the_heads_and_keep_labels_apart() -> None:
 def test_score_bars_scatter_and_bins_at_the_book_sizes() -> None:
     ocr, retrieval = _scores(), _scores("retrieval", seed=2, hot=((3, 1), (4, 1), (5, 2)))
     assert plots.layout_problems(plots.score_frequency_bars(ocr).figure) == []
+    dense = _scores(n_layers=4, n_heads=8, hot=[(l, h) for l in range(4) for h in range(5)])   # tiny: many heads at 1
+    assert plots.layout_problems(plots.findings_grid([dense, ocr], kind="bars")) == []
     fig, axes = plots.two_panels(height=3.4)
     plots.row_comparison(ocr, _scores(seed=3), ax=axes[0], title="mean score per head")
     plots.bin_bars([ocr, retrieval], ax=axes[1], names=["emit", "consume"])
