@@ -120,10 +120,23 @@ def share_intervals(shares: Any, ax=None, threshold: float = 0.1):
         ax.errorbar([iv.estimate], [yi], xerr=[[iv.estimate - iv.low], [iv.high - iv.estimate]], fmt="o",
                     color=colour, capsize=4, lw=1.5)
     ax.set_yticks(y, names)
-    ax.set_xlabel(f"% heads with mean score > {threshold:g}\n(95 % bootstrap interval)")
     ax.set_ylim(-0.6, len(names) - 0.4)
     high = max([shares[n].high for n in names] + [1.0])
-    ax.set_xlim(0, high * 1.15)
+    low = min([shares[n].low for n in names if shares[n].low > 0] + [high])
+    if high / max(low, 1e-9) > 5:
+        # shares of very different size (a few % beside 50 %): a log axis keeps the small ones apart
+        ax.set_xscale("log")
+        ax.set_xlim(max(0.1, low / 1.6), min(100.0, high * 1.6))
+        from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
+
+        lo, hi = ax.get_xlim()
+        ax.xaxis.set_major_locator(FixedLocator([v for v in (0.5, 1, 2, 5, 10, 20, 50, 100) if lo <= v <= hi]))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.set_xlim(0, high * 1.15)
+    ax.set_xlabel(f"% heads with mean score > {threshold:g} (95 % bootstrap interval"
+                  + (", log scale)" if ax.get_xscale() == "log" else ")"))
     return ax
 
 
@@ -439,7 +452,8 @@ def _visible_texts(fig: Any) -> list[Any]:
         for axis in (ax.xaxis, ax.yaxis):          # only the ticks drawn: those inside the view interval
             low, high = sorted(axis.get_view_interval())
             span = 1e-9 + 1e-6 * abs(high - low)
-            texts += [tick.label1 for tick in axis.get_major_ticks() if low - span <= tick.get_loc() <= high + span]
+            texts += [tick.label1 for tick in axis.get_major_ticks() + axis.get_minor_ticks()
+                      if low - span <= tick.get_loc() <= high + span]
     for legend in _legends(fig):
         texts += list(legend.get_texts())
     texts += list(fig.texts)
