@@ -6,7 +6,9 @@
 #      (key in book/generated/NN_*.ipynb.key; see ocrheads_lib/bookbuild.py). FORCE=1 re-runs all.
 #      Two chapters run at once on a machine with two cores or more (BOOK_JOBS=1: one after another);
 #      a chapter starts when the chapters whose results it reads (its metadata ocrheads.needs) are done.
-#   2. build the HTML with Jupyter Book 1.x (`jupyter-book build .`, execution off: the notebooks are
+#   2. write the introduction's "Meet the models" and "Scale" sections (python -m ocrheads_lib.meet_models
+#      book/intro_models: the cards' accuracies, smol-vl's answers to one page per task; ~40 s, git-ignored);
+#   3. build the HTML with Jupyter Book 1.x (`jupyter-book build .`, execution off: the notebooks are
 #      already executed) into _build/html.
 # Fails (exit 1) when any notebook fails — after trying all of them, so one run lists every broken
 # chapter — and then does not build the HTML. Prints per-notebook timings and the total.
