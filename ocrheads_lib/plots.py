@@ -459,7 +459,8 @@ def _visible_texts(fig: Any) -> list[Any]:
     texts += list(fig.texts)
     if getattr(fig, "_suptitle", None) is not None:
         texts.append(fig._suptitle)
-    return [t for t in texts if t.get_visible() and t.get_text().strip()]
+    unique = list({id(t): t for t in texts}.values())    # the suptitle is also one of fig.texts
+    return [t for t in unique if t.get_visible() and t.get_text().strip()]
 
 
 def _legends(fig: Any) -> list[Any]:

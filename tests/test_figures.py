@@ -159,4 +159,11 @@ def test_condition_scatter_and_data_figures() -> None:
     fig = grounding_figure(chars, result)
     assert plots.layout_problems(fig) == []
     legend = fig.axes[0].get_legend()
+    from ocrheads_lib.book_figures import pages_figure
+    from ocrheads_lib.data.samples import ImageSample
+
+    pages = [Image.new("RGB", (448, 168), "white") for _ in range(6)]
+    sample = ImageSample(id="p", pages=pages, question="What is the pass key?", answer="12", evidence_page=5,
+                         boxes=[(2, 2, 10, 20), (30, 2, 40, 20)], units=["1", "2"], coarse_box=(2, 2, 40, 20), seed=0)
+    assert plots.layout_problems(pages_figure(sample, max_pages=4, cols=2, page_width_in=3.5)) == []   # a suptitle
     assert [t.get_text() for t in legend.get_texts()][0] == "character's box"
