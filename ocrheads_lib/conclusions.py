@@ -303,14 +303,14 @@ def masking_verdicts(comparison: Any, min_baseline: float = 0.2, sets: Sequence[
             if name not in drops:
                 continue
             own = drops[name]["drop"]
-            row = {"task": f"`{task}`", "masked": f"top {'OCR' if name == 'ocr' else name} heads",
+            row = {"task": f"`{task}`", "masked": f"{'OCR' if name == 'ocr' else name} heads",
                    "unmasked": f"{base:.2f}"}
             if base < min_baseline:
                 rows.append({**row, "largest drop": "–", "beats random at": "–", "beats layer-matched at": "–",
-                             "verdict": "baseline too low to drop"})
+                             "matters": "baseline too low"})
                 continue
             worst_k = own.idxmax()
-            row["largest drop"] = f"{own[worst_k]:.2f} (k = {int(worst_k)})"
+            row["largest drop"] = f"{own[worst_k]:.2f} at k = {int(worst_k)}"
             beats_all = True
             for control, column in (("random", "beats random at"), ("random_layer_matched", "beats layer-matched at")):
                 if control not in drops:
@@ -318,9 +318,9 @@ def masking_verdicts(comparison: Any, min_baseline: float = 0.2, sets: Sequence[
                     continue
                 max_drop = drops[control]["max_drop"]
                 beats = [k for k in max_drop.index if k in own.index and own[k] > max_drop[k]]
-                row[column] = f"{_ks(beats)} ({len(beats)} of {len(max_drop)})"
+                row[column] = f"{len(beats)} of {len(max_drop)} k"
                 beats_all = beats_all and len(beats) > 0
-            row["verdict"] = "needed (beats the controls)" if beats_all else "not shown to matter more than controls"
+            row["matters"] = "yes: beats the controls" if beats_all else "not shown"
             rows.append(row)
     return rows
 

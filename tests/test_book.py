@@ -925,3 +925,29 @@ def test_screenshot_script_captures_a_page(tmp_path: Path) -> None:
     assert whole.width == 1280 and whole.height > 1600                    # the whole page, not one screen
     tiles = sorted(tmp_path.glob("book_intro.[0-9][0-9].png"))
     assert len(tiles) >= 2 and sum(Image.open(t).height for t in tiles) == whole.height
+
+
+def test_verdict_tables_follow_the_numbers() -> None:
+    """Chapter 04's and the masking chapters' verdict rows, on numbers chosen by hand."""
+    import pandas as pd
+
+    from ocrheads_lib import conclusions
+    from ocrheads_lib.analysis import Interval
+
+    rows = conclusions.findings_verdicts(Interval(8.1, 7.5, 8.9, 50), Interval(5.9, 5.6, 6.3, 50), 0.34,
+                                         Interval(0.34, 0.28, 0.37, 50), 0.95, 0.6)
+    assert [r["verdict"] for r in rows] == ["supported", "partly (sets overlap partly)", "partly"]
+    assert rows[0]["this run"] == "8.1 % vs 5.9 % of heads above 0.1"
+    overlapping = conclusions.findings_verdicts(Interval(8.1, 5.0, 8.9, 50), Interval(5.9, 5.6, 6.3, 50), 0.6,
+                                                Interval(0.6, 0.5, 0.7, 50), 0.9, 0.85)
+    assert [r["verdict"] for r in overlapping] == ["not separated (intervals overlap)", "not supported (sets overlap)",
+                                                   "supported"]
+    start = dict(task="t", modality="image", metric="accuracy", baseline=1.0, n_seeds=1)
+    drops = pd.DataFrame([dict(start, head_set=name, k=k, score=score, change=score - 1.0, worst=worst, best=score)
+                          for k, ocr_drop, random_drop in [(2, 0.5, 0.1), (5, 0.9, 0.95)]
+                          for name, score, worst in [("ocr", 1.0 - ocr_drop, 1.0 - ocr_drop),
+                                                     ("random", 0.99, 1.0 - random_drop)]])
+    assert conclusions.masking_verdicts(drops) == [
+        {"task": "`t`", "masked": "OCR heads", "unmasked": "1.00", "largest drop": "0.90 at k = 5",
+         "beats random at": "1 of 2 k", "beats layer-matched at": "–", "matters": "yes: beats the controls"}]
+    assert conclusions.masking_verdicts(drops.assign(baseline=0.1))[0]["matters"] == "baseline too low"
