@@ -287,7 +287,7 @@ def test_run_notebooks_in_parallel_waits_for_what_a_notebook_needs(tmp_path: Pat
 
     src, out = tmp_path / "notebooks", tmp_path / "book" / "generated"
     src.mkdir()
-    bodies = {"01_a": "import pathlib, time; time.sleep(4); pathlib.Path('../flag').write_text('one')",
+    bodies = {"01_a": "import pathlib, time; time.sleep(4); _ = pathlib.Path('../flag').write_text('one')",
               "02_b": "import pathlib; assert pathlib.Path('../flag').read_text() == 'one'",
               "03_c": "import pathlib; assert not pathlib.Path('../flag').exists(), 'started after 01 finished'",
               "04_d": "import pathlib; assert pathlib.Path('../flag').read_text() == 'one'"}
