@@ -18,6 +18,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from ocrheads_lib.attention import Plan, apply, decoder_layers, use_probe_attention
+from ocrheads_lib.checksums import write_manifest
 from ocrheads_lib.models import gemma3
 from ocrheads_lib.models.loading import load_model
 
@@ -86,6 +87,7 @@ def test_a_stamp_change_with_the_same_hash_keeps_the_folder(tmp_path, monkeypatc
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(b"")
     (folder / gemma3.SOURCE_RECORD).write_text(json.dumps({"gguf_sha256": gemma3.GGUF_SHA256, "gguf_stamp": "old"}))
+    write_manifest(folder, stamps=True)          # a finished conversion records its files' sha256
     calls = []
     monkeypatch.setattr(gemma3, "convert", lambda *args: calls.append(args))
     assert gemma3.ensure_gemma3(verbose=False) == folder and calls == []

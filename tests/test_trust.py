@@ -407,7 +407,7 @@ def test_defect_5_a_chapter_rerun_by_hand_is_not_reused(tmp_path: Path) -> None:
     src, out, results = tmp_path / "notebooks", tmp_path / "book" / "generated", tmp_path / "results"
     src.mkdir()
     writes = ("import json, pathlib; p = pathlib.Path(results_dir) / 'tiny' / 'scores.json'; "
-              "p.parent.mkdir(parents=True, exist_ok=True); p.write_text(json.dumps({'n': n_samples}))")
+              "p.parent.mkdir(parents=True, exist_ok=True); written = p.write_text(json.dumps({'n': n_samples}))")
     _notebook(src / "01_a.ipynb", writes, needs=[])
     _notebook(src / "02_b.ipynb", "import json, pathlib; "
               "print('n =', json.loads((pathlib.Path(results_dir) / 'tiny' / 'scores.json').read_text())['n'])",

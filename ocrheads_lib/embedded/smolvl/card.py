@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write_json(weights / CARD_JSON, card)
     (weights / (CARD_JSON + ".lock")).unlink(missing_ok=True)
     record = json.loads((weights / RECORD).read_text())
-    if card.get("results"):
+    if any(r.get("first") for r in card.get("results", {}).values()):
         from ocrheads_lib.embedded.smolvl.card_figures import FIGURE_DIR, plot_accuracy, plot_examples
 
         plot_examples(card, FIGURE_DIR / "examples.png")

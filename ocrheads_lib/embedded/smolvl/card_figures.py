@@ -108,6 +108,9 @@ def plot_examples(card: dict, path: Path) -> Path:
     results = card.get("results", {})
     sets = heldout_sets(1, card["seed"])
     names = [n for n in EXAMPLE_SETS if n in results and results[n].get("first")]
+    if not names:
+        raise ValueError("the stored evaluation keeps no answers per set ('first'): re-run "
+                         "`python -m ocrheads_lib.embedded.smolvl.card` to measure them")
     fig, axes = plt.subplots(len(names), 1, figsize=(7, 1.75 * len(names)), dpi=100)
     for ax, name in zip(axes if len(names) > 1 else [axes], names):
         example, shown = sets[name][0], results[name]["first"][0]
