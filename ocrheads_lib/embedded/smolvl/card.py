@@ -117,7 +117,7 @@ def _leading(card: dict) -> dict[str, str]:
     parts = ["![One held-out page of each task, with the question, the gold answer and smol-vl's answer]"
              "(figures/smolvl/examples.png)", "",
              "![Accuracy per held-out set, per kind of key and per pixel shift, with 95 % Wilson intervals]"
-             "(figures/smolvl/accuracy.png)", ""]
+             "(figures/smolvl/accuracy.png)", ""] if any(r.get("first") for r in results.values()) else []
     met = [name for name, target in TARGETS.items() if name in results and results[name]["accuracy"] >= target]
     missed = [name for name, target in TARGETS.items() if name in results and results[name]["accuracy"] < target]
     parts.append(f"Of its {len(met) + len(missed)} reading targets (Held-out results below), smol-vl meets "
