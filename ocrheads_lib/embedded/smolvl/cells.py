@@ -26,6 +26,7 @@ torch.set_flush_denormal(True)
 
 import argparse
 import json
+import math
 import random
 import signal
 import sys
@@ -87,12 +88,16 @@ class CellConfig:
         return json.loads(json.dumps(asdict(self)))
 
     def lr_factor(self, step: int) -> float:
-        import math
+        return warmup_cosine(step, self.warmup_steps, self.total_steps, self.min_lr_ratio)
 
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """The learning-rate factor of both training stages: linear warm-up, then cosine from 1 to `min_lr_ratio` at
+    `total_steps` (flat after)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def cell_page(rng: random.Random) -> Example:

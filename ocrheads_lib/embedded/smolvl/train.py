@@ -30,7 +30,6 @@ torch.set_flush_denormal(True)   # denormals slow CPU steps badly
 import argparse
 import hashlib
 import json
-import math
 import random
 import shlex
 import signal
@@ -47,7 +46,8 @@ from ocrheads_lib.data import (ContextTooShortError, RenderError, niah_images, n
                                passkey_text)
 from ocrheads_lib.embedded.smolvl.build import assemble, fit_merger_output
 from ocrheads_lib.embedded.smolvl.cells import (CELLS_RECORD, GATE_SEED, VISUAL, candidate_vocab, cell_loss, cell_page,
-                                                hard_negatives, load_visual, page_targets, short_tokens)
+                                                hard_negatives, load_visual, page_targets, short_tokens,
+                                                warmup_cosine)
 from ocrheads_lib.embedded.smolvl.evaluate import cell_gate, cell_token_ids, evaluate_sets, gate_pages
 from ocrheads_lib.embedded.smolvl.weights_io import load_parts_into, parts_hash, save_parts
 from ocrheads_lib.embedded.tiny.examples import (ALNUM, WORDS, Example, filler_sentences, key_example,
@@ -133,11 +133,8 @@ class TrainConfig:
         return [mix for start, mix in self.curriculum if start <= step][-1]
 
     def lr_factor(self, step: int) -> float:
-        """Linear warm-up, then cosine from 1 to min_lr_ratio at total_steps (flat after)."""
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        """Linear warm-up, then cosine from 1 to min_lr_ratio at total_steps (flat after): `cells.warmup_cosine`."""
+        return warmup_cosine(step, self.warmup_steps, self.total_steps, self.min_lr_ratio)
 
 
 # ------------------------------------------------------------------------------------------ tasks
