@@ -56,3 +56,26 @@ def test_the_smolvl_card_is_its_template_filled_from_the_record(tmp_path):
     mine.write_text("# card\n$summary\n$recipe\n$record\n$evaluations\n", encoding="utf-8")
     text = card_markdown({}, {"step": 0}, template=mine)
     assert text.startswith("# card\nNot trained yet") and f"\n{RECORD}\n## Held-out results" in text
+
+
+def test_the_smolvl_card_targets_table_compares_earlier_weights_and_says_met_or_not():
+    """Planted results: one target met, one missed, one only measured now; the earlier weights' column and the
+    at-a-glance count follow the numbers, not a fixed text."""
+    from ocrheads_lib.embedded.smolvl.card import card_values
+
+    def result(correct: int, n: int = 200) -> dict:
+        return {"n": n, "correct": correct, "accuracy": correct / n, "em": correct / n, "wilson95": [0.0, 1.0]}
+
+    card = {"n": 200, "seed": 1, "results": {"key_aligned": result(198), "page_book": result(100),
+                                              "text_passkey": result(190), "text_passkey_smollm2": result(180)}}
+    history = {"cards": [{"step": 7, "commit": "abc1234", "results": {"key_aligned": result(20)}}]}
+    values = card_values(card, {"step": 9, "segments": []}, history)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in values["evaluations"].splitlines()
+            if line.startswith("| key alone, aligned") or line.startswith("| key in a paragraph")
+            or line.startswith("| text pass key")}
+    assert "| 10.0 % [0.0 %, 100.0 %] | 99.0 % [0.0 %, 100.0 %] | met |" in rows["key alone, aligned"]
+    assert "| not measured | 50.0 % [0.0 %, 100.0 %] | not met |" in rows["key in a paragraph page"]
+    assert "| met |" in rows["text pass key, no image"]                     # 95 % >= 90 % - 5 points
+    assert "step 7 (abc1234)" in values["evaluations"]
+    assert "Of its 3 targets" in values["at_a_glance"] and "meets 2" in values["at_a_glance"]
+    assert "1 of 3 targets are not met" in values["evaluations"]
