@@ -56,6 +56,58 @@ def test_defect_1_a_second_writer_is_refused_while_the_first_runs(tmp_path: Path
     assert [int(s.hits.max()) for s in again.samples] == [2, 2, 2]
 
 
+SIX = [Item(f"s{i}") for i in range(6)]
+
+
+@pytest.mark.parametrize("layout, options, overwrite", [
+    ((2, 3), {"mode": "fine"}, False),          # the same run in another --shard layout
+    ((1, 3), {"mode": "coarse"}, True),         # another layout and other options, with --overwrite
+    (None, {"mode": "fine"}, False),            # one process beside a sharded run
+])
+def test_the_writer_lock_covers_the_output_in_every_layout(tmp_path: Path, layout: Any, options: dict,
+                                                           overwrite: bool) -> None:
+    """`--shard 0/2` is running: a writer of the same output in another layout (or a merge) is refused, while
+    `--shard 1/2` of the same run joins it; the merged file holds the first run's scores only."""
+    out = tmp_path / "x.json"
+    refused: list[RuntimeError] = []
+
+    def meanwhile(sample: Item) -> SampleScore:
+        if sample.id == "s2":
+            for other in (lambda: batch.run(SIX, scorer_with(2), meta(options=options), out, shard=layout,
+                                            overwrite=overwrite), lambda: batch.merge(out)):
+                try:
+                    other()
+                except RuntimeError as error:
+                    refused.append(error)
+            assert batch.run(SIX, scorer_with(1), meta(), out, shard=(1, 2)) is None    # same launch: joins
+        return scorer_with(1)(sample)
+
+    batch.run(SIX, meanwhile, meta(), out, shard=(0, 2))
+    assert [type(error).__name__ for error in refused] == ["RunLockedError", "RunLockedError"], refused
+    assert all(str(out) in str(error) and "wait for it to finish" in str(error) for error in refused)
+    assert "--shard RANK/2" in str(refused[0])
+    assert sorted(p.name for p in batch.parts_dir(out).glob("shard-*.jsonl")) == ["shard-000.jsonl", "shard-001.jsonl"]
+    merged = batch.merge(out)
+    assert merged.meta.options == {"mode": "fine"} and [s.id for s in merged.samples] == [i.id for i in SIX]
+    assert {int(s.hits.max()) for s in merged.samples} == {1}
+
+
+def test_launches_share_an_output_only_within_themselves(tmp_path: Path) -> None:
+    """Ranks of one launch join; another launch of the same layout (two accelerate launches draw different
+    tokens), or a second process of the same rank, is refused while a rank runs; a finished launch frees it."""
+    out = tmp_path / "x.json"
+    first, second = batch.launch_id("f" * 16, 2, "aa"), batch.launch_id("f" * 16, 2, "bb")
+    assert first != second and batch.launch_id("f" * 16, 2) != batch.launch_id("f" * 16, 3)
+    with batch.writer_lock(out, first, rank=0, world=2):
+        with batch.writer_lock(out, first, rank=1, world=2):
+            for launch, rank in ((second, 1), (first, 1)):
+                with pytest.raises(batch.RunLockedError):
+                    with batch.writer_lock(out, launch, rank=rank, world=2):
+                        pass
+    with batch.writer_lock(out, second, rank=1, world=2):   # the first launch has finished
+        pass
+
+
 def test_a_shard_line_of_another_configuration_is_refused(tmp_path: Path) -> None:
     """A line written under another run identity (same id) in a shard file is refused, never merged."""
     out = tmp_path / "x.json"
@@ -475,3 +527,4 @@ def test_a_stopped_build_leaves_no_worker_processes() -> None:
     assert worker.pid in stopped and kernel.pid in stopped
     worker.wait(timeout=10)
     assert not kernel.is_running() or kernel.status() == psutil.STATUS_ZOMBIE
+

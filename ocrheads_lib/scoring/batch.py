@@ -24,10 +24,13 @@ Layout for an output file ``OUT.json``::
   never stored: the sample is retried up to ``fault_retries`` times, then the run stops with
   :class:`FaultError` (an interrupt stops it at once), and a re-run resumes from there. Fault records left
   by older versions of this module are ignored when read, so those samples are rescored.
-* One writer: a run holds an OS file lock (``filelock``) on ``.OUT.json.lock`` (one per shard rank) from
-  its first check to its merge. A second run into the same output, with or without ``--overwrite``, is
-  refused (:class:`RunLockedError`) while the first runs, so it can neither discard the first run's files
-  nor mix its samples into them.
+* One writer: the lock covers the final output for the whole run (:func:`writer_lock`). The ranks of one
+  launch (:func:`launch_id`: the explicit shards of one run identity and one ``--shard RANK/WORLD`` layout, or
+  the processes of one accelerate launch) write it together, each holding an OS file lock (``filelock``) on
+  its rank's ``.OUT.json.rank-NNN.lock`` from its first check to its merge; the launch is recorded in
+  ``.OUT.json.launch.json``. Any other writer of the same output, with or without ``--overwrite``, in any
+  layout, and a ``merge``, is refused (:class:`RunLockedError`) while a rank of that launch runs, so it can
+  neither discard the launch's files nor mix its samples into them.
 * Every shard line carries the fingerprint it was made under (``"run"``). A line under another fingerprint
   (a file copied from another run) or a second scored line of one id is refused
   (:class:`RunMismatchError`, naming the file), never merged.
@@ -44,7 +47,7 @@ import gc
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -290,7 +293,13 @@ def score_with_retries(scorer: Scorer, sample: Any, fault_retries: int = DEFAULT
 
 def merge(out: str | os.PathLike) -> HeadScores:
     """Merge the shard files of a finished run into ``out`` (atomically) and return the scores.
-    Raises RuntimeError naming the missing samples when the run is not complete."""
+    Raises RuntimeError naming the missing samples when the run is not complete, RunLockedError while a run
+    writes `out`."""
+    with writer_lock(out, layout="a merge"):
+        return _merge(out)
+
+
+def _merge(out: str | os.PathLike) -> HeadScores:
     folder = parts_dir(out)
     run_file = folder / "run.json"
     if not run_file.exists():
@@ -354,36 +363,125 @@ def run(samples: Sequence[Any], scorer: Scorer, meta: ScoreMeta, out: str | os.P
         raise ValueError(f"sample ids are not unique (e.g. {duplicates}); the resumable run identifies samples by id")
     meta = replace(meta, fingerprint=run_fingerprint(meta, ids))
     rank, world, state = _distributed(shard)
-    with writer_lock(out, rank):
+    launched = state is not None and world > 1
+    launch = launch_id(meta.fingerprint, world, _launch_token(state) if launched else None)
+    layout = (f"an accelerate launch of {world} processes" if launched else
+              f"--shard RANK/{world}" if shard is not None else "one process")
+    with ExitStack() as held:
+        refusal = None
+        try:
+            held.enter_context(writer_lock(out, launch, rank, world, layout))
+        except RunLockedError as error:
+            refusal = error
+        if launched:   # every process of the launch stops when one of them is refused (none waits forever)
+            from accelerate.utils import gather_object
+
+            refusals = [text for text in gather_object([str(refusal) if refusal else ""]) if text]
+            if refusals and refusal is None:
+                raise RunLockedError(refusals[0])
+        if refusal is not None:
+            raise refusal
         return _run_locked(samples, scorer, meta, out, ids, rank, world, state, shard=shard, resume=resume,
                            overwrite=overwrite, retry_failures=retry_failures, fault_retries=fault_retries,
                            limit=limit, progress=progress, log=log)
 
 
-def lock_file(out: str | os.PathLike, rank: int = 0) -> Path:
-    """The writer lock of `out` for shard `rank`: ``.OUT.json.lock`` (rank 0), ``.OUT.json.rank-001.lock`` ..."""
+def _launch_token(state: Any) -> str:
+    """A token drawn by rank 0 of an accelerate launch and broadcast to its other processes."""
+    from accelerate.utils import broadcast_object_list
+
+    token = [os.urandom(8).hex() if state.is_main_process else None]
+    broadcast_object_list(token, from_process=0)
+    return str(token[0])
+
+
+def lock_file(out: str | os.PathLike, rank: int | None = None) -> Path:
+    """The lock files of `out`: ``.OUT.json.lock`` (taken briefly to register or join the launch that writes
+    `out`) and, for shard `rank`, ``.OUT.json.rank-NNN.lock`` (held by that rank for its whole run)."""
     out = Path(out)
-    return out.with_name(f".{out.name}.lock" if rank == 0 else f".{out.name}.rank-{rank:03d}.lock")
+    return out.with_name(f".{out.name}.lock" if rank is None else f".{out.name}.rank-{rank:03d}.lock")
+
+
+def launch_file(out: str | os.PathLike) -> Path:
+    """The record of the launch that writes `out`: ``.OUT.json.launch.json`` (launch id, world size)."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.launch.json")
+
+
+def launch_id(fingerprint: str, world: int, token: str | None = None) -> str:
+    """Who may write an output together: the ranks of one launch. Explicit shards (and a single process) of one
+    run identity and one layout form one launch (``FINGERPRINT/WORLD``): ``--shard 0/2`` and ``--shard 1/2`` run
+    side by side, ``--shard 2/3`` does not join them. Processes started together by accelerate add the `token`
+    rank 0 drew for them, so two such launches never join each other."""
+    return f"{fingerprint}/{world}" + (f"/{token}" if token else "")
+
+
+def _rank_held(out: Path, rank: int) -> bool:
+    from filelock import FileLock, Timeout
+
+    probe = FileLock(str(lock_file(out, rank)))
+    try:
+        probe.acquire(timeout=0)
+    except Timeout:
+        return True
+    probe.release()
+    return False
+
+
+def _read_launch(out: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(launch_file(out).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None     # none yet, or unreadable: no launch can be shown to be running
+    return record if isinstance(record, dict) and isinstance(record.get("world"), int) else None
 
 
 @contextmanager
-def writer_lock(out: str | os.PathLike, rank: int = 0) -> Iterator[None]:
-    """Hold the writer lock of `out` (shard `rank`) for a whole run; RunLockedError at once when another
-    process holds it. The empty lock file stays (deleting it would race with the next writer)."""
+def writer_lock(out: str | os.PathLike, launch: str | None = None, rank: int = 0, world: int = 1,
+                layout: str = "one process") -> Iterator[None]:
+    """Hold `out` for a whole run of rank `rank` of `launch` (:func:`launch_id`; default: a launch of its own).
+
+    The lock covers the final output, not one shard: under the brief ``.OUT.json.lock`` the process reads the
+    launch recorded for `out`; when another launch is recorded and any of its ranks still holds its rank lock,
+    RunLockedError is raised at once (whatever the layout: ``--shard 2/3`` is refused beside ``--shard 0/2``).
+    Otherwise the process records its own launch (a finished one's record is replaced) or joins the recorded
+    one, and takes its rank lock, which the OS releases if the process dies. Two processes of one rank of one
+    launch are refused too. The lock files stay (deleting them would race with the next writer)."""
     from filelock import FileLock, Timeout
 
-    path = lock_file(out, rank)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path))
+    out = Path(out)
+    launch = launch or f"process-{os.getpid()}-{os.urandom(4).hex()}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    guard = FileLock(str(lock_file(out)))
     try:
-        lock.acquire(timeout=0)
+        guard.acquire(timeout=60)
     except Timeout as error:
-        raise RunLockedError(f"{out} is being written by another run right now (lock {path}); wait for it to "
-                             "finish (then re-run, with --overwrite to replace it), or use a new --out") from error
+        raise RunLockedError(f"{lock_file(out)} has been held for 60 s; if no run into {out} is starting, delete "
+                             "it and run again") from error
+    try:
+        record = _read_launch(out)
+        if record is not None and record.get("launch") != launch:
+            live = [r for r in range(record["world"]) if _rank_held(out, r)]
+            if live:
+                raise RunLockedError(
+                    f"{out} is being written by another run right now ({record.get('layout', 'another launch')}, "
+                    f"rank {live[0]} still running; lock {lock_file(out, live[0])}); wait for it to finish (then "
+                    "re-run, with --overwrite to replace it), or use a new --out")
+        mine = FileLock(str(lock_file(out, rank)))
+        try:
+            mine.acquire(timeout=0)
+        except Timeout as error:
+            raise RunLockedError(f"{out} is being written by another run right now (rank {rank} of the same "
+                                 f"launch; lock {lock_file(out, rank)}); wait for it to finish (then re-run, with "
+                                 "--overwrite to replace it), or use a new --out") from error
+        if record is None or record.get("launch") != launch:
+            atomic_write_json(launch_file(out), {"launch": launch, "world": world, "layout": layout})
+    finally:
+        guard.release()
     try:
         yield
     finally:
-        lock.release()
+        mine.release()
 
 
 def _run_locked(samples: Sequence[Any], scorer: Scorer, meta: ScoreMeta, out: Path, ids: list[str], rank: int,
@@ -444,4 +542,4 @@ def _run_locked(samples: Sequence[Any], scorer: Scorer, meta: ScoreMeta, out: Pa
         return None
     if len(read_done(folder, meta.fingerprint)) < len(ids):  # another process was stopped early
         return None
-    return merge(out)
+    return _merge(out)
