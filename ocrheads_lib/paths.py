@@ -83,6 +83,20 @@ def lock_path(folder: str | os.PathLike) -> Path:
     return folder.parent / f".{folder.name}.lock"
 
 
+def lock_is_held(path: str | os.PathLike) -> bool:
+    """True when a process (or another open of it in this one) holds the OS file lock `path` (`filelock`) now;
+    the probe takes and releases it at once."""
+    from filelock import FileLock, Timeout
+
+    probe = FileLock(str(path))
+    try:
+        probe.acquire(timeout=0)
+    except Timeout:
+        return True
+    probe.release()
+    return False
+
+
 @contextmanager
 def build_lock(folder: str | os.PathLike, timeout: float = 1800.0) -> Iterator[None]:
     """Hold ``.<folder name>.lock`` next to `folder` (an OS file lock, `filelock`; the empty file stays) while

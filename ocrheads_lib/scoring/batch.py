@@ -54,7 +54,7 @@ from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from ocrheads_lib.paths import atomic_write_json
+from ocrheads_lib.paths import atomic_write_json, lock_is_held
 from ocrheads_lib.scoring.store import (
     FORMAT,
     Failure,
@@ -416,18 +416,6 @@ def launch_id(fingerprint: str, world: int, token: str | None = None) -> str:
     return f"{fingerprint}/{world}" + (f"/{token}" if token else "")
 
 
-def _rank_held(out: Path, rank: int) -> bool:
-    from filelock import FileLock, Timeout
-
-    probe = FileLock(str(lock_file(out, rank)))
-    try:
-        probe.acquire(timeout=0)
-    except Timeout:
-        return True
-    probe.release()
-    return False
-
-
 def _read_launch(out: Path) -> dict[str, Any] | None:
     try:
         record = json.loads(launch_file(out).read_text(encoding="utf-8"))
@@ -461,7 +449,7 @@ def writer_lock(out: str | os.PathLike, launch: str | None = None, rank: int = 0
     try:
         record = _read_launch(out)
         if record is not None and record.get("launch") != launch:
-            live = [r for r in range(record["world"]) if _rank_held(out, r)]
+            live = [r for r in range(record["world"]) if lock_is_held(lock_file(out, r))]
             if live:
                 raise RunLockedError(
                     f"{out} is being written by another run right now ({record.get('layout', 'another launch')}, "
