@@ -17,6 +17,12 @@ that ran it ended, and when none of the chapters it needs is re-executed. Those 
 next to the key (``NN_name.ipynb.inputs.json``); a chapter re-run by hand with other parameters rewrites its
 results, so the next build runs it (and its readers) again instead of showing the old executed copy.
 
+A failed chapter leaves no result that a later chapter can read: each chapter's kernel records what it writes
+under its results folder in a journal (:mod:`ocrheads_lib.quarantine`, started by ``chapter.setup``); when the
+chapter fails (an error, a dead kernel, printed problems, or the build interrupted by Ctrl-C or SIGTERM), every
+file it created or changed is moved to ``<results>/.failed/<chapter>-<UTC time>/`` and the files it changed get
+their previous bytes back; the error names them and that folder.
+
 Before anything runs, `book/params.yml` is checked against the chapters' parameter cells
 (:mod:`ocrheads_lib.parameters`): an unknown chapter or parameter, or a bad value, stops the build naming it
 and the nearest valid name.
@@ -48,6 +54,7 @@ import papermill
 import yaml
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
+from ocrheads_lib import quarantine
 from ocrheads_lib.parameters import ParameterError
 from ocrheads_lib.paths import atomic_write_text
 
@@ -122,8 +129,8 @@ def files_written(root: Path, start_ns: int, end_ns: int) -> list[Path]:
     beside it may add its own files: they are checked too, which only costs a re-run when they change)."""
     if not root.is_dir():
         return []
-    return sorted(p for p in root.rglob("*") if p.is_file() and start_ns - MTIME_SLACK_NS <= p.stat().st_mtime_ns
-                  <= end_ns + MTIME_SLACK_NS)
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] != quarantine.FAILED
+                  and start_ns - MTIME_SLACK_NS <= p.stat().st_mtime_ns <= end_ns + MTIME_SLACK_NS)
 
 
 def _sha256(path: Path) -> str:
@@ -285,14 +292,24 @@ def default_jobs() -> int:
     return max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
-def _execute(src: str, tmp: str, params: dict[str, Any], kernel_name: str, cwd: str) -> tuple[float, str | None]:
-    """Run one notebook with papermill (in a worker process): (seconds, None) or (seconds, 'why it failed')."""
+def _execute(src: str, tmp: str, params: dict[str, Any], kernel_name: str, cwd: str,
+             journal: str) -> tuple[float, str | None]:
+    """Run one notebook with papermill (in a worker process): (seconds, None) or (seconds, 'why it failed').
+    Its kernel records what it writes in the journal folder `journal` (:mod:`ocrheads_lib.quarantine`)."""
     start = time.perf_counter()
+    before = {name: os.environ.get(name) for name in (quarantine.JOURNAL_ENV, quarantine.CHAPTER_ENV)}
+    os.environ[quarantine.JOURNAL_ENV], os.environ[quarantine.CHAPTER_ENV] = journal, Path(src).stem
     try:
         papermill.execute_notebook(src, tmp, parameters=params, kernel_name=kernel_name, cwd=cwd,
                                    progress_bar=False, log_output=False)
     except Exception as exc:  # papermill raises PapermillExecutionError and kernel/IO errors alike
         return time.perf_counter() - start, f"{type(exc).__name__}: {exc}"
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return time.perf_counter() - start, None
 
 
@@ -366,6 +383,16 @@ def run_notebooks(notebooks_dir: str | os.PathLike, out_dir: str | os.PathLike,
     if pending:
         _kernel_check(kernel_name)
     windows: dict[str, tuple[int, int]] = {}       # stem -> (start, end) of its execution in this build
+    journals: dict[str, tuple[Path, Any]] = {}      # stem -> (journal folder, the build's lock on it) while it runs
+
+    def close_journal(stem: str, failed: bool) -> str:
+        """Drop a finished chapter's journal; for a failed one first put aside what it wrote. Returns what
+        was put aside ("" when it ended well)."""
+        folder, lock = journals.pop(stem)
+        message = quarantine.put_aside(folder).message() if failed else ""
+        lock.release()
+        quarantine.discard(folder)
+        return message
 
     def finish(item: _Pending, seconds: float, error: str | None) -> None:
         windows[item.stem] = (windows[item.stem][0], time.time_ns())
@@ -390,8 +417,11 @@ def run_notebooks(notebooks_dir: str | os.PathLike, out_dir: str | os.PathLike,
                 reason = f"prints that something it needs is missing or failed: {problems[0]}"
                 log(f"[book] {src.name:28s} FAILED after {seconds:.1f} s: {reason}\n       executed copy: {kept}")
         if reason is not None:
-            runs[item.stem] = NotebookRun(src.name, "failed", seconds, item.key, item.params, reason)
+            aside = close_journal(item.stem, failed=True)
+            log(f"       {aside}")
+            runs[item.stem] = NotebookRun(src.name, "failed", seconds, item.key, item.params, f"{reason}; {aside}")
             return
+        close_journal(item.stem, failed=False)
         finish_executed(tmp)
         os.replace(tmp, dst)
         atomic_write_text(Path(str(dst) + KEY_SUFFIX), item.key + "\n")
@@ -400,35 +430,45 @@ def run_notebooks(notebooks_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
     def start(item: _Pending, submit) -> Any:
         windows[item.stem] = (time.time_ns(), 0)
+        journals[item.stem] = quarantine.new_journal(results_root_of(item.params, item.src), item.stem,
+                                                     quarantine.BUILD_LOCK)
         log(f"[book] {item.src.name:28s} executing with {json.dumps(item.params, sort_keys=True)}")
         return submit(_execute, str(item.src), str(out_dir / f".{item.src.name}.running.ipynb"), item.params,
-                      kernel_name, str(notebooks_dir))
+                      kernel_name, str(notebooks_dir), str(journals[item.stem][0]))
 
-    if jobs == 1:
-        for item in pending:
-            finish(item, *start(item, lambda fn, *args: fn(*args)))
-    elif pending:
-        import multiprocessing
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    try:
+        if jobs == 1:
+            for item in pending:
+                finish(item, *start(item, lambda fn, *args: fn(*args)))
+        elif pending:
+            import multiprocessing
+            from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-        waiting, running = list(pending), {}
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            try:
-                while waiting or running:
-                    for item in list(waiting):
-                        if len(running) < jobs and all(stem in runs for stem in item.needs):
-                            waiting.remove(item)
-                            running[start(item, pool.submit)] = item
-                    if not running:
-                        raise RuntimeError(f"notebooks {[i.src.name for i in waiting]} wait for notebooks that never run")
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        finish(running.pop(future), *future.result())
-            except BaseException:
-                # interrupted (Ctrl-C, SIGTERM) or broken: no worker or kernel may outlive the build
-                pool.shutdown(wait=False, cancel_futures=True)
-                stop_children()
-                raise
+            waiting, running = list(pending), {}
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                try:
+                    while waiting or running:
+                        for item in list(waiting):
+                            if len(running) < jobs and all(stem in runs for stem in item.needs):
+                                waiting.remove(item)
+                                running[start(item, pool.submit)] = item
+                        if not running:
+                            raise RuntimeError(f"notebooks {[i.src.name for i in waiting]} wait for notebooks that "
+                                               "never run")
+                        done, _ = wait(running, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            finish(running.pop(future), *future.result())
+                except BaseException:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    stop_children()      # before the pool's exit, which waits for its workers
+                    raise
+    except BaseException:
+        # interrupted (Ctrl-C, SIGTERM) or broken: no worker or kernel may outlive the build, and the chapters
+        # it stopped count as failed: what they wrote is put aside
+        stop_children()
+        for stem in list(journals):
+            log(f"[book] {stem} stopped: {close_journal(stem, failed=True)}")
+        raise
     ordered = [runs[stem] for stem in stems]
     # A notebook after a failed one ran without (or before) what the failed one writes: no cache key for it.
     for index, run in enumerate(ordered):

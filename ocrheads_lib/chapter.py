@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from ocrheads_lib import parameters, plots
+from ocrheads_lib import parameters, plots, quarantine
 from ocrheads_lib.paths import results_dir as model_results_dir
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -237,11 +237,70 @@ def _plain_assignments(source: str) -> bool:
     return True
 
 
+_WATCHED: dict[Path, tuple[quarantine.Journal, bool]] = {}   # results folder -> (its journal, run by the build)
+
+
+def watch_writes(root: Path) -> None:
+    """Inside a kernel: record what this chapter writes under `root` (:mod:`ocrheads_lib.quarantine`), and put
+    it aside when a cell fails, so a failed chapter (run by the book or by hand with papermill) leaves no
+    result that a later chapter can read. First, the writes of chapters whose kernel died without ending are
+    put aside. A book build passes the journal to fill (``OCRHEADS_JOURNAL``) and decides itself once the
+    kernel has ended; a chapter run by hand drops its journal when its kernel exits without a failure.
+    (Run interactively, a failing cell puts aside what the chapter wrote so far too: run it from the top.)"""
+    import atexit
+
+    try:
+        from IPython import get_ipython   # optional: only notebooks have it
+    except ImportError:
+        return
+    shell = get_ipython()
+    root = root.resolve()
+    if shell is None or root in _WATCHED:
+        return
+    for orphan in quarantine.orphans(root):
+        print(f"[ocrheads] {quarantine.put_aside(orphan).message()} (its kernel stopped before the chapter ended)",
+              file=sys.stderr)
+        quarantine.discard(orphan)
+    given = os.environ.get(quarantine.JOURNAL_ENV)
+    built = bool(given) and Path(given).parent.parent.resolve() == root
+    if built:
+        journal = quarantine.watch(Path(given))
+    else:
+        journal = quarantine.watch(*quarantine.new_journal(root, os.environ.get(quarantine.CHAPTER_ENV) or "chapter",
+                                                          quarantine.KERNEL_LOCK))
+    if not _WATCHED:
+        shell.events.register("post_run_cell", _after_cell)
+        atexit.register(_at_exit)
+    _WATCHED[root] = (journal, built)
+
+
+def _after_cell(result: Any) -> None:
+    """IPython's post_run_cell: a cell that failed fails the chapter; put aside what it wrote."""
+    if result.success:
+        return
+    for root, (journal, built) in list(_WATCHED.items()):
+        quarantine.stop(journal)
+        print(f"[ocrheads] {quarantine.put_aside(journal.folder).message()}", file=sys.stderr)
+        if built:                 # the build reads the outcome, reports it and drops the journal
+            del _WATCHED[root]
+            continue
+        quarantine.discard(journal.folder)
+        fresh = quarantine.new_journal(root, os.environ.get(quarantine.CHAPTER_ENV) or "chapter", quarantine.KERNEL_LOCK)
+        _WATCHED[root] = (quarantine.watch(*fresh), False)
+
+
+def _at_exit() -> None:
+    for journal, built in _WATCHED.values():
+        quarantine.stop(journal)
+        if not built:             # run by hand and no cell failed: the chapter ended
+            quarantine.discard(journal.folder)
+
+
 def setup(model_id: str, results_dir: str | os.PathLike = "results", device: str = "auto", seed: int = 0) -> Chapter:
     """The start of every chapter: its parameters checked (:func:`check_notebook_parameters`, on the calling
     notebook's globals: nothing is written when one is bad), offline hub, flush denormals (tiny models on
-    CPU), the book's figure theme, pandas display options, and the chapter's folders under the resolved
-    `results_dir`."""
+    CPU), the book's figure theme, pandas display options, the record of what the chapter writes under the
+    resolved `results_dir` (:func:`watch_writes`), and the chapter's folders there."""
     check_notebook_parameters(sys._getframe(1).f_globals)
     device = resolve_device(device)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -259,6 +318,7 @@ def setup(model_id: str, results_dir: str | os.PathLike = "results", device: str
     pd.set_option("display.precision", 3)
     pd.set_option("display.max_colwidth", 60)
     root = resolve_results_root(results_dir)
+    watch_writes(root)
     out = model_results_dir(model_id, root)
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)

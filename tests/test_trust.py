@@ -451,13 +451,21 @@ def _notebook(path: Path, body: str, needs: list[str] | None = None) -> None:
     nbformat.write(nb, str(path))
 
 
+def _stand_in_book(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """Folders of a stand-in book: notebooks (made), executed copies, results, a fixed library (made)."""
+    src, lib = tmp_path / "notebooks", tmp_path / "lib"
+    src.mkdir()
+    lib.mkdir()
+    (lib / "m.py").write_text("x = 1\n")
+    return src, tmp_path / "book" / "generated", tmp_path / "results", lib
+
+
 def test_defect_5_a_chapter_rerun_by_hand_is_not_reused(tmp_path: Path) -> None:
     """make book, then chapter 01 run by hand with other parameters (its score file now holds 3 samples):
     the next build runs 01 again, and 02, which reads it, instead of reporting them cached."""
     from ocrheads_lib.bookbuild import run_notebooks
 
-    src, out, results = tmp_path / "notebooks", tmp_path / "book" / "generated", tmp_path / "results"
-    src.mkdir()
+    src, out, results, lib = _stand_in_book(tmp_path)
     writes = ("import json, pathlib; p = pathlib.Path(results_dir) / 'tiny' / 'scores.json'; "
               "p.parent.mkdir(parents=True, exist_ok=True); written = p.write_text(json.dumps({'n': n_samples}))")
     _notebook(src / "01_a.ipynb", writes, needs=[])
@@ -466,9 +474,6 @@ def test_defect_5_a_chapter_rerun_by_hand_is_not_reused(tmp_path: Path) -> None:
               needs=["01_a"])
     params = tmp_path / "params.yml"
     params.write_text(f"defaults: {{results_dir: {results}}}\nnotebooks: {{01_a: {{n_samples: 40}}}}\n")
-    lib = tmp_path / "lib"
-    lib.mkdir()
-    (lib / "m.py").write_text("x = 1\n")
     logs: list[str] = []
     kw = {"log": logs.append, "library_root": lib, "failed_dir": tmp_path / "failed"}
     assert [r.status for r in run_notebooks(src, out, params, **kw)] == ["executed", "executed"]
@@ -528,3 +533,105 @@ def test_a_stopped_build_leaves_no_worker_processes() -> None:
     worker.wait(timeout=10)
     assert not kernel.is_running() or kernel.status() == psutil.STATUS_ZOMBIE
 
+
+# ------------------------------------------------------------------------------------------ failed chapters
+FAILING_CHAPTER = """\
+import os, signal
+from ocrheads_lib import chapter
+from ocrheads_lib.paths import atomic_write_text
+ch = chapter.setup(model_id, results_dir=results_dir, device="cpu", seed=seed)
+_ = (ch.out / "new.json").write_text("new")                      # created
+_ = (ch.out / "head_sets").mkdir()
+_ = (ch.out / "head_sets" / "ocr.json").write_text('{"heads": []}')
+_ = (ch.out / "edited.json").write_text("changed")               # rewritten in place
+_ = atomic_write_text(ch.out / "swapped.json", "changed")        # replaced
+with open(ch.out / "cache.jsonl", "a") as handle:                # appended
+    _ = handle.write("line 2\\n")
+(ch.out / "gone.json").unlink()                                  # removed
+{failure}
+"""
+BEFORE = {"edited.json": "old", "swapped.json": "old", "cache.jsonl": "line 1\n", "gone.json": "old",
+          "kept.json": "untouched"}
+
+
+def _results_before(results: Path) -> Path:
+    model = results / "tiny"
+    model.mkdir(parents=True)
+    for name, text in BEFORE.items():
+        (model / name).write_text(text)
+    return model
+
+
+def _assert_put_aside(results: Path, chapter: str) -> Path:
+    """Nothing the failed chapter wrote is left where a chapter reads; what it changed holds its old bytes;
+    what it wrote is kept under results/.failed/<chapter>-<time>/."""
+    model = results / "tiny"
+    assert sorted(p.name for p in model.iterdir()) == sorted(BEFORE)       # new.json and head_sets/ are gone
+    assert {name: (model / name).read_text() for name in BEFORE} == BEFORE
+    [aside] = [p for p in (results / ".failed").iterdir() if p.name.startswith(chapter + "-")]
+    assert (aside / "tiny" / "new.json").read_text() == "new"
+    assert (aside / "tiny" / "head_sets" / "ocr.json").read_text() == '{"heads": []}'
+    assert (aside / "tiny" / "edited.json").read_text() == "changed"
+    assert (aside / "tiny" / "cache.jsonl").read_text() == "line 1\nline 2\n"
+    assert not list((results / ".failed").glob(".journal-*"))
+    return aside
+
+
+@pytest.mark.parametrize("failure", ["raise RuntimeError('half-way')", "os.kill(os.getpid(), signal.SIGKILL)"])
+def test_a_failed_chapter_leaves_no_result_a_later_chapter_reads(tmp_path: Path, failure: str) -> None:
+    """A chapter of the book fails half-way (an error, or its kernel killed): every file it created or changed
+    is moved to results/.failed/<chapter>-<time>/, the files it changed hold their previous bytes again, and
+    the build's error names them and that folder."""
+    from ocrheads_lib.bookbuild import run_notebooks
+
+    src, out, results, lib = _stand_in_book(tmp_path)
+    _results_before(results)
+    _notebook(src / "01_a.ipynb", FAILING_CHAPTER.replace("{failure}", failure), needs=[])
+    params = tmp_path / "params.yml"
+    params.write_text(f"defaults: {{results_dir: {results}}}\n")
+    logs: list[str] = []
+    [run] = run_notebooks(src, out, params, log=logs.append, library_root=lib, failed_dir=tmp_path / "failed")
+    assert run.status == "failed"
+    aside = _assert_put_aside(results, "01_a")
+    assert str(aside) in run.error and "new.json" in run.error and "previous bytes" in run.error, run.error
+
+
+def test_a_chapter_run_by_hand_that_fails_leaves_no_result(tmp_path: Path) -> None:
+    """papermill on a chapter by hand (no book build): the kernel itself puts aside what the chapter wrote
+    when a cell fails, and says so under the failing cell."""
+    import papermill
+
+    results = tmp_path / "results"
+    _results_before(results)
+    notebook = tmp_path / "02_b.ipynb"
+    _notebook(notebook, FAILING_CHAPTER.replace("{failure}", "raise RuntimeError('half-way')"))
+    with pytest.raises(papermill.PapermillExecutionError):
+        papermill.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                                   parameters={"results_dir": str(results)}, progress_bar=False, cwd=str(tmp_path))
+    aside = _assert_put_aside(results, "chapter")
+    printed = json.dumps(json.loads((tmp_path / "out.ipynb").read_text())["cells"][-1]["outputs"])
+    assert str(aside) in printed and "fix the error and run the chapter again" in printed
+
+
+def test_the_writes_of_a_chapter_whose_kernel_died_are_put_aside_by_the_next(tmp_path: Path) -> None:
+    """A journal nobody holds (a kernel killed while a chapter ran by hand) is an orphan: put aside."""
+    from ocrheads_lib import quarantine
+
+    results = tmp_path / "results"
+    model = _results_before(results)
+    folder, lock = quarantine.new_journal(results, "03_c", quarantine.KERNEL_LOCK)
+    assert quarantine.orphans(results) == []                  # its kernel holds it
+    (folder / "backup" / "000000").write_text("old")
+    with open(folder / "journal.jsonl", "w") as handle:
+        handle.write(json.dumps({"path": "tiny/edited.json", "backup": "000000"}) + "\n")
+        handle.write(json.dumps({"path": "tiny/new.json", "backup": None}) + "\n")
+        handle.write('{"path": "tiny/torn')                  # the kernel died mid-line
+    (model / "edited.json").write_text("changed")
+    (model / "new.json").write_text("new")
+    lock.release()                                            # the kernel died
+    assert quarantine.orphans(results) == [folder]
+    outcome = quarantine.put_aside(folder)
+    assert outcome.moved == ["tiny/edited.json", "tiny/new.json"] and outcome.restored == ["tiny/edited.json"]
+    assert (model / "edited.json").read_text() == "old" and not (model / "new.json").exists()
+    assert (Path(outcome.destination) / "tiny" / "new.json").read_text() == "new"
+    assert quarantine.put_aside(folder) == outcome            # once only
