@@ -25,6 +25,8 @@ Claims (paper direction first):
 * :func:`dissociation_test` -- masking OCR heads hurts an image task more than masking as many retrieval heads
   (and the reverse on a text task): the paired difference of drops per sample, bootstrap and sign-flip tests;
   :func:`double_dissociation` joins the two tasks.
+* :func:`control_test` -- masking a head set costs more than masking as many random (or layer-matched random)
+  heads: the paired difference per sample, bootstrap and sign-flip tests (Wu's causal test).
 * :func:`cot_change_test` -- chain-of-thought changes a head set's score by more than two seeds of the same
   condition do (the noise floor).
 
@@ -403,6 +405,25 @@ def dissociation_test(baseline: Mapping[str, float], ocr_masked: Mapping[str, fl
                    float(diff.mean()), reps, 0.0, diff.size, direction, alpha,
                    sign_flip_p(diff, direction, seed=seed), task=task, drop_ocr=float((base - ocr).mean()),
                    drop_retrieval=float((base - ret).mean()))
+
+
+def control_test(masked: Mapping[str, float], controls: Sequence[Mapping[str, float]], what: str,
+                 control: str, n_boot: int = MIN_BOOT, seed: int = 0, alpha: float = 0.05) -> Verdict:
+    """Masking `what` costs more than masking as many `control` heads (Wu's causal test). Per sample (id ->
+    score): the mean score over the control draws minus the score with the set masked, so > 0 when the set
+    matters more; the statistic is its mean, with a bootstrap interval over samples (the draws stay fixed:
+    the interval is the samples' uncertainty) and a sign-flip p-value."""
+    if not controls:
+        raise ValueError(f"control_test needs at least one draw of {control} heads, got none; run >= 3 draws")
+    n_boot = _check_boot(n_boot)
+    values = _aligned_values([masked, *controls], ["masked", *[f"{control} draw {i}" for i in range(len(controls))]])
+    diff = values[1:].mean(axis=0) - values[0]                                           # (n,)
+    if diff.size == 0:
+        raise ValueError("no samples to compare; give per-sample scores of at least one sample")
+    reps = bootstrap.replicates(lambda r: diff[bootstrap.resample_indices(r, diff.size)].mean(), n_boot, seed)
+    return verdict(f"masking {what} costs more than masking as many {control} heads", float(diff.mean()), reps,
+                   0.0, diff.size, "greater", alpha, sign_flip_p(diff, "greater", seed=seed),
+                   masked=float(values[0].mean()), control_mean=float(values[1:].mean()), n_draws=len(controls))
 
 
 def double_dissociation(image: Verdict, text: Verdict) -> Verdict:

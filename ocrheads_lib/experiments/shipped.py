@@ -125,19 +125,25 @@ def recompute_fn(lm: Any, identity: RunIdentity) -> Callable[[Mapping[str, Any]]
 
     def recompute(record: Mapping[str, Any]) -> dict[str, Any]:
         sample = sample_of(str(record["task"]), str(record["id"]))
-        heads = [parse_head(key) for key in str(record["heads"]).split()]
-        golds = [str(g) for g in sample.golds]
-        metrics = metrics_for([sample])
-        try:
-            with apply(lm, Plan(mask=heads)):
-                text = answer(lm, sample, max_new_tokens=int(params["max_new_tokens"]))
-            prediction = Prediction(str(sample.id), text, golds, score_prediction(text, golds, metrics))
-        except (ValueError, RuntimeError) as error:
-            prediction = Prediction(str(sample.id), None, golds, failure=f"{type(error).__name__}: {error}")
-        condition = Condition(str(record["head_set"]), int(record["k"]), int(record["seed"]), heads)
-        return record_of(str(record["task"]), condition, prediction)
+        return recompute_prediction(lm, sample, record, int(params["max_new_tokens"]))
 
     return recompute
+
+
+def recompute_prediction(lm: Any, sample: Any, record: Mapping[str, Any], max_new_tokens: int) -> dict[str, Any]:
+    """A prediction record (:func:`record_of`) recomputed: `sample` answered once, greedily, under the record's own
+    ``heads`` masked."""
+    heads = [parse_head(key) for key in str(record["heads"]).split()]
+    golds = [str(g) for g in sample.golds]
+    metrics = metrics_for([sample])
+    try:
+        with apply(lm, Plan(mask=heads)):
+            text = answer(lm, sample, max_new_tokens=max_new_tokens)
+        prediction = Prediction(str(sample.id), text, golds, score_prediction(text, golds, metrics))
+    except (ValueError, RuntimeError) as error:
+        prediction = Prediction(str(sample.id), None, golds, failure=f"{type(error).__name__}: {error}")
+    condition = Condition(str(record["head_set"]), int(record["k"]), int(record["seed"]), heads)
+    return record_of(str(record["task"]), condition, prediction)
 
 
 def audit_file(path: str | Path, identity: RunIdentity | None = None,

@@ -17,7 +17,9 @@ global layers):
 * :class:`ScorecardRow` / :func:`global_share_row`: the result as one line of a scorecard.
 
 Wu's causal test itself is :func:`ocrheads_lib.experiments.masking.run_masking`, run once per length with the
-heads ranked on that length's scoring samples and tested on samples of a disjoint seed range.
+heads ranked on that length's scoring samples and tested on samples of a disjoint seed range
+(:func:`causal_at_length`). The full-size run ships as per-sample records:
+:mod:`ocrheads_lib.experiments.window_records`.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ from typing import Any
 from scipy import stats
 
 from ocrheads_lib.data import passkey_text
+from ocrheads_lib.data.compose import sample_id
+from ocrheads_lib.data.passkey import TEXT_ID
 from ocrheads_lib.data.samples import TextSample
 from ocrheads_lib.inference import answer, sample_inputs
 from ocrheads_lib.metrics import passkey_accuracy, wilson_interval
@@ -36,7 +40,8 @@ from ocrheads_lib.types import Head
 
 __all__ = ["ContextSetting", "LayerShare", "PasskeyCheck", "ScorecardRow", "SHORT", "LONG", "causal_at_length",
            "depth_profile", "global_share", "global_share_row", "layer_kinds", "model_summary", "needle_distance",
-           "gemma_scorecard_row", "passkey_check", "score_at_length", "window_samples", "window_sentences"]
+           "gemma_scorecard_row", "passkey_check", "score_at_length", "scorecard_row", "window_samples",
+           "window_sample_id", "window_sample_index", "causal_task", "causal_heads", "window_sentences"]
 
 
 @dataclass(frozen=True)
@@ -77,14 +82,36 @@ def needle_distance(lm: Any, sample: TextSample) -> int:
     return inputs.prompt_len - 1 - max(needle)
 
 
-def window_samples(lm: Any, setting: ContextSetting, n: int, seed: int = 0) -> list[TextSample]:
+def window_sample_id(setting: str, seed: int, index: int) -> str:
+    """The id of sample `index` of seed `seed` at a length ("passkey-text-100-7-long"), known without building it."""
+    return f"{sample_id(TEXT_ID, seed, index)}-{setting}"
+
+
+def window_sample_index(sample_id_: str, setting: str, seed: int) -> int:
+    """The index of a window sample from its id (:func:`window_sample_id`); ValueError for an id of another
+    length or seed."""
+    prefix, suffix = f"{TEXT_ID}-{int(seed)}-", f"-{setting}"
+    middle = sample_id_[len(prefix):-len(suffix)] if sample_id_.startswith(prefix) and sample_id_.endswith(suffix) else ""
+    if not middle.isdigit():
+        raise ValueError(f"{sample_id_!r} is not a {setting!r} window sample of seed {seed} (ids look like "
+                         f"{window_sample_id(setting, seed, 0)!r})")
+    return int(middle)
+
+
+def window_samples(lm: Any, setting: ContextSetting, n: int, seed: int = 0,
+                   indices: Sequence[int] | None = None) -> list[TextSample]:
     """n text pass keys of `setting` (sample i depends on (seed, i) only); ids end in the setting's name.
-    Raises ValueError naming the sample when its needle is closer than ``setting.min_needle_distance``."""
+    `indices` builds only those samples of the n (an audit rebuilding one sample). Raises ValueError naming the
+    sample when its needle is closer than ``setting.min_needle_distance``."""
+    wanted = range(n) if indices is None else list(indices)
+    outside = [i for i in wanted if not 0 <= int(i) < n]
+    if outside:
+        raise ValueError(f"window_samples: indices {outside[:3]} lie outside 0..{n - 1} (the set has n = {n} samples)")
     samples = []
-    for i in range(n):
+    for i in wanted:
         depth = None if setting.depths is None else setting.depths[i % len(setting.depths)]
         sample = passkey_text(n, seed=seed, context_chars=setting.context_chars, depth=depth, indices=[i])[0]
-        sample = dataclasses.replace(sample, id=f"{sample.id}-{setting.name}",
+        sample = dataclasses.replace(sample, id=window_sample_id(setting.name, seed, i),
                                      meta={**sample.meta, "setting": setting.name})
         if setting.min_needle_distance:
             distance = needle_distance(lm, sample)
@@ -209,18 +236,29 @@ def causal_at_length(lm: Any, setting: ContextSetting, scores: Any, n: int, *, k
     predictions are cached and the table written under ``<results_root>/<model>-<setting>/`` (one folder per
     length, so no other chapter's masking table is replaced)."""
     from ocrheads_lib.paths import results_dir
-    from ocrheads_lib import heads
     from ocrheads_lib.experiments.masking import run_masking
-    from ocrheads_lib.experiments.sweep import RunSettings, SweepHeads
+    from ocrheads_lib.experiments.sweep import RunSettings
 
-    ranked = [h for h, _ in heads.ranked(scores)]
     samples = window_samples(lm, setting, n, seed=seed)
     name = f"{lm.model_id}-{setting.name}"
     out_dir = None if results_root is None else results_dir(name, results_root)
-    return run_masking(lm, {f"passkey_{setting.name}": samples},
-                       SweepHeads({"retrieval": ranked}, seeds=tuple(seeds), exclude=heads.select(scores),
-                                  layer_matched_to="retrieval"),
+    return run_masking(lm, {causal_task(setting.name): samples}, causal_heads(scores, seeds),
                        RunSettings(model_id=name, out_dir=out_dir, max_new_tokens=max_new_tokens), ks=list(ks))
+
+
+def causal_task(setting: str) -> str:
+    """The task name of the causal test at a length ("passkey_long")."""
+    return f"passkey_{setting}"
+
+
+def causal_heads(scores: Any, seeds: Sequence[int]) -> Any:
+    """The head sets of the causal test: the retrieval heads ranked on `scores`, random draws outside the
+    selected set and layer-matched draws copying the top-k's layers, one of each per seed."""
+    from ocrheads_lib import heads
+    from ocrheads_lib.experiments.sweep import SweepHeads
+
+    return SweepHeads({"retrieval": [h for h, _ in heads.ranked(scores)]}, seeds=tuple(seeds),
+                      exclude=heads.select(scores), layer_matched_to="retrieval")
 
 
 def depth_profile(scores: Any) -> Any:
@@ -275,10 +313,8 @@ def gemma_scorecard_row(results_root: Any, setting: ContextSetting = LONG, k: in
     """The Gemma 3 result for a scorecard, from the score file chapter 03 wrote
     (``<results_root>/gemma3-270m-<setting>/retrieval_scores.json``): the share of its top-k retrieval heads in
     the global layers at `setting`, against chance. Raises FileNotFoundError naming the file and the chapter."""
-    import json
-
-    from ocrheads_lib import heads
-    from ocrheads_lib.models.gemma3 import MODEL_ID, ensure_gemma3
+    from ocrheads_lib.experiments.window_records import gemma_facts
+    from ocrheads_lib.models.gemma3 import MODEL_ID
     from ocrheads_lib.scoring.runs import score_path
     from ocrheads_lib.scoring.store import load_scores
 
@@ -286,10 +322,16 @@ def gemma_scorecard_row(results_root: Any, setting: ContextSetting = LONG, k: in
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run chapter 03 (notebooks/03_retrieval_heads.ipynb, section "
                                 f"'A second language model') with results_dir={results_root!s} first")
-    scores = load_scores(path)
-    config = json.loads((ensure_gemma3(verbose=False) / "config.json").read_text())
-    global_layers = [i for i, t in enumerate(config["layer_types"]) if t == "full_attention"]
+    return scorecard_row(load_scores(path), gemma_facts().global_layers, setting.name, k)
+
+
+def scorecard_row(scores: Any, global_layers: Sequence[int], setting: str, k: int = 8) -> ScorecardRow:
+    """The global-vs-local scorecard row of one score set: the share of its top-k heads (by the book's ranking,
+    :func:`ocrheads_lib.heads.ranked`) in `global_layers`, against chance; n is the number of scored samples."""
+    from ocrheads_lib import heads
+
+    scores.require_entries("a global-vs-local share")
     n_layers, n_heads = scores.shape
     ranked = [h for h, _ in heads.ranked(scores)]
     share = global_share(ranked, global_layers, n_layers, n_heads, min(k, len(ranked)))
-    return global_share_row(share, len(scores.samples), setting.name)
+    return global_share_row(share, len(scores.samples), setting)

@@ -393,6 +393,11 @@ def weights_revision(model: Any, source: str) -> str | None:
     commit = getattr(model.config, "_commit_hash", None)
     if commit:
         return str(commit)
+    return folder_revision(source)
+
+
+def folder_revision(source: str | Path) -> str | None:
+    """The weights revision of a local model folder without loading it (see :func:`weights_revision`)."""
     folder = Path(source)
     converted = folder / SOURCE_RECORD if folder.is_dir() else None
     if converted is not None and converted.is_file():   # built from a GGUF: its recorded revision, else the GGUF's hash
