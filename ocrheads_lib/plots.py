@@ -417,6 +417,29 @@ def value_heatmap(values: Any, ax=None, title: str = "", label: str = "", annota
     return ax
 
 
+def depth_profiles(profiles: Any, ax=None, marks: Any = None, mark_label: str = "", title: str = ""):
+    """Where each model's retrieval score sits by depth: per model (name -> (L,) share of its total score per
+    layer, e.g. :func:`ocrheads_lib.experiments.window.depth_profile`) the share of each layer against its
+    relative depth (layer + 0.5) / L, so models of different depths share one axis. `marks` (relative depths,
+    e.g. a model's global layers) are drawn as dotted vertical lines named `mark_label` in the legend."""
+    ax = _axes(ax, figsize=(MAX_WIDTH_IN, 3.4))
+    palette = sns.color_palette(n_colors=max(1, len(profiles)))
+    for (name, profile), colour, marker in zip(profiles.items(), palette, ("o", "s", "^", "D", "v")):
+        values = np.asarray(profile, dtype=float)  # (L,)
+        depth = (np.arange(values.size) + 0.5) / values.size
+        ax.plot(depth, values, marker=marker, ms=4, lw=1.4, color=colour, label=name)
+    for index, at in enumerate(marks or []):
+        ax.axvline(at, color="#555555", ls=":", lw=1.2, label=mark_label if index == 0 and mark_label else None)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("relative depth of the layer (0 = first, 1 = last)")
+    ax.set_ylabel("share of the retrieval score")
+    if title:
+        ax.set_title(title, pad=28)
+    _legend_above(ax, ncol=min(4, len(profiles) + (1 if marks else 0)))
+    return ax
+
+
 def condition_scatter(changes: Any, x: str = "direct", y: str = "cot", col: str = "task"):
     """Per-head scores under two conditions (one panel per `col` value, two per row), diagonal dashed."""
     groups = list(changes.groupby(col, sort=True))
