@@ -6,8 +6,9 @@ Every `notebooks/NN_name.ipynb` is run from the `notebooks/` folder (chapters re
 per-notebook overrides keyed by the notebook's stem). The executed copy goes to
 `book/generated/NN_name.ipynb`, next to a `NN_name.ipynb.key` file holding the cache key.
 
-Cache key of a notebook = sha256 over (its source bytes, its parameters, a hash of every file of the
-`ocrheads_lib` package, the key of the notebook before it in sorted order). Chaining the previous
+Cache key of a notebook = sha256 over (its source bytes, its parameters and the bytes of any file a parameter
+names, such as shipped records, a hash of every file of the `ocrheads_lib` package, the key of the notebook before
+it in sorted order). Chaining the previous
 key is deliberate: later chapters read earlier chapters' results, so a change upstream re-runs
 everything after it. An unchanged key means the executed copy is reused without starting a kernel.
 
@@ -166,6 +167,16 @@ def library_hash(root: str | os.PathLike = PACKAGE_ROOT) -> str:
         digest.update(b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
+
+
+def parameter_files(parameters: dict[str, Any], root: str | os.PathLike) -> dict[str, str]:
+    """``{"file:<value>": sha256}`` for every string parameter naming a file under `root` (e.g. the shipped
+    records a chapter reads): part of the cache key, so regenerated records re-run the chapter."""
+    out = {}
+    for value in parameters.values():
+        if isinstance(value, str) and value and not Path(value).is_absolute() and (Path(root) / value).is_file():
+            out[f"file:{value}"] = _sha256(Path(root) / value)
+    return out
 
 
 def notebook_key(source: bytes, parameters: dict[str, Any], lib_hash: str, previous_key: str) -> str:
@@ -361,7 +372,8 @@ def run_notebooks(notebooks_dir: str | os.PathLike, out_dir: str | os.PathLike,
     needs: dict[str, list[str]] = {}
     for index, src in enumerate(sources):
         params = load_parameters(params_path, src.stem)
-        key = notebook_key(src.read_bytes(), params, lib, previous_key)
+        key = notebook_key(src.read_bytes(), {**params, **parameter_files(params, notebooks_dir.parent)}, lib,
+                           previous_key)
         previous_key = key
         dst = out_dir / src.name
         key_file = Path(str(dst) + KEY_SUFFIX)
