@@ -21,7 +21,8 @@ they come, so a stopped run continues where it was; progress bars from tqdm)::
     python -m ocrheads_lib.records audit results/records/tiny_masking.jsonl.gz --fraction 0.01
 
 The experiment behind ``regenerate`` is masking on the evaluation split with heads chosen on the selection
-split (:mod:`ocrheads_lib.experiments.shipped`).
+split (:mod:`ocrheads_lib.experiments.shipped`), or with ``--experiment window`` Gemma 3's retrieval heads at two
+context lengths and their causal test (:mod:`ocrheads_lib.experiments.window_records`).
 """
 from __future__ import annotations
 
@@ -258,12 +259,17 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="python -m ocrheads_lib.records", description=__doc__.split("\n\n")[0])
     sub = main.add_subparsers(dest="command", required=True)
     regen = sub.add_parser("regenerate", help="compute (or resume) the per-sample records of a run")
     regen.add_argument("--model", default="tiny")
-    regen.add_argument("--experiment", default="masking", choices=["masking"])
+    regen.add_argument("--experiment", default="masking", choices=["masking", "window"],
+                       help="masking: smol-vl's masking run; window: Gemma 3's retrieval heads at two lengths")
     regen.add_argument("--selection-seeds", type=_seeds, default=(0, 1), help="first:count (default 0:1)")
     regen.add_argument("--evaluation-seeds", type=_seeds, default=(1000, 1), help="first:count (default 1000:1)")
     regen.add_argument("--tasks", type=lambda t: [x for x in t.split(",") if x],
@@ -274,6 +280,14 @@ def parser() -> argparse.ArgumentParser:
     regen.add_argument("--control-seeds", type=_ints, default=[0, 1, 2])
     regen.add_argument("--max-new-tokens", type=int, default=12)
     regen.add_argument("--batch-size", type=int, default=1)
+    regen.add_argument("--settings", type=_names, default=["short", "long"], help="window: lengths scored")
+    regen.add_argument("--causal-settings", type=_names, default=["short", "long"],
+                       help="window: lengths with the causal test")
+    regen.add_argument("--contexts", default=None,
+                       help="window: the length definitions' key the records were made with (checked against today's)")
+    regen.add_argument("--from-results", default=None,
+                       help="window: convert this finished results folder (score files, prediction caches) without "
+                            "loading the model")
     regen.add_argument("--out", required=True, help="records file (.jsonl or .jsonl.gz)")
     regen.add_argument("--work", default=None, help="folder of the resumable part files (default: <out>.parts)")
     regen.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -291,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "regenerate":
         splits = Splits(Split(*args.selection_seeds), Split(*args.evaluation_seeds))
+        if args.experiment == "window":
+            return _regenerate_window(args, splits)
         path = shipped.regenerate(model_id=args.model, splits=splits, tasks=args.tasks, n_select=args.n_select,
                                   n_eval=args.n_eval, ks=args.ks, control_seeds=args.control_seeds,
                                   max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, out=args.out,
@@ -298,7 +314,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {path}")
         return 0
     identity, records = load(args.path)
+    if identity.experiment == "window":
+        from ocrheads_lib.experiments import window_records
+
+        print(window_records.audit_file(args.path, fraction=args.fraction, seed=args.seed))
+        return 0
     print(shipped.audit_file(args.path, identity, records, fraction=args.fraction, seed=args.seed))
+    return 0
+
+
+def _regenerate_window(args: argparse.Namespace, splits: Splits) -> int:
+    from ocrheads_lib.experiments import window_records
+
+    run = window_records.WindowRun(tuple(args.settings), tuple(args.causal_settings), args.n_select, args.n_eval,
+                                   tuple(args.ks), tuple(args.control_seeds), args.max_new_tokens, splits)
+    today = window_records.contexts_key(run.contexts())
+    if args.contexts is not None and args.contexts != today:
+        raise SystemExit(f"--contexts {args.contexts} names length definitions that are not today's ({today}): the "
+                         "lengths changed since those records were made; drop --contexts to regenerate with today's")
+    if args.from_results is not None:
+        if args.model != "gemma3-270m":
+            raise SystemExit(f"--from-results reads Gemma 3's facts from its converted folder; --model {args.model} is "
+                             "not gemma3-270m: drop --from-results to regenerate with the model loaded")
+        path = window_records.from_results(args.from_results, args.out, window_records.gemma_facts(), run)
+    else:
+        path = window_records.regenerate(run, args.out, model_id=args.model, work=args.work)
+    print(f"wrote {path}")
     return 0
 
 
