@@ -47,17 +47,19 @@ def write_results(root, short_best=((2, 1), (5, 0)), masked_right=False):
                   "long": planted_scores("long", [(5, 1), (2, 0), (1, 1)], fail_last=True)}
     for setting, scores in by_setting.items():
         scores.save(score_path(f"planted-{setting}", "retrieval", results_dir=root))
-    scores = by_setting["short"]
-    conditions = wr.conditions_for(scores, RUN, FACTS)
+    return by_setting, write_caches(root, "short", by_setting["short"], RUN, masked_right)
+
+
+def write_caches(root, setting, scores, run, masked_right=False):
+    """The causal test's prediction caches at one length, as causal_at_length writes them; returns the conditions."""
+    conditions = wr.conditions_for(scores, run, FACTS)
     for condition in conditions:
-        cache = prediction_cache(root / "planted-short", "w1", "masking", causal_task("short"), condition.key, 8)
-        for i in range(RUN.n_eval):
-            sid = window_sample_id("short", 100, i)
+        cache = prediction_cache(root / f"planted-{setting}", "w1", "masking", causal_task(setting), condition.key, 8)
+        for i in range(run.n_eval):
             right = masked_right or condition.head_set != "retrieval"
-            text = "1234" if right else "99"
-            cache.put(Prediction(sid, text, ["1234"], {"accuracy": float(right), "em": float(right),
-                                                        "char_sim": 1.0 if right else 0.0}))
-    return by_setting, conditions
+            cache.put(Prediction(window_sample_id(setting, 100, i), "1234" if right else "99", ["1234"],
+                                 {"accuracy": float(right), "em": float(right), "char_sim": 1.0 if right else 0.0}))
+    return conditions
 
 
 def test_results_folder_to_records_and_back(tmp_path):
@@ -280,3 +282,33 @@ def test_a_records_file_named_by_a_parameter_enters_the_chapter_cache_key(tmp_pa
     shipped.write_bytes(b"two")                                        # records regenerated: the chapter runs again
     assert notebook_key(b"nb", {**params, **parameter_files(params, tmp_path)}, "lib", "") != first
     assert parameter_files({"model_id": "smol-vl"}, tmp_path) == {}     # no file: the key is as before
+
+
+def test_records_without_a_causal_test_get_it_live_on_the_shipped_ranking(tmp_path, monkeypatch):
+    import dataclasses
+    import types
+
+    from ocrheads_lib.experiments import window
+
+    planted, _ = write_results(tmp_path)
+    scores_only = dataclasses.replace(RUN, causal_settings=())
+    out = tmp_path / "scores_only.jsonl.gz"
+    wr.from_results(tmp_path, out, FACTS, scores_only)
+    results = wr.load_results(out, "w1")
+    assert results.causal.empty and wr.causal_verdicts(results) == []
+    live = wr.WindowRun(n_select=2, n_eval=3, ks=(2,), control_seeds=(0, 1, 2))
+    ran = []
+
+    def fake_causal(lm, setting, scores, n, *, ks, seeds, seed, results_root, max_new_tokens):
+        assert heads.ranked(scores) == heads.ranked(planted[setting.name])      # the shipped ranking
+        assert (n, tuple(ks), tuple(seeds), seed) == (3, (2,), (0, 1, 2), 100)
+        ran.append(setting.name)
+        write_caches(results_root, setting.name, scores, dataclasses.replace(RUN, n_eval=n))
+
+    monkeypatch.setattr(window, "causal_at_length", fake_causal)
+    lm = types.SimpleNamespace(model_id="planted", revision="w1")
+    merged, lengths = wr.with_live_causal(results, lm, tmp_path / "chapter", live)
+    assert lengths == ("short", "long") and ran == ["short", "long"]
+    assert merged.run.n_eval == 3 and merged.run.n_select == 4 and merged.scores is results.scores
+    assert set(merged.causal.task) == {"passkey_short", "passkey_long"} and merged.causal.n.max() == 3
+    assert [v.verdict for v in wr.causal_verdicts(merged)] == ["holds"] * 4

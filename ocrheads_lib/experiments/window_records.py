@@ -61,6 +61,7 @@ VARIANT, ROW = "wu", "emit"                     # the retrieval score of the stu
 CACHE_EXPERIMENT = "masking"                    # prediction caches of causal_at_length (run_masking)
 DEFAULT_SPLITS = Splits(Split(0), Split(100))   # scoring seed 0, held-out causal samples of seed 100
 ARCHIVE = "records/gemma3-270m_window.jsonl.gz"
+CONTROL_LABELS = {RANDOM: "random", LAYER_MATCHED: "layer-matched random"}
 
 
 class IncompleteResultsError(ValueError):
@@ -377,12 +378,42 @@ def results_from_records(identity: RunIdentity, records: Sequence[Mapping[str, A
     facts = ModelFacts(identity.model_id, identity.weights, int(f["n_layers"]), int(f["n_heads"]),
                        tuple(int(x) for x in f["global_layers"]))
     scores = {name: scores_from_records(records, name, facts, run) for name in run.settings}
+    return WindowResults(identity, run, facts, scores, causal_table(records, run, facts), accuracy_of(records))
+
+
+def accuracy_of(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, int, int], dict[str, float]]:
+    """(length, head set, k, seed) -> sample id -> accuracy, over the answered causal-test records."""
     accuracy: dict[tuple[str, str, int, int], dict[str, float]] = {}
     for r in records:
         if r["task"] != FACTS_TASK and r["condition"] != SCORES and r["failure"] is None:
             key = (_setting_of(str(r["task"])), str(r["head_set"]), int(r["k"]), int(r["seed"]))
             accuracy.setdefault(key, {})[str(r["id"])] = float(r["scores"]["accuracy"])
-    return WindowResults(identity, run, facts, scores, causal_table(records, run, facts), accuracy)
+    return accuracy
+
+
+def with_live_causal(results: WindowResults, lm: Any, results_root: str | Path,
+                     live: WindowRun) -> tuple[WindowResults, tuple[str, ...]]:
+    """`results` with the causal test run now (``live``'s n_eval, ks and draws, held-out seed of the records) at
+    the lengths whose records hold none, on the heads ranked on the shipped scores; (results, those lengths).
+    Answers are cached under ``<results_root>/shipped-ranking/``, apart from a live run's own folders."""
+    from ocrheads_lib.experiments.window import causal_at_length
+
+    missing = tuple(name for name in results.run.settings if name not in results.run.causal_settings)
+    if not missing:
+        return results, ()
+    run = dataclasses.replace(results.run, causal_settings=missing, n_eval=live.n_eval, ks=live.ks,
+                              control_seeds=live.control_seeds)
+    root = Path(results_root) / "shipped-ranking"
+    records: list[dict[str, Any]] = []
+    for name in missing:
+        causal_at_length(lm, SETTINGS[name], results.scores[name], run.n_eval, ks=run.ks, seeds=run.control_seeds,
+                         seed=run.evaluation_seed, results_root=root, max_new_tokens=run.max_new_tokens)
+        records += prediction_records(root, results.scores[name], name, run, results.facts)
+    merged_run = run if not results.run.causal_settings else dataclasses.replace(
+        results.run, causal_settings=results.run.causal_settings + missing)
+    causal = pd.concat([results.causal, causal_table(records, run, results.facts)], ignore_index=True)
+    return dataclasses.replace(results, run=merged_run, causal=causal,
+                               accuracy={**results.accuracy, **accuracy_of(records)}), missing
 
 
 def expected_identity(found: RunIdentity, weights: str) -> RunIdentity:
@@ -454,14 +485,17 @@ def audit_file(path: str | Path, *, fraction: float = 0.01, seed: int = 0, lm: A
 def for_chapter(lm: Any, records: str | Path | None, results_root: str | Path,
                 live: WindowRun) -> tuple[WindowResults, str]:
     """The study's results for chapter 03 and where they come from: the shipped `records` (checked against the
-    loaded model's weights, then audited: a seeded 1 % recomputed byte for byte), or, when `records` is empty,
-    the `live` run computed now (small n) into `results_root` and read back through the same records."""
+    loaded model's weights, then audited: a seeded 1 % recomputed byte for byte; a length whose records hold no
+    causal test gets it live at `live`'s small n, :func:`with_live_causal`), or, when `records` is empty, the
+    `live` run computed now into `results_root` and read back through the same records."""
     weights = str(lm.revision or "unversioned")
     if records:
         results = load_results(records, weights)
         report = audit_file(records, lm=lm)
-        return results, (f"read from the shipped records ({report.n_records:,} records; {report.n_checked} "
-                         "recomputed now, byte-identical)")
+        results, live_lengths = with_live_causal(results, lm, results_root, live)
+        note = "; causal test live, small n" if live_lengths else ""
+        return results, (f"read from the shipped records ({report.n_records:,} records, {report.n_checked} "
+                         f"recomputed now: byte-identical{note})")
     out = Path(results_root) / f"{model_slug(str(lm.model_id))}_window.jsonl.gz"
     regenerate(live, out, work=results_root, lm=lm)
     return load_results(out, weights), (f"computed live at small size ({live.n_select} scoring and {live.n_eval} "
@@ -472,8 +506,8 @@ def _decided(claim: str, estimate: float, interval: tuple[float, float], null: f
              p_value: float | None, **details: Any) -> Any:
     from ocrheads_lib.nulls import Verdict, decide
 
-    word, need = decide(estimate, interval[0], interval[1], null, n, "greater")
-    return Verdict(claim, float(estimate), float(interval[0]), float(interval[1]), float(null), int(n), word, need,
+    word, _ = decide(estimate, interval[0], interval[1], null, n, "greater")   # n counts heads: no n to plan
+    return Verdict(claim, float(estimate), float(interval[0]), float(interval[1]), float(null), int(n), word, None,
                    p_value, 0, dict(details))
 
 
@@ -512,7 +546,7 @@ def causal_verdicts(results: WindowResults) -> list[Any]:
         for k in results.run.ks:
             if (name, "retrieval", k, -1) not in results.accuracy:
                 continue
-            for control, label in ((RANDOM, "random"), (LAYER_MATCHED, "layer-matched random")):
+            for control, label in CONTROL_LABELS.items():
                 draws = results.draws(name, control, k)
                 if not draws:
                     continue
@@ -542,7 +576,7 @@ def verdict_rows(shares: Sequence[Any], causal: Sequence[Any]) -> list[dict[str,
                      "verdict": f"{v.words()} (p = {v.p_value:.2g})"})
     for v in causal:
         d = v.details
-        rows.append({"claim": f"top-{d['k']} masked costs more than {d['control'].replace('_', ' ')}",
+        rows.append({"claim": f"top-{d['k']} masked costs more than {CONTROL_LABELS[d['control']]}",
                      "length": f"`{d['setting']}`",
                      "estimate [95 % interval]": f"{v.estimate:+.2f} [{v.low:+.2f}, {v.high:+.2f}]",
                      "null": "0", "n": f"{v.n} held-out samples", "verdict": v.words()})
