@@ -41,7 +41,7 @@ from ocrheads_lib.types import Head
 __all__ = ["ContextSetting", "LayerShare", "PasskeyCheck", "ScorecardRow", "SHORT", "LONG", "causal_at_length",
            "depth_profile", "global_share", "global_share_row", "layer_kinds", "model_summary", "needle_distance",
            "gemma_scorecard_row", "passkey_check", "score_at_length", "scorecard_row", "window_samples",
-           "window_sample_id", "window_sample_index", "causal_task", "causal_heads", "window_sentences"]
+           "window_sample_id", "window_sample_index", "causal_task", "causal_heads"]
 
 
 @dataclass(frozen=True)
@@ -284,29 +284,6 @@ def model_summary(name: str, scores: Any, sink_mass: Any) -> dict[str, Any]:
     return {"model": name, "layers x heads": f"{n_layers} x {n_heads}", "retrieval heads": len(selected),
             "fraction of heads": len(selected) / (n_layers * n_heads), "mean relative depth of the score": depth,
             "mean first-token mass": float(np.asarray(sink_mass).mean()), "samples": len(scores.samples)}
-
-
-def window_sentences(model: str, checks: dict[str, PasskeyCheck], shares: dict[str, LayerShare],
-                     settings: Sequence[ContextSetting], global_layers: Sequence[int], n_layers: int) -> list[str]:
-    """The section's conclusions, computed from the run: accuracy per length, then the global share per length."""
-    out = []
-    for setting in settings:
-        check = checks.get(setting.name)
-        if check is not None:
-            lo, hi = check.interval
-            out.append(f"Unmodified, {model} answers {check.correct} of {check.n} `{setting.name}` text pass keys "
-                       f"({check.accuracy:.0%}, Wilson 95 % interval {lo:.0%}–{hi:.0%}).")
-    for setting in settings:
-        share = shares.get(setting.name)
-        if share is None:
-            continue
-        row = global_share_row(share, 0, setting.name)
-        where = (f"with the needle at least {setting.min_needle_distance} tokens before the question"
-                 if setting.min_needle_distance else "with the needle anywhere in the window")
-        out.append(f"`{setting.name}` context ({where}): {share.in_global} of the top-{share.k} retrieval heads lie "
-                   f"in the {len(global_layers)} global layers of {n_layers} (share {share.share:.2f}, 95 % interval "
-                   f"{share.interval[0]:.2f}–{share.interval[1]:.2f}; chance {share.chance:.2f}): {row.verdict}.")
-    return out
 
 
 def gemma_scorecard_row(results_root: Any, setting: ContextSetting = LONG, k: int = 8) -> ScorecardRow:
