@@ -24,7 +24,8 @@ Claims (paper direction first):
   than a random active head would (chance = share of active heads in the reference set).
 * :func:`dissociation_test` -- masking OCR heads hurts an image task more than masking as many retrieval heads
   (and the reverse on a text task): the paired difference of drops per sample, bootstrap and sign-flip tests;
-  :func:`double_dissociation` joins the two tasks.
+  :func:`double_dissociation` joins the two tasks; :func:`baseline_control_test` compares a head set's drop with
+  that of random heads (chance level) in the same way.
 * :func:`control_test` -- masking a head set costs more than masking as many random (or layer-matched random)
   heads: the paired difference per sample, bootstrap and sign-flip tests (Wu's causal test).
 * :func:`cot_change_test` -- chain-of-thought changes a head set's score by more than two seeds of the same
@@ -392,19 +393,39 @@ def dissociation_test(baseline: Mapping[str, float], ocr_masked: Mapping[str, fl
     or less ("less": a text task). Per sample (id -> score): drop = baseline - masked; the statistic is the mean
     of the paired difference OCR drop - retrieval drop, with a bootstrap interval over samples and a sign-flip
     p-value."""
+    base, ocr, ret = _aligned_values([baseline, ocr_masked, retrieval_masked], ["baseline", "ocr", "retrieval"])
+    side = "more" if direction == "greater" else "less"
+    return paired_difference_test((base - ocr) - (base - ret),                          # (n,)
+                                  f"on {task}, masking OCR heads costs {side} than masking as many retrieval heads",
+                                  direction, n_boot, seed, alpha, task=task, drop_ocr=float((base - ocr).mean()),
+                                  drop_retrieval=float((base - ret).mean()))
+
+
+def paired_difference_test(differences: Any, claim: str, direction: str = "greater", n_boot: int = MIN_BOOT,
+                           seed: int = 0, alpha: float = 0.05, **details: Any) -> Verdict:
+    """The claim "the mean of these per-sample paired differences is `direction` than 0": bootstrap interval
+    over samples (seeded) and a sign-flip p-value; the verdict by :func:`decide`."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     n_boot = _check_boot(n_boot)
-    base, ocr, ret = _aligned_values([baseline, ocr_masked, retrieval_masked], ["baseline", "ocr", "retrieval"])
-    diff = (base - ocr) - (base - ret)                                                  # (n,)
+    diff = np.asarray(differences, dtype=float)                                         # (n,)
     if diff.size == 0:
         raise ValueError("no samples to compare; give per-sample scores of at least one sample")
     reps = bootstrap.replicates(lambda r: diff[bootstrap.resample_indices(r, diff.size)].mean(), n_boot, seed)
-    side = "more" if direction == "greater" else "less"
-    return verdict(f"on {task}, masking OCR heads costs {side} than masking as many retrieval heads",
-                   float(diff.mean()), reps, 0.0, diff.size, direction, alpha,
-                   sign_flip_p(diff, direction, seed=seed), task=task, drop_ocr=float((base - ocr).mean()),
-                   drop_retrieval=float((base - ret).mean()))
+    return verdict(claim, float(diff.mean()), reps, 0.0, diff.size, direction, alpha,
+                   sign_flip_p(diff, direction, seed=seed), **details)
+
+
+def baseline_control_test(baseline: Mapping[str, float], masked: Mapping[str, float], control_masked: Mapping[str, float],
+                 task: str, head_set: str, control: str, n_boot: int = MIN_BOOT, seed: int = 0,
+                 alpha: float = 0.05) -> Verdict:
+    """Masking a head set costs more on `task` than masking as many heads of a random control (chance level):
+    per sample, the set's drop minus the control's drop (= control score - set score; the control's score per
+    sample may be a mean over its random draws) > 0."""
+    base, own, chance = _aligned_values([baseline, masked, control_masked], ["baseline", head_set, control])
+    return paired_difference_test(chance - own, f"on {task}, masking the {head_set} heads costs more than masking "
+                                  f"as many {control} heads", "greater", n_boot, seed, alpha, task=task,
+                                  drop_set=float((base - own).mean()), drop_control=float((base - chance).mean()))
 
 
 def control_test(masked: Mapping[str, float], controls: Sequence[Mapping[str, float]], what: str,

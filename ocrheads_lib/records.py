@@ -313,13 +313,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   work=args.work, progress=not args.quiet)
         print(f"wrote {path}")
         return 0
-    identity, records = load(args.path)
-    if identity.experiment == "window":
-        from ocrheads_lib.experiments import window_records
+    try:
+        identity, records = load(args.path)
+        if identity.experiment == "window":
+            from ocrheads_lib.experiments import window_records
 
-        print(window_records.audit_file(args.path, fraction=args.fraction, seed=args.seed))
-        return 0
-    print(shipped.audit_file(args.path, identity, records, fraction=args.fraction, seed=args.seed))
+            report = window_records.audit_file(args.path, fraction=args.fraction, seed=args.seed)
+        else:
+            report = shipped.audit_file(args.path, identity, records, fraction=args.fraction, seed=args.seed)
+    except (AuditError, StaleRecordsError, FileNotFoundError, ValueError) as error:
+        # the build prints this and stops: the message already names the regeneration command
+        print(f"audit of {args.path} FAILED ({type(error).__name__}): {error}", file=sys.stderr)
+        return 1
+    print(f"{args.path}: {report}")
     return 0
 
 

@@ -14,6 +14,9 @@
 # chapter — and then does not build the HTML. Prints per-notebook timings and the total.
 # BOOK_PARAMS=other.yml uses another parameter file (e.g. the whole book on a real model).
 #
+# Before step 1, every shipped records file (records/*.jsonl.gz) is audited (ocrheads_lib.records audit): a seeded
+# 1 % is recomputed and must match byte for byte, and records of other weights are refused; either stops the build.
+#
 # Table of contents: _toc.yml is static and lists the chapters with a glob over book/generated/,
 # so the book contains exactly the chapters whose notebooks exist (a chapter not yet written is
 # simply absent, never a broken link); the fixed pages (intro, method, model card, …) are listed
@@ -41,6 +44,20 @@ for f in book/vendor/jupyter-widgets/embed-amd.js book/vendor/jupyter-widgets/re
 done
 
 t0=$(date +%s)
+# The shipped full-size records (records/*.jsonl.gz, ocrheads_lib.records): before any chapter reads them, recompute
+# a seeded 1 % of each file (at least one record per condition; one model load per file) and stop the build when a
+# record differs by one byte or the file was made with other weights (stale: refused, never skipped).
+shopt -s nullglob
+for records_file in records/*.jsonl.gz; do
+    echo "[book] audit $records_file (python -m ocrheads_lib.records audit: 1 % recomputed, one per condition)"
+    if ! "$PY" -m ocrheads_lib.records audit "$records_file" --fraction 0.01; then
+        echo "[book] the audit of $records_file failed (above: what differs and the command that regenerates" \
+             "it; or run 'make results'); the book is not built from records that do not reproduce" >&2
+        exit 1
+    fi
+done
+shopt -u nullglob
+t_audit=$(date +%s)
 force=()
 if [ "${FORCE:-0}" = "1" ]; then force=(--force); fi
 mkdir -p _build
@@ -64,5 +81,5 @@ if [ "$rc" -ne 0 ] || [ ! -f _build/html/index.html ]; then
     exit 1
 fi
 t2=$(date +%s)
-echo "[book] timings: notebooks $((t1 - t0)) s, HTML $((t2 - t1)) s, total $((t2 - t0)) s"
+echo "[book] timings: audit $((t_audit - t0)) s, notebooks $((t1 - t_audit)) s, HTML $((t2 - t1)) s, total $((t2 - t0)) s"
 echo "[book] open _build/html/index.html  (check in a browser: make book-check)"

@@ -73,7 +73,7 @@ def test_audit_fails_on_any_byte_difference():
         rec.audit(data, drifted, fraction=0.1, command="make results")
 
 
-def test_cli_end_to_end_on_tiny(tmp_path, monkeypatch):
+def test_cli_end_to_end_on_tiny(tmp_path, monkeypatch, capsys):
     from ocrheads_lib.experiments import evaluate as evaluate_module
     from ocrheads_lib.experiments import shipped
     from ocrheads_lib.models import load_model
@@ -99,11 +99,26 @@ def test_cli_end_to_end_on_tiny(tmp_path, monkeypatch):
     lm = load_model("tiny")
     report = shipped.audit_file(out, fraction=0.5, seed=0, lm=lm)
     assert report.n_checked == 5 and report.n_conditions == 5
+    assert rec.main(["audit", str(out)]) == 0 and "all byte-identical" in capsys.readouterr().out
     tampered = [dict(r) for r in data]
     tampered[0]["prediction"] = "0000"
     rec.write_records(out, found, tampered)
     with pytest.raises(rec.AuditError, match=r"(?s)1 of 10 recomputed.*regenerate them: python -m ocrheads_lib\.records regenerate"):
         shipped.audit_file(out, fraction=1.0, seed=0, lm=lm)
+    # the command the book build runs: exit 1 and the regeneration command on stderr, no traceback
+    assert rec.main(["audit", str(out), "--fraction", "1.0"]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED (AuditError)" in err and "--model tiny" in err and "Traceback" not in err
     lm.revision = "0123456789abcdef"                        # the weights changed since the records were made
     with pytest.raises(rec.StaleRecordsError, match=r"now has weights 0123456789abcdef.*Regenerate"):
         shipped.audit_file(out, lm=lm)
+
+
+def test_book_build_audits_every_records_file_before_the_chapters():
+    from pathlib import Path
+
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "build_book.sh").read_text()
+    audit, chapters = script.index("ocrheads_lib.records audit"), script.index("-m ocrheads_lib.bookbuild")
+    assert audit < chapters and "for records_file in records/*.jsonl.gz" in script
+    loop = script[script.index("for records_file in"):chapters]
+    assert "exit 1" in loop and "--fraction 0.01" in loop
