@@ -180,7 +180,8 @@ def parameter_files(parameters: dict[str, Any], root: str | os.PathLike) -> dict
 
 
 def notebook_key(source: bytes, parameters: dict[str, Any], lib_hash: str, previous_key: str) -> str:
-    """The cache key of one notebook (see the module docstring)."""
+    """The cache key of one notebook (see the module docstring); the caller adds the bytes of the files its
+    parameters name (:func:`parameter_files`) to `parameters`."""
     digest = hashlib.sha256()
     digest.update(hashlib.sha256(source).digest())
     digest.update(json.dumps(parameters, sort_keys=True, default=str).encode())

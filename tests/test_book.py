@@ -311,7 +311,7 @@ def test_run_notebooks_in_parallel_waits_for_what_a_notebook_needs(tmp_path: Pat
 
 
 def test_library_hash_changes_with_files(tmp_path: Path) -> None:
-    from ocrheads_lib.bookbuild import library_hash, notebook_key
+    from ocrheads_lib.bookbuild import library_hash, notebook_key, parameter_files
 
     (tmp_path / "a.py").write_text("x = 1\n")
     (tmp_path / "__pycache__").mkdir()
@@ -322,6 +322,13 @@ def test_library_hash_changes_with_files(tmp_path: Path) -> None:
     assert library_hash(tmp_path) != h1
     assert notebook_key(b"s", {"a": 1}, "h", "") != notebook_key(b"s", {"a": 2}, "h", "")
     assert notebook_key(b"s", {"a": 1}, "h", "") != notebook_key(b"s", {"a": 1}, "h", "prev")
+    # a parameter naming a file (shipped records): the key follows the file's bytes, not only its name
+    data = tmp_path / "records.jsonl.gz"
+    data.write_bytes(b"one")
+    params = {"shipped_records": data.name}
+    first = notebook_key(b"s", {**params, **parameter_files(params, tmp_path)}, "h", "")
+    data.write_bytes(b"two")
+    assert notebook_key(b"s", {**params, **parameter_files(params, tmp_path)}, "h", "") != first
 
 
 # ------------------------------------------------------------------------------------------ head explorer

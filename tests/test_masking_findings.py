@@ -93,5 +93,5 @@ def test_verdict_rows_and_sentences_use_the_verdict_words(tmp_path):
     rows = mf.verdict_rows(found)
     assert len(rows) == 2 * 3 + 2 * 2 and {r["verdict"] for r in rows} == {"holds"}
     sentences = mf.headline_sentences(found)
-    assert len(sentences) == 3 and "double dissociation holds" in sentences[1]
+    assert len(sentences) == 3 and "double dissociation: holds" in sentences[1]
     assert "8 of 8 comparisons" in sentences[2]

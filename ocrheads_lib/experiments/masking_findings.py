@@ -246,7 +246,7 @@ def headline_sentences(found: MaskingFindings) -> list[str]:
         image = nulls.Verdict(**joint.details["image"])
         out.append(f"At k = {k}, masking the OCR heads costs {image.details['drop_ocr']:.2f} on "
                    f"`{image.details['task']}` against {image.details['drop_retrieval']:.2f} for the retrieval heads; "
-                   f"the double dissociation {joint.words()} (smaller margin {interval_text(joint)}).")
+                   f"double dissociation: {joint.words()} (smaller margin {interval_text(joint)}).")
     own = [row for row in found.controls.itertuples(index=False) if OWN_TASK.get(row.head_set) == row.task]
     if own:
         held = [r for r in own if r.verdict.verdict == "holds"]
@@ -255,3 +255,65 @@ def headline_sentences(found: MaskingFindings) -> list[str]:
                    + (": " + ", ".join(f"{SET_NAMES[r.head_set]} vs {CONTROLS[r.control]} at k = {r.k}"
                                        for r in held) + "." if held else "."))
     return out
+
+
+def controls_table(found: MaskingFindings) -> pd.DataFrame:
+    """Every ranked set against every control, per task and k: both drops, their paired difference with its
+    interval, and the verdict in words."""
+    rows = []
+    for row in found.controls.itertuples(index=False):
+        v = row.verdict
+        rows.append({"task": row.task, "k": row.k, "masked": SET_NAMES[row.head_set],
+                     "control": f"{CONTROLS[row.control]} ({row.n_draws} draws)",
+                     "drop of the set": v.details["drop_set"], "drop of the control": v.details["drop_control"],
+                     "difference [95 % interval]": interval_text(v), "verdict": v.words()})
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class ShippedView:
+    """What chapter 06 shows from shipped records (every piece computed here, the chapter only displays)."""
+
+    found: MaskingFindings
+    setup: pd.DataFrame            # the records: file, identity, head sets, tasks
+    table: pd.DataFrame            # :func:`shown_table`
+    curves: pd.DataFrame           # :func:`curves` of the headline metric
+    charsim_curves: pd.DataFrame   # the same with char_sim
+    controls: pd.DataFrame         # :func:`controls_table`
+    verdicts: list[dict[str, Any]]
+    sentences: list[str]
+
+
+def shipped_view(path: str | Path, model_id: str, weights: str | None, n_boot: int = nulls.MIN_BOOT,
+                 seed: int = 0) -> ShippedView:
+    """Chapter 06 from a records file made with this model's weights (else StaleRecordsError naming
+    ``make results``)."""
+    from ocrheads_lib.experiments.evaluate import modality
+
+    identity, records = read_for_model(path, model_id, weights)
+    found = MaskingFindings(identity, str(path), accuracy_table(records, "accuracy", n_boot, seed),
+                            dissociation(records, n_boot=n_boot, seed=seed),
+                            control_verdicts(records, "accuracy", n_boot, seed), n_boot)
+    tasks = sorted(set(found.table.task))
+    modalities = {task: modality(identity.splits.samples("evaluation", task, 1)) for task in tasks}
+    charsim = MaskingFindings(identity, str(path), accuracy_table(records, "char_sim", n_boot, seed), {},
+                              found.controls.iloc[0:0], n_boot)
+    largest = {}
+    for record in records:
+        if record["head_set"] in RANKED and int(record["k"]) >= largest.get(record["head_set"], (0, ""))[0]:
+            largest[record["head_set"]] = (int(record["k"]), str(record["heads"]))
+    params = identity.params
+    setup = pd.DataFrame(
+        [{"what": "records", "value": f"{Path(path).name}: {len(records)} records, weights {identity.weights}, "
+                                      f"run {identity.key()} (audited when the book is built)"},
+         {"what": "splits", "value": f"heads chosen on {params.get('n_select')} selection samples (seeds "
+                                     f"{identity.splits.selection.first_seed}+), masking answered on "
+                                     f"{params.get('n_eval')} evaluation samples per task (seeds "
+                                     f"{identity.splits.evaluation.first_seed}+)"}] +
+        [{"what": f"top {k} {SET_NAMES[name]} heads", "value": heads.replace(" ", ", ")}
+         for name, (k, heads) in sorted(largest.items())] +
+        [{"what": f"task {task}", "value": f"{modalities[task]}, {int(found.table[found.table.task == task].n.min())} "
+                                          "samples per condition"} for task in tasks])
+    return ShippedView(found, setup, shown_table(found), curves(found, modalities),
+                       curves(charsim, modalities, "char_sim"), controls_table(found), verdict_rows(found),
+                       headline_sentences(found))
