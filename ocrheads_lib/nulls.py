@@ -185,10 +185,13 @@ def selected_share(scores: HeadScores, rule: str = "readme", threshold: float = 
 
 
 def sparsity_test(ocr: HeadScores, retrieval: HeadScores, rule: str = "readme", threshold: float = 0.1,
-                  n_boot: int = MIN_BOOT, seed: int = 0, alpha: float = 0.05) -> Verdict:
+                  n_boot: int = MIN_BOOT, seed: int = 0, alpha: float = 0.05, across_models: bool = False) -> Verdict:
     """OCR heads are less sparse than retrieval heads (the paper's direction): share of heads selected by ONE
-    rule and threshold, OCR minus retrieval, > 0. Joint bootstrap over both score sets' samples."""
-    _same_model(ocr, retrieval)
+    rule and threshold, OCR minus retrieval, > 0. Joint bootstrap over both score sets' samples.
+    across_models: the two score sets may come from two models (each share is of its own model's heads, the sets
+    resampled independently), as in the paper's release (OCR scores of one model, retrieval of another)."""
+    if not across_models:
+        _same_model(ocr, retrieval)
     n_boot = _check_boot(n_boot)
 
     def stat(a: HeadScores, b: HeadScores) -> float:
@@ -196,8 +199,9 @@ def sparsity_test(ocr: HeadScores, retrieval: HeadScores, rule: str = "readme", 
 
     reps = _joint(ocr, retrieval, stat, n_boot, seed)
     share_ocr, share_ret = selected_share(ocr, rule, threshold), selected_share(retrieval, rule, threshold)
+    where = ", shares of two models' heads" if across_models else ""
     return verdict(f"OCR heads are less sparse than retrieval heads (share selected by {rule} >= {threshold}, "
-                   "OCR minus retrieval > 0)", share_ocr - share_ret, reps, 0.0,
+                   f"OCR minus retrieval > 0{where})", share_ocr - share_ret, reps, 0.0,
                    min(_n_samples(ocr), _n_samples(retrieval)), "greater", alpha,
                    bootstrap_p(reps, 0.0, "greater"), share_ocr=share_ocr, share_retrieval=share_ret,
                    rule=rule, threshold=threshold, paired=_paired(ocr, retrieval))

@@ -8,7 +8,9 @@
 #      a chapter starts when the chapters whose results it reads (its metadata ocrheads.needs) are done.
 #   2. write the introduction's "Meet the models" and "Scale" sections (python -m ocrheads_lib.meet_models
 #      book/intro_models: the cards' accuracies, smol-vl's answers to one page per task; ~40 s, git-ignored);
-#   3. build the HTML with Jupyter Book 1.x (`jupyter-book build .`, execution off: the notebooks are
+#   3. write the "Findings at a glance" page's table (python -m ocrheads_lib.scorecard book/findings_at_a_glance,
+#      git-ignored): one row per claim of the paper from the released score files and the shipped records;
+#   4. build the HTML with Jupyter Book 1.x (`jupyter-book build .`, execution off: the notebooks are
 #      already executed) into _build/html.
 # Fails (exit 1) when any notebook fails — after trying all of them, so one run lists every broken
 # chapter — and then does not build the HTML. Prints per-notebook timings and the total.
@@ -69,6 +71,9 @@ t1=$(date +%s)
 
 echo "[book] the introduction's models and scale (ocrheads_lib.meet_models: card data, smol-vl's answers)"
 "$PY" -m ocrheads_lib.meet_models book/intro_models
+
+echo "[book] findings at a glance (ocrheads_lib.scorecard: released files and the audited shipped records)"
+"$PY" -m ocrheads_lib.scorecard book/findings_at_a_glance
 
 echo "[book] jupyter-book build (execution off)"
 # Warnings are shown but do not fail the build; a failing Sphinx build does.

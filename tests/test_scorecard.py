@@ -1,0 +1,61 @@
+"""The "Findings at a glance" scorecard on planted records (issue 33): a run where masking OCR heads clearly hurts
+reading the page decides "holds", a run without an effect stays "undecided at n = ...", and claims without
+shipped full-size data say so instead of showing a number."""
+from __future__ import annotations
+
+from ocrheads_lib import scorecard
+from ocrheads_lib.experiments import masking_findings as mf
+
+from test_masking_findings import planted_records, write
+
+
+def _table(found):
+    return {row.claim: row for row in scorecard.rows(found, {"sparsity": "released cell"})}
+
+
+def test_planted_effect_holds_and_null_is_undecided(tmp_path):
+    strong = mf.findings(write(tmp_path, planted_records()))
+    rows = _table({"smol-vl": strong})
+    assert len(rows) == 8
+    dissociation = next(r for claim, r in rows.items() if "double dissociation" in claim)
+    listed = dissociation.as_list()
+    assert listed[-1] == "holds (smol-vl)" and listed[-3] == "200" and listed[2].startswith("k = 20: ")
+    assert listed[3] == "– (an image claim)" and listed[4] == scorecard.NOT_RUN     # smollm2, tiny: nothing shipped
+    chance = next(r for claim, r in rows.items() if "random heads" in claim)
+    assert chance.headline.verdict == "holds" and "vs layer-matched" in chance.cells["smol-vl"]
+
+    (tmp_path / "null").mkdir()
+    null = mf.findings(write(tmp_path / "null", planted_records(ocr_image=0.9, retrieval_text=0.9, seed=1)))
+    listed = next(r for claim, r in _table({"smol-vl": null}).items() if "double dissociation" in claim).as_list()
+    assert listed[-1].startswith("undecided at n = 200") and listed[-1].endswith("(smol-vl)")
+
+
+def test_claims_without_full_size_data_say_so(tmp_path):
+    small = mf.findings(write(tmp_path, planted_records(n=20)))       # below the full size: shown, not a headline
+    rows = scorecard.rows({"smol-vl": small}, {"sparsity": "released cell"})
+    text = scorecard.markdown(rows)
+    assert text.count(scorecard.NOT_RUN) >= 6 * 3            # sparsity ... case study: every model column
+    assert "below the full size of 200" in text
+    for row in rows:
+        if "sink" in row.claim or "Chain-of-thought" in row.claim or "case study" in row.claim:
+            assert row.headline is None and row.as_list()[-1] == scorecard.NOT_RUN
+    assert rows[0].released == "released cell" and text.startswith("| the paper's claim |")
+
+
+def test_write_reads_the_records_folder(tmp_path, monkeypatch):
+    records = tmp_path / "records"
+    records.mkdir()
+    write(records, planted_records(n=200, ks=(5,)))
+    monkeypatch.setattr(scorecard, "_released_rows", lambda *a, **k: {"sparsity": "x"})   # the release: tested below
+    page = scorecard.write(tmp_path / "page", records).read_text()
+    assert "holds (smol-vl)" in page and "smol-vl_masking.jsonl.gz" in page and "weights w1" in page
+
+
+def test_released_files_cells():
+    """Sparsity is computed across the release's two models (its interval excludes 0 in one direction); the claims
+    the release cannot test say why."""
+    cells = scorecard._released_rows()
+    sparsity = cells["sparsity"]
+    assert "InternVL2-8B OCR" in sparsity and "frequency rule" in sparsity and "n = 51" in sparsity
+    assert sparsity.endswith(": holds") or sparsity.endswith(": fails")
+    assert cells["distinctness"].startswith("not computable") and "0 or 1" in cells["static"]
