@@ -51,11 +51,11 @@ bench: setup
 # The full-size per-sample records that ship in records/ (ocrheads_lib.records): heads chosen on the selection
 # split, masking answered on the evaluation split. Resumable (part files next to the output), progress bars.
 RESULTS_MODEL ?= smol-vl
-RESULTS_ARGS ?= --n-select 40 --n-eval 200 --ks 2,5,10,20 --control-seeds 0,1,2 --batch-size 1
-# Gemma 3's retrieval heads at two lengths and their causal test (chapter 03; heads ranked on seed 0, masked on
-# held-out samples of seed 100): scores and answers are cached under records/gemma3-270m_window.jsonl.gz.parts/.
+RESULTS_ARGS ?= --tasks passkey_image,passkey_text --n-select 40 --n-eval 200 --ks 5,20 --control-seeds 0,1,2 --batch-size 8
+# Gemma 3's retrieval heads at two lengths and the causal test at the short one (chapter 03; heads ranked on seed 0,
+# masked on held-out samples of seed 100): scores and answers are cached under records/gemma3-270m_window.jsonl.gz.parts/.
 GEMMA_RESULTS_ARGS ?= --selection-seeds 0:1 --evaluation-seeds 100:1 --settings short,long \
-	--causal-settings short,long --n-select 200 --n-eval 100 --ks 2,4,8 --control-seeds 0,1,2 --max-new-tokens 8
+	--causal-settings short --n-select 200 --n-eval 100 --ks 2,4,8 --control-seeds 0,1,2 --max-new-tokens 8
 results: setup
 	@$(CHECK_SOURCE)
 	$(PY) -m ocrheads_lib.records regenerate --model $(RESULTS_MODEL) $(RESULTS_ARGS) \

@@ -260,22 +260,31 @@ def findings_chapter(model_id: str, share_ocr: Any, share_retrieval: Any, jaccar
     return out
 
 
+def _verdict_words(estimate: float, low: float, high: float, null: float, n: int | None, direction: str) -> str:
+    """holds / fails / undecided at n = ... by the book's one rule (:func:`ocrheads_lib.nulls.decide`)."""
+    from ocrheads_lib import nulls   # nulls reads score sets: imported only where a verdict is written
+
+    word, need = nulls.decide(estimate, low, high, null, n or 0, direction)
+    return nulls.Verdict("", estimate, low, high, null, n or 0, word, need).words() if n else word
+
+
 def findings_verdicts(share_ocr: Any, share_retrieval: Any, jaccard: float, jaccard_ci: Any, static_ocr: float,
-                      static_retrieval: float) -> list[dict[str, str]]:
-    """Chapter 04's verdict table: one row per claim of the paper, with this run's numbers and whether the
-    run supports the claim (the same tests as :func:`findings_chapter`)."""
-    separated = share_ocr.low > share_retrieval.high
+                      static_retrieval: float, n: int | None = None) -> list[dict[str, str]]:
+    """Chapter 04's verdict table: one row per claim of the paper, with this run's numbers and the verdict in the
+    book's words (holds / fails / undecided at n = ..., n: the samples behind the intervals). Sparsity: the two
+    shares' intervals must not overlap; distinctness: the Jaccard interval must lie below
+    :data:`DISTINCT_BELOW` (holds) or above it (fails); static activation: both Spearman values >= 0.8 holds,
+    both below fails."""
+    separated = share_ocr.low > share_retrieval.high or share_ocr.high < share_retrieval.low
+    undecided = f"undecided at n = {n}" if n else "undecided"
     rows = [{"claim": "OCR heads are less sparse",
              "this run": f"{share_ocr.estimate:.1f} % vs {share_retrieval.estimate:.1f} % of heads above 0.1",
-             "verdict": "supported" if separated else
-             "not separated (intervals overlap)" if share_ocr.low <= share_retrieval.high
-             and share_retrieval.low <= share_ocr.high else "not supported"}]
+             "verdict": ("holds" if share_ocr.low > share_retrieval.high else "fails") if separated else
+             f"{undecided} (intervals overlap)"}]
     if _finite(jaccard):
-        band = _overlap(jaccard)
         rows.append({"claim": "OCR and retrieval heads are distinct",
                      "this run": f"Jaccard {jaccard:.2f} ({jaccard_ci.low:.2f}–{jaccard_ci.high:.2f})",
-                     "verdict": {"distinct": "supported", "partly": "partly (sets overlap partly)",
-                                 "substantially": "not supported (sets overlap)"}[band]})
+                     "verdict": _verdict_words(jaccard, jaccard_ci.low, jaccard_ci.high, DISTINCT_BELOW, n, "less")})
     else:
         rows.append({"claim": "OCR and retrieval heads are distinct", "this run": "a head set is empty",
                      "verdict": "cannot be judged"})
@@ -283,8 +292,9 @@ def findings_verdicts(share_ocr: Any, share_retrieval: Any, jaccard: float, jacc
     rows.append({"claim": "heads are statically activated",
                  "this run": ", ".join(f"{name} Spearman {v:.2f}" for name, v in
                                        (("OCR", static_ocr), ("retrieval", static_retrieval)) if _finite(v)) or "–",
-                 "verdict": ("supported" if values and min(values) >= 0.8 else "partly" if values and
-                             max(values) >= 0.8 else "not supported" if values else "cannot be judged")})
+                 "verdict": ("holds" if values and min(values) >= 0.8 else
+                             f"{undecided} (one of the two below 0.8)" if values and max(values) >= 0.8 else
+                             "fails" if values else "cannot be judged")})
     return rows
 
 

@@ -942,13 +942,18 @@ def test_verdict_tables_follow_the_numbers() -> None:
     from ocrheads_lib.analysis import Interval
 
     rows = conclusions.findings_verdicts(Interval(8.1, 7.5, 8.9, 50), Interval(5.9, 5.6, 6.3, 50), 0.34,
-                                         Interval(0.34, 0.28, 0.37, 50), 0.95, 0.6)
-    assert [r["verdict"] for r in rows] == ["supported", "partly (sets overlap partly)", "partly"]
+                                         Interval(0.34, 0.28, 0.37, 50), 0.95, 0.6, n=12)
+    # the Jaccard interval straddles the 0.3 band edge: undecided, with the n at which it would clear it
+    # (12 * (0.06 / 0.04) ** 2 = 27)
+    assert [r["verdict"] for r in rows] == ["holds", "undecided at n = 12 (n ~ 27 would decide)",
+                                            "undecided at n = 12 (one of the two below 0.8)"]
     assert rows[0]["this run"] == "8.1 % vs 5.9 % of heads above 0.1"
     overlapping = conclusions.findings_verdicts(Interval(8.1, 5.0, 8.9, 50), Interval(5.9, 5.6, 6.3, 50), 0.6,
-                                                Interval(0.6, 0.5, 0.7, 50), 0.9, 0.85)
-    assert [r["verdict"] for r in overlapping] == ["not separated (intervals overlap)", "not supported (sets overlap)",
-                                                   "supported"]
+                                                Interval(0.6, 0.5, 0.7, 50), 0.9, 0.85, n=12)
+    assert [r["verdict"] for r in overlapping] == ["undecided at n = 12 (intervals overlap)", "fails", "holds"]
+    reversed_shares = conclusions.findings_verdicts(Interval(3.0, 2.0, 4.0, 50), Interval(5.9, 5.6, 6.3, 50), 0.1,
+                                                    Interval(0.1, 0.05, 0.2, 50), 0.2, 0.1, n=12)
+    assert [r["verdict"] for r in reversed_shares] == ["fails", "holds", "fails"]
     start = dict(task="t", modality="image", metric="accuracy", baseline=1.0, n_seeds=1)
     drops = pd.DataFrame([dict(start, head_set=name, k=k, score=score, change=score - 1.0, worst=worst, best=score)
                           for k, ocr_drop, random_drop in [(2, 0.5, 0.1), (5, 0.9, 0.95)]
