@@ -11,7 +11,8 @@ from :mod:`ocrheads_lib.nulls` (holds / fails / undecided at n = ...).
 
 What is read: every ``records/<model>_masking.jsonl.gz`` (masking claims, :mod:`ocrheads_lib.experiments
 .masking_findings`) and the two released files (sparsity across their two models; what else the release can and
-cannot test is said in its cells).
+cannot test is said in its cells). A masking claim's headline is its smallest k (the fewest heads masked: at large
+k any set can take a task to the floor); its cell lists every k.
 """
 from __future__ import annotations
 
@@ -79,14 +80,13 @@ def _masking_rows(shipped: Mapping[str, MaskingFindings]) -> list[Row]:
         if found is None:
             continue
         if found.dissociation:
-            k = max(found.dissociation)
-            v = found.dissociation[k]
-            dissociation_cells[model] = f"k = {k}: {cell(v)}"
+            dissociation_cells[model] = "; ".join(f"k = {k}: {cell(v)}" for k, v in sorted(found.dissociation.items()))
+            v = found.dissociation[min(found.dissociation)]
             if headline["dissociation"] is None and v.n >= FULL_SIZE_N:
                 headline["dissociation"] = (v, model)
         rows = found.controls[(found.controls.task == IMAGE_TASK) & (found.controls.head_set == "ocr")]
         if len(rows):
-            k = int(rows.k.max())
+            k = int(rows.k.min())
             by_control = {r.control: r.verdict for r in rows[rows.k == k].itertuples(index=False)}
             parts = [f"vs {name}: {cell(by_control[c])}" for c, name in ((RANDOM, "random"),
                                                                       (LAYER_MATCHED, "layer-matched"))

@@ -93,5 +93,7 @@ def test_verdict_rows_and_sentences_use_the_verdict_words(tmp_path):
     rows = mf.verdict_rows(found)
     assert len(rows) == 2 * 3 + 2 * 2 and {r["verdict"] for r in rows} == {"holds"}
     sentences = mf.headline_sentences(found)
-    assert len(sentences) == 3 and "double dissociation: holds" in sentences[1]
-    assert "8 of 8 comparisons" in sentences[2]
+    assert len(sentences) == 3 and "k = 5 holds, margin 0.8" in sentences[1] and "k = 20 holds" in sentences[1]
+    assert "8 of 8 comparisons" in sentences[2] and "not:" not in sentences[2]
+    null = mf.findings(write(tmp_path, planted_records(ocr_image=0.9, retrieval_text=0.9, seed=1)))
+    assert "not: OCR vs random at k = 5 (undecided at n = 200" in mf.headline_sentences(null)[2]

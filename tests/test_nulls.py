@@ -81,6 +81,14 @@ def test_sparsity_detects_a_planted_difference_and_not_a_null():
     assert null.n_to_decide is None or null.n_to_decide > 60
     again = nulls.sparsity_test(scores(firing(60, edge, 3)), scores(firing(60, edge, 4), "retrieval"))
     assert (again.low, again.high) == (null.low, null.high)        # seeded
+    # two models (the paper's release: OCR scores of one, retrieval of another): shares of each model's heads
+    other = np.zeros((2, 5)); other.flat[:1] = 0.6
+    with pytest.raises(ValueError, match="different shapes"):
+        nulls.sparsity_test(scores(firing(60, many, 0)), scores(firing(40, other, 5), "retrieval"))
+    across = nulls.sparsity_test(scores(firing(60, many, 0)), scores(firing(40, other, 5), "retrieval", "t"),
+                                 across_models=True)
+    assert across.verdict == "holds" and across.estimate == pytest.approx(10 / 20 - 1 / 10)
+    assert not across.details["paired"] and "two models" in across.claim
 
 
 # --------------------------------------------------------------------------- static activation

@@ -3,7 +3,7 @@ reading the page decides "holds", a run without an effect stays "undecided at n 
 shipped full-size data say so instead of showing a number."""
 from __future__ import annotations
 
-from ocrheads_lib import scorecard
+from ocrheads_lib import nulls, scorecard
 from ocrheads_lib.experiments import masking_findings as mf
 
 from test_masking_findings import planted_records, write
@@ -19,7 +19,8 @@ def test_planted_effect_holds_and_null_is_undecided(tmp_path):
     assert len(rows) == 8
     dissociation = next(r for claim, r in rows.items() if "double dissociation" in claim)
     listed = dissociation.as_list()
-    assert listed[-1] == "holds (smol-vl)" and listed[-3] == "200" and listed[2].startswith("k = 20: ")
+    assert listed[-1] == "holds (smol-vl)" and listed[-3] == "200" and listed[2].startswith("k = 5: ")
+    assert "; k = 20: " in listed[2]
     assert listed[3] == "– (an image claim)" and listed[4] == scorecard.NOT_RUN     # smollm2, tiny: nothing shipped
     chance = next(r for claim, r in rows.items() if "random heads" in claim)
     assert chance.headline.verdict == "holds" and "vs layer-matched" in chance.cells["smol-vl"]
@@ -51,11 +52,20 @@ def test_write_reads_the_records_folder(tmp_path, monkeypatch):
     assert "holds (smol-vl)" in page and "smol-vl_masking.jsonl.gz" in page and "weights w1" in page
 
 
-def test_released_files_cells():
-    """Sparsity is computed across the release's two models (its interval excludes 0 in one direction); the claims
-    the release cannot test say why."""
+def test_released_files_cells(monkeypatch):
+    """Sparsity is tested across the release's two models (nulls.sparsity_test, across_models: its bootstrap over
+    the real files takes a minute, so here it is replaced by a planted verdict and its inputs are checked); the
+    claims the release cannot test say why, from the files themselves."""
+    seen = {}
+
+    def planted(ocr, retrieval, **kwargs):
+        seen.update(shapes=(ocr.shape, retrieval.shape), **kwargs)
+        return nulls.Verdict("c", -0.13, -0.14, -0.12, 0.0, 51, "fails",
+                             details={"share_ocr": 0.043, "share_retrieval": 0.173})
+
+    monkeypatch.setattr(scorecard.nulls, "sparsity_test", planted)
     cells = scorecard._released_rows()
-    sparsity = cells["sparsity"]
-    assert "InternVL2-8B OCR" in sparsity and "frequency rule" in sparsity and "n = 51" in sparsity
-    assert sparsity.endswith(": holds") or sparsity.endswith(": fails")
+    assert seen["shapes"] == ((32, 32), (28, 12)) and seen["across_models"] and seen["n_boot"] >= 1000
+    assert cells["sparsity"].startswith("InternVL2-8B OCR 4.3 % vs Qwen2-VL-2B retrieval 17.3 %")
+    assert cells["sparsity"].endswith("-0.13 [-0.14, -0.12], n = 51: fails") and "frequency rule" in cells["sparsity"]
     assert cells["distinctness"].startswith("not computable") and "0 or 1" in cells["static"]
